@@ -1,0 +1,95 @@
+"""
+The one on-disk format every dataset uses, and the one batch sampler over it.
+
+    data/<name>/train.bin   token ids, flat, uint16 (uint32 if the vocabulary needs it), documents separated by EOT
+    data/<name>/val.bin     the same for validation
+    data/<name>/meta.json   {"vocab_size", "dtype", "tokenizer", "eot_token", "train_tokens", "val_tokens"}
+    data/<name>/tokenizer.json   only for a locally built tokenizer (the embedded default)
+
+Files are written to a temporary name and renamed, so a killed preparation never leaves a half file that looks
+finished.
+"""
+import json
+import os
+
+import numpy as np
+import tiktoken
+import torch
+
+DATA_ROOT = os.path.dirname(os.path.abspath(__file__))
+PREPARE_COMMANDS = {  # dataset name -> the command that writes data/<name>/
+    "embedded": "python data/embedded.py",
+    "tinystories": "python data/tinystories.py",
+    "openwebtext": "python data/openwebtext.py",
+}
+
+
+def dataset_dir(name):
+    if name not in PREPARE_COMMANDS:
+        raise ValueError(f"unknown dataset {name!r}; valid choices: {', '.join(PREPARE_COMMANDS)}")
+    return os.path.join(DATA_ROOT, name)
+
+
+def write_atomic(path, write):
+    """Calls write(tmp_path), then renames tmp_path to path."""
+    tmp = path + ".tmp"
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def token_dtype(vocab_size):
+    return np.uint16 if vocab_size <= 2 ** 16 else np.uint32
+
+
+def write_tokens(path, tokens, vocab_size):
+    def write(tmp):
+        np.asarray(tokens, dtype=token_dtype(vocab_size)).tofile(tmp)
+    write_atomic(path, write)
+
+
+def write_json(path, obj):
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1)
+    write_atomic(path, write)
+
+
+def write_meta(data_dir, enc, tokenizer_name, train_tokens, val_tokens):
+    write_json(os.path.join(data_dir, "meta.json"), {
+        "vocab_size": enc.n_vocab, "dtype": np.dtype(token_dtype(enc.n_vocab)).name, "tokenizer": tokenizer_name,
+        "eot_token": enc.eot_token, "train_tokens": int(train_tokens), "val_tokens": int(val_tokens)})
+
+
+def load_meta(data_dir):
+    path = os.path.join(data_dir, "meta.json")
+    if not os.path.exists(path):
+        name = os.path.basename(os.path.normpath(data_dir))
+        hint = PREPARE_COMMANDS.get(name, "the data preparation script")
+        raise FileNotFoundError(f"no prepared dataset at {data_dir} (missing meta.json); run: {hint}")
+    with open(path) as f:
+        return json.load(f)
+
+
+def load_tokens(data_dir, split):
+    """The split's tokens as a read-only memmap."""
+    meta = load_meta(data_dir)
+    return np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=meta["dtype"], mode="r")
+
+
+def load_tokenizer(data_dir):
+    meta = load_meta(data_dir)
+    if meta["tokenizer"] == "gpt2":
+        return tiktoken.get_encoding("gpt2")
+    with open(os.path.join(data_dir, "tokenizer.json")) as f:
+        spec = json.load(f)
+    return tiktoken.Encoding(
+        name=spec["name"], pat_str=spec["pat_str"],
+        mergeable_ranks={bytes.fromhex(t): rank for rank, t in enumerate(spec["tokens"])},
+        special_tokens=spec["special_tokens"])
+
+
+def get_batch(tokens, n_rows, block_size, generator):
+    """Random windows of block_size + 1 tokens: inputs x and next-token targets y, each [n_rows, block_size]."""
+    starts = torch.randint(len(tokens) - block_size - 1, (n_rows,), generator=generator).tolist()
+    window = torch.stack([torch.from_numpy(tokens[s:s + block_size + 1].astype(np.int64)) for s in starts])
+    return window[:, :-1], window[:, 1:]

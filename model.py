@@ -1,0 +1,224 @@
+"""
+A small GPT whose positional encoding is a plug-in, so that RoPE, NoPE, DroPE and RePo can be compared on one model.
+
+    python train.py --pe rope      # train it (see train.py)
+
+The model: tied token embedding, pre-norm blocks of causal multi-head self-attention (PyTorch SDPA) and a GELU MLP,
+a final RMSNorm. There is no learned position table, so the model runs on sequences of any length; whatever it
+knows about order comes from its positional module and the causal mask.
+
+The positional interface. Every attention layer owns one positional module, made by the factory registered under
+the config's `pe` name:
+
+    register_positional(name, factory)      factory(config, layer_idx) -> nn.Module
+    module(q, k, h, pos) -> (q, k)
+
+        q, k  [B, H, T, D]  this layer's queries and keys for the T new tokens
+        h     [B, T, C]     the normalised hidden state that produced them (RePo predicts positions from it)
+        pos   [T]           absolute token indices of the new tokens (past + 0 .. past + T-1 with a KV cache)
+
+The module returns transformed q and k; the model then takes softmax(q·kᵀ/sqrt(D)) under the causal mask. Keys
+are transformed before they enter the KV cache, so a module whose output for token t depends only on tokens ≤ t
+gives the same result with and without the cache. Rotations (RoPE, RePo), the identity (NoPE, DroPE) and a
+scale of the logits (DroPE's β, YaRN's attention factor: multiply q, or q and k) all fit this shape. A module may
+own parameters (RePo's position network); they are part of the model's state dict.
+
+Method files register themselves on import: rope.py registers "rope", and this file "nope". The files listed in
+METHOD_FILES are imported when a model is built.
+
+Sliding-window attention (FwPKM trains with it) is a forward() option: `window=W` lets each token see itself and
+the W−1 tokens before it.
+"""
+import importlib
+import math
+from dataclasses import dataclass, asdict
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+METHOD_FILES = ("rope",)  # modules that call register_positional when imported
+_POSITIONAL = {}          # name -> factory(config, layer_idx) -> nn.Module
+
+
+def register_positional(name, factory):
+    _POSITIONAL[name] = factory
+
+
+def positional_choices():
+    for module in METHOD_FILES:
+        importlib.import_module(module)
+    return sorted(_POSITIONAL)
+
+
+def make_positional(config, layer_idx):
+    choices = positional_choices()
+    if config.pe not in choices:
+        raise ValueError(f"unknown positional encoding pe={config.pe!r}; valid choices: {', '.join(choices)}")
+    return _POSITIONAL[config.pe](config, layer_idx)
+
+
+class NoPositionalEncoding(nn.Module):
+    """NoPE: q and k pass through unchanged; the causal mask is the only order signal (Kazemnejad et al. 2023)."""
+
+    def forward(self, q, k, h, pos):
+        return q, k
+
+
+register_positional("nope", lambda config, layer_idx: NoPositionalEncoding())
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 1024         # tokenizer size (the embedded default's byte-level BPE)
+    block_size: int = 256          # training context length L; the model itself accepts any length
+    n_layer: int = 4               # transformer blocks
+    n_head: int = 4                # attention heads per block
+    n_embd: int = 128              # residual width C; head dim D = C / n_head
+    pe: str = "rope"               # positional module registered under this name
+    rope_base: float = 10000.0     # RoPE base b, θ_i = b^(−2i/D)
+    rope_scaling: str = None       # evaluation-time context extension: None, pi, ntk, dyn_ntk, yarn (rope.py)
+    rope_factor: float = 1.0       # s = eval length / block_size for the scaling
+
+    # what changes the weights' meaning; resuming with a different value here is refused
+    ARCHITECTURE = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "pe", "rope_base")
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head or (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"n_embd={self.n_embd} must split into n_head={self.n_head} heads of even size")
+
+    def to_dict(self):
+        return asdict(self)
+
+
+class KVCache:
+    """Per-layer keys and values of the tokens seen so far ([B, H, T_past, D] each)."""
+
+    def __init__(self, n_layer):
+        self.keys = [None] * n_layer
+        self.values = [None] * n_layer
+
+    def length(self):  # tokens cached before the current forward (layer 0 is extended first)
+        return 0 if self.keys[0] is None else self.keys[0].shape[2]
+
+    def extend(self, layer_idx, k, v):
+        if self.keys[layer_idx] is not None:
+            k = torch.cat((self.keys[layer_idx], k), dim=2)
+            v = torch.cat((self.values[layer_idx], v), dim=2)
+        self.keys[layer_idx], self.values[layer_idx] = k, v
+        return k, v
+
+
+def attention_mask(n_new, n_past, window, device):
+    """Boolean [n_new, n_past + n_new] mask, True where query i (at n_past + i) may attend to key j, or None when
+    plain causal attention from the start of the sequence suffices (SDPA's is_causal)."""
+    if n_past == 0 and window is None:
+        return None
+    query = torch.arange(n_past, n_past + n_new, device=device)[:, None]
+    key = torch.arange(n_past + n_new, device=device)[None, :]
+    allowed = key <= query
+    if window is not None:
+        allowed &= key > query - window
+    return allowed
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_head = config.n_head
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)
+        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        self.positional = make_positional(config, layer_idx)
+
+    def forward(self, h, pos, cache=None, window=None):
+        B, T, C = h.shape
+        q, k, v = self.qkv(h).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)  # 3 x [B, H, T, D]
+        q, k = self.positional(q, k, h, pos)
+        if cache is not None:
+            k, v = cache.extend(self.layer_idx, k, v)  # [B, H, n_past + T, D]
+        mask = attention_mask(T, k.shape[2] - T, window, h.device)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)  # [B, H, T, D]
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.up = nn.Linear(config.n_embd, 4 * config.n_embd, bias=False)
+        self.proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=False)
+
+    def forward(self, x):
+        return self.proj(F.gelu(self.up(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(config.n_embd)
+        self.attn = CausalSelfAttention(config, layer_idx)
+        self.mlp_norm = nn.RMSNorm(config.n_embd)
+        self.mlp = MLP(config)
+
+    def forward(self, x, pos, cache=None, window=None):
+        x = x + self.attn(self.attn_norm(x), pos, cache, window)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.norm = nn.RMSNorm(config.n_embd)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.tok_emb.weight  # tied input and output embeddings
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight"):  # residual branches: keep the residual stream's variance ~1 at init
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, idx, targets=None, cache=None, window=None):
+        """idx: [B, T] token ids. Returns logits [B, T, V] and the mean cross-entropy (None without targets;
+        targets of -1 are ignored)."""
+        n_past = cache.length() if cache is not None else 0
+        pos = torch.arange(n_past, n_past + idx.shape[1], device=idx.device)  # [T]
+        x = self.tok_emb(idx)
+        for block in self.blocks:
+            x = block(x, pos, cache, window)
+        logits = self.lm_head(self.norm(x))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1)
+        return logits, loss
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None):
+        """Continues idx [B, T] by max_new_tokens tokens with a KV cache. The prompt is never cropped to the
+        training length: running beyond it is what this project studies. temperature=0 means greedy."""
+        cache = KVCache(self.config.n_layer)
+        logits, _ = self(idx, cache=cache)
+        out = [idx]
+        for step in range(max_new_tokens):
+            next_logits = logits[:, -1, :].float()
+            if temperature == 0:
+                next_token = next_logits.argmax(dim=-1, keepdim=True)
+            else:
+                next_logits = next_logits / temperature
+                if top_k is not None:
+                    kth = torch.topk(next_logits, min(top_k, next_logits.shape[-1])).values[:, [-1]]
+                    next_logits = next_logits.masked_fill(next_logits < kth, float("-inf"))
+                next_token = torch.multinomial(F.softmax(next_logits, dim=-1), 1, generator=generator)
+            out.append(next_token)
+            if step + 1 < max_new_tokens:
+                logits, _ = self(next_token, cache=cache)
+        return torch.cat(out, dim=1)

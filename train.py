@@ -1,0 +1,316 @@
+"""
+Trains the GPT of model.py with a chosen positional encoding.
+
+    python train.py                                   # CPU default: embedded stories, RoPE, ~1M params, minutes
+    python train.py --pe nope --out_dir out/nope      # the same without positional encoding
+    python train.py --config config/tinystories_gpu.py --pe rope          # one GPU (prepare the data first)
+    torchrun --nproc_per_node=8 train.py --config config/tinystories_gpu.py # several GPUs (DDP)
+    python train.py --resume                          # continue a killed run from out_dir/ckpt.pt
+    python train.py --pe nope --init_from out/rope/ckpt.pt --out_dir out/stage2   # a new stage from a checkpoint
+
+Options come from, in increasing priority: the defaults below (which are the CPU default), a --config file of
+Python assignments (config/*.py), and command-line flags `--name value`.
+
+What it writes to out_dir: ckpt.pt (model config, weights, optimizer, RNG and data position, loss history; written
+to a temporary file and renamed, so a kill never corrupts it) and loss.png (train and validation loss curves).
+"""
+import argparse
+import math
+import os
+import runpy
+import sys
+import time
+from contextlib import nullcontext
+
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from data.format import dataset_dir, get_batch, load_meta, load_tokens, write_atomic
+from model import GPT, GPTConfig, positional_choices
+
+DEFAULTS = dict(
+    # I/O
+    out_dir=None,          # default: out/<pe>
+    config="",             # a Python file of option assignments, e.g. config/tinystories_gpu.py
+    resume=False,          # continue from out_dir/ckpt.pt if it exists
+    init_from="",          # start a new stage from this checkpoint's weights (fresh optimizer, iteration 0)
+    dataset="embedded",    # data/<dataset>/ in the format of data/format.py
+    # model (the architecture comes from --init_from's checkpoint when given; only pe may change there)
+    pe="rope",             # positional encoding: one registered in model.py's interface
+    n_layer=4,             # transformer blocks
+    n_head=4,              # attention heads
+    n_embd=128,            # residual width
+    block_size=256,        # training context length
+    rope_base=10000.0,     # RoPE base
+    # optimisation
+    batch_size=16,         # sequences per micro-step (per process)
+    grad_accum=1,          # micro-steps per optimiser step, summed over all processes
+    max_iters=1500,        # optimiser steps
+    lr=2e-3,               # peak learning rate
+    min_lr=2e-4,           # learning rate at the end of the cosine
+    warmup_iters=100,      # linear warmup steps
+    weight_decay=0.1,      # AdamW decay on matrices and embeddings, not on norms
+    beta1=0.9,
+    beta2=0.95,
+    grad_clip=1.0,         # max global gradient norm (0: off)
+    # evaluation, logging, checkpoints
+    eval_interval=250,     # steps between validation-loss estimates and checkpoints
+    eval_iters=20,         # batches per loss estimate
+    log_interval=25,       # steps between progress lines
+    # system
+    device="auto",         # auto (cuda if available), cpu, cuda, cuda:1, mps
+    dtype="auto",          # auto (bfloat16 on cuda, float32 elsewhere), float32, bfloat16
+    compile=False,         # torch.compile the model
+    seed=1337,
+)
+
+
+def parse_args(argv=None):
+    """Returns (options dict, names set explicitly by the config file or the command line)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, default in DEFAULTS.items():
+        if isinstance(default, bool):
+            kind = lambda s: {"true": True, "1": True, "false": False, "0": False}[s.lower()]
+            parser.add_argument(f"--{name}", type=kind, nargs="?", const=True, default=argparse.SUPPRESS)
+        else:
+            kind = type(default) if default is not None else str
+            parser.add_argument(f"--{name}", type=kind, default=argparse.SUPPRESS)
+    cli = vars(parser.parse_args(argv))
+    explicit = {}
+    if cli.get("config"):
+        explicit = {k: v for k, v in runpy.run_path(cli["config"]).items() if not k.startswith("_")}
+        unknown = sorted(set(explicit) - set(DEFAULTS))
+        if unknown:
+            parser.error(f"unknown option(s) {unknown} in {cli['config']}; valid: {', '.join(DEFAULTS)}")
+    explicit.update(cli)
+    opts = {**DEFAULTS, **explicit}
+    if opts["out_dir"] is None:
+        opts["out_dir"] = os.path.join("out", opts["pe"])
+    if opts["pe"] not in positional_choices():
+        parser.error(f"unknown --pe {opts['pe']!r}; valid choices: {', '.join(positional_choices())}")
+    if opts["dtype"] not in ("auto", "float32", "bfloat16"):
+        parser.error(f"unknown --dtype {opts['dtype']!r}; valid choices: auto, float32, bfloat16")
+    return opts, set(explicit)
+
+
+def lr_at(it, o):
+    """Linear warmup, then cosine decay from lr to min_lr at max_iters."""
+    if it < o["warmup_iters"]:
+        return o["lr"] * (it + 1) / o["warmup_iters"]
+    progress = min(1.0, (it - o["warmup_iters"]) / max(1, o["max_iters"] - o["warmup_iters"]))
+    return o["min_lr"] + 0.5 * (1 + math.cos(math.pi * progress)) * (o["lr"] - o["min_lr"])
+
+
+def make_optimizer(model, o, device_type):
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": o["weight_decay"]},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=o["lr"], betas=(o["beta1"], o["beta2"]), fused=device_type == "cuda")
+
+
+def load_checkpoint(path):
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def save_checkpoint(path, state):
+    write_atomic(path, lambda tmp: torch.save(state, tmp))
+
+
+def architecture_diff(saved, current):
+    return [f"{k}: checkpoint {saved.get(k)!r} vs now {current[k]!r}"
+            for k in GPTConfig.ARCHITECTURE if saved.get(k) != current[k]]
+
+
+def model_config_for(o, explicit, vocab_size):
+    """The model config of this run: from the options, or from --init_from's checkpoint with a new pe."""
+    arch = {k: o[k] for k in GPTConfig.ARCHITECTURE if k in o}
+    arch["vocab_size"] = vocab_size
+    if o["init_from"]:
+        saved = load_checkpoint(o["init_from"])["model_config"]
+        clash = [d for d in architecture_diff(saved, arch) if d.split(":")[0] in explicit and d[:3] != "pe:"]
+        if clash:
+            sys.exit(f"error: --init_from keeps the checkpoint's architecture; these flags differ: {clash}")
+        arch = {**{k: saved[k] for k in GPTConfig.ARCHITECTURE}, "pe": o["pe"]}
+    return GPTConfig(**arch)
+
+
+@torch.no_grad()
+def estimate_loss(model, splits, o, ctx, device):
+    """Mean loss over eval_iters fixed batches per split (the same batches at every evaluation)."""
+    model.eval()
+    out = {}
+    for split, tokens in splits.items():
+        gen = torch.Generator().manual_seed(o["seed"] + 1)
+        losses = []
+        for _ in range(o["eval_iters"]):
+            x, y = get_batch(tokens, o["batch_size"], o["block_size"], gen)
+            with ctx:
+                losses.append(model(x.to(device), y.to(device))[1].item())
+        out[split] = float(np.mean(losses))
+    model.train()
+    return out
+
+
+def plot_losses(history, path, title):
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(history["iter"], history["train_loss"], label="train (running)", alpha=0.7)
+    ax.plot(history["eval_iter"], history["val_loss"], "o-", label="validation")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+
+
+def format_seconds(s):
+    return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m" if s >= 3600 else f"{int(s // 60)}m{int(s % 60):02d}s"
+
+
+def main(argv=None):
+    o, explicit = parse_args(argv)
+    ddp = "RANK" in os.environ  # launched by torchrun
+    rank, world = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])) if ddp else (0, 1)
+    master = rank == 0
+    device = o["device"] if o["device"] != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if ddp:
+        if device.startswith("cuda"):
+            device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    device_type = torch.device(device).type
+    if o["grad_accum"] % world:
+        sys.exit(f"error: --grad_accum {o['grad_accum']} must be a multiple of the number of processes ({world})")
+    accum_here = o["grad_accum"] // world
+    dtype = o["dtype"] if o["dtype"] != "auto" else ("bfloat16" if device_type == "cuda" else "float32")
+    ctx = (torch.autocast(device_type, dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext())
+
+    data_dir = dataset_dir(o["dataset"])
+    if o["dataset"] == "embedded" and master:
+        from data.embedded import prepare
+        prepare(data_dir)  # no-op when already written
+    if ddp:
+        dist.barrier()
+    try:
+        meta = load_meta(data_dir)
+    except FileNotFoundError as e:
+        sys.exit(f"error: {e}")
+    splits = {"train": load_tokens(data_dir, "train"), "val": load_tokens(data_dir, "val")}
+
+    config = model_config_for(o, explicit, meta["vocab_size"])
+    o.update({k: getattr(config, k) for k in GPTConfig.ARCHITECTURE if k in o})
+    ckpt_path = os.path.join(o["out_dir"], "ckpt.pt")
+    torch.manual_seed(o["seed"])
+    model = GPT(config)
+    data_gen = torch.Generator().manual_seed(o["seed"])  # the train-batch stream; its state is the data position
+    history = {"iter": [], "train_loss": [], "eval_iter": [], "val_loss": []}
+    start_iter, optimizer_state = 0, None
+    if o["resume"] and os.path.exists(ckpt_path):
+        ckpt = load_checkpoint(ckpt_path)
+        diff = architecture_diff(ckpt["model_config"], config.to_dict())
+        if diff:
+            sys.exit(f"error: refusing to resume {ckpt_path} with a different model; differs: {'; '.join(diff)}")
+        model.load_state_dict(ckpt["model"])
+        optimizer_state, history, start_iter = ckpt["optimizer"], ckpt["history"], ckpt["iter"]
+        data_gen.set_state(ckpt["data_rng"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        if master:
+            print(f"resuming {ckpt_path} at iteration {start_iter}")
+    elif o["init_from"]:
+        saved = load_checkpoint(o["init_from"])
+        missing, unexpected = model.load_state_dict(saved["model"], strict=False)
+        if master:
+            print(f"initialised from {o['init_from']} (pe {saved['model_config']['pe']} -> {config.pe}); "
+                  f"fresh: {missing or 'none'}; not used: {unexpected or 'none'}")
+    model.to(device)
+    optimizer = make_optimizer(model, o, device_type)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+    train_model = torch.compile(model) if o["compile"] else model
+    if ddp:
+        train_model = DDP(train_model, device_ids=[device] if device_type == "cuda" else None)
+    if master:
+        os.makedirs(o["out_dir"], exist_ok=True)
+        print(f"{model.num_params():,} parameters | pe={config.pe} | {o['dataset']} | device {device} {dtype} | "
+              f"{world} process(es) | {o['batch_size'] * o['grad_accum'] * config.block_size:,} tokens/step")
+
+    def checkpoint(it):
+        save_checkpoint(ckpt_path, {
+            "model_config": config.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "iter": it, "options": o, "history": history,
+            "data_rng": data_gen.get_state(), "torch_rng": torch.get_rng_state()})
+
+    tokens_per_iter = o["batch_size"] * o["grad_accum"] * config.block_size
+    flops_per_token = 6 * model.num_params() + 12 * config.n_layer * config.n_embd * config.block_size
+    peak_flops = 989e12 if dtype == "bfloat16" else 67e12  # H100 SXM dense bf16 / fp32; for the MFU estimate
+    t_start, t_last, it = time.time(), time.time(), start_iter
+    for it in range(start_iter, o["max_iters"]):
+        if master and (it % o["eval_interval"] == 0 and it > start_iter or it == 0 and not history["eval_iter"]):
+            losses = estimate_loss(model, splits, o, ctx, device)
+            history["eval_iter"].append(it)
+            history["val_loss"].append(losses["val"])
+            print(f"eval iter {it}: train {losses['train']:.4f} val {losses['val']:.4f}")
+            if it > start_iter:
+                checkpoint(it)
+                plot_losses(history, os.path.join(o["out_dir"], "loss.png"), f"{config.pe}, {o['dataset']}")
+
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(it, o)
+        # every process draws the whole step's rows and keeps its share, so N processes see exactly the
+        # batches that one process with the same grad_accum would see
+        rows = [get_batch(splits["train"], o["batch_size"], config.block_size, data_gen) for _ in
+                range(o["grad_accum"])][rank::world]
+        loss_sum = torch.zeros((), device=device)
+        for micro, (x, y) in enumerate(rows):
+            if ddp:  # all-reduce gradients only on the last micro-step
+                train_model.require_backward_grad_sync = micro == accum_here - 1
+            with ctx:
+                _, loss = train_model(x.to(device), y.to(device))
+            (loss / accum_here).backward()
+            loss_sum += loss.detach()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), o["grad_clip"] or float("inf"))
+        loss_value = loss_sum.item() / accum_here
+        if not (math.isfinite(loss_value) and torch.isfinite(grad_norm)):
+            kept = f"the last good checkpoint {ckpt_path} is kept" if os.path.exists(ckpt_path) else "no checkpoint"
+            sys.exit(f"error: non-finite loss {loss_value} (grad norm {grad_norm.item()}) at iteration {it}; "
+                     f"stopping; {kept}. Try a lower --lr.")
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        if master:
+            history["iter"].append(it)
+            history["train_loss"].append(loss_value)
+        if master and (it + 1) % o["log_interval"] == 0:
+            now = time.time()
+            rate = tokens_per_iter * o["log_interval"] / (now - t_last)
+            eta = (now - t_start) / (it + 1 - start_iter) * (o["max_iters"] - it - 1)
+            mfu = (f" | MFU {100 * rate * flops_per_token / (peak_flops * world):.1f}%"
+                   if device_type == "cuda" else "")
+            print(f"iter {it + 1}/{o['max_iters']} | loss {loss_value:.4f} | lr {lr_at(it, o):.2e} | "
+                  f"{rate / 1e3:.1f}k tok/s | ETA {format_seconds(eta)}{mfu}", flush=True)
+            t_last = now
+
+    if master and start_iter < o["max_iters"]:
+        losses = estimate_loss(model, splits, o, ctx, device)
+        history["eval_iter"].append(o["max_iters"])
+        history["val_loss"].append(losses["val"])
+        checkpoint(o["max_iters"])
+        plot_losses(history, os.path.join(o["out_dir"], "loss.png"), f"{config.pe}, {o['dataset']}")
+        print(f"done: val loss {losses['val']:.4f} after {o['max_iters']} iterations "
+              f"({format_seconds(time.time() - t_start)}); wrote {ckpt_path}")
+    if ddp:
+        dist.destroy_process_group()
+    return history
+
+
+if __name__ == "__main__":
+    main()
