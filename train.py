@@ -33,53 +33,56 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from data.format import dataset_dir, get_batch, load_meta, load_tokens, write_atomic
 from model import GPT, GPTConfig, positional_choices
 
-DEFAULTS = dict(
+OPTIONS = {  # name: (default, help); the defaults are the CPU default run
     # I/O
-    out_dir=None,          # default: out/<pe>
-    config="",             # a Python file of option assignments, e.g. config/tinystories_gpu.py
-    resume=False,          # continue from out_dir/ckpt.pt if it exists
-    init_from="",          # start a new stage from this checkpoint's weights (fresh optimizer, iteration 0)
-    dataset="embedded",    # data/<dataset>/ in the format of data/format.py
+    "out_dir": (None, "default: out/<pe>"),
+    "config": ("", "a Python file of option assignments, e.g. config/tinystories_gpu.py"),
+    "resume": (False, "continue from out_dir/ckpt.pt if it exists"),
+    "init_from": ("", "start a new stage from this checkpoint's weights (fresh optimizer, iteration 0)"),
+    "dataset": ("embedded", "embedded, tinystories or openwebtext"),
+    "data_dir": (None, "default: data/<dataset> (a directory in the format of data/format.py)"),
     # model (the architecture comes from --init_from's checkpoint when given; only pe may change there)
-    pe="rope",             # positional encoding: one registered in model.py's interface
-    n_layer=4,             # transformer blocks
-    n_head=4,              # attention heads
-    n_embd=128,            # residual width
-    block_size=256,        # training context length
-    rope_base=10000.0,     # RoPE base
+    "pe": ("rope", "positional encoding: one registered in model.py's interface"),
+    "n_layer": (4, "transformer blocks"),
+    "n_head": (4, "attention heads"),
+    "n_embd": (128, "residual width"),
+    "block_size": (256, "training context length"),
+    "rope_base": (10000.0, "RoPE base"),
     # optimisation
-    batch_size=16,         # sequences per micro-step (per process)
-    grad_accum=1,          # micro-steps per optimiser step, summed over all processes
-    max_iters=1500,        # optimiser steps
-    lr=2e-3,               # peak learning rate
-    min_lr=2e-4,           # learning rate at the end of the cosine
-    warmup_iters=100,      # linear warmup steps
-    weight_decay=0.1,      # AdamW decay on matrices and embeddings, not on norms
-    beta1=0.9,
-    beta2=0.95,
-    grad_clip=1.0,         # max global gradient norm (0: off)
+    "batch_size": (16, "sequences per micro-step (per process)"),
+    "grad_accum": (1, "micro-steps per optimiser step, summed over all processes"),
+    "max_iters": (1500, "optimiser steps"),
+    "lr": (2e-3, "peak learning rate"),
+    "min_lr": (2e-4, "learning rate at the end of the cosine"),
+    "warmup_iters": (100, "linear warmup steps"),
+    "weight_decay": (0.1, "AdamW decay on matrices and embeddings, not on norms"),
+    "beta1": (0.9, "AdamW beta1"),
+    "beta2": (0.95, "AdamW beta2"),
+    "grad_clip": (1.0, "max global gradient norm (0: off)"),
     # evaluation, logging, checkpoints
-    eval_interval=250,     # steps between validation-loss estimates and checkpoints
-    eval_iters=20,         # batches per loss estimate
-    log_interval=25,       # steps between progress lines
+    "eval_interval": (250, "steps between validation-loss estimates and checkpoints"),
+    "eval_iters": (20, "batches per loss estimate"),
+    "log_interval": (25, "steps between progress lines"),
     # system
-    device="auto",         # auto (cuda if available), cpu, cuda, cuda:1, mps
-    dtype="auto",          # auto (bfloat16 on cuda, float32 elsewhere), float32, bfloat16
-    compile=False,         # torch.compile the model
-    seed=1337,
-)
+    "device": ("auto", "auto (cuda if available), cpu, cuda, cuda:1, mps"),
+    "dtype": ("auto", "auto (bfloat16 on cuda, float32 elsewhere), float32, bfloat16"),
+    "compile": (False, "torch.compile the model"),
+    "seed": (1337, "seeds the initialisation and the batch stream"),
+}
+DEFAULTS = {name: default for name, (default, _) in OPTIONS.items()}
 
 
 def parse_args(argv=None):
     """Returns (options dict, names set explicitly by the config file or the command line)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for name, default in DEFAULTS.items():
+    for name, (default, help_) in OPTIONS.items():
+        help_ = f"{help_} (default: {default})" if default not in (None, "") else help_
         if isinstance(default, bool):
-            kind = lambda s: {"true": True, "1": True, "false": False, "0": False}[s.lower()]
-            parser.add_argument(f"--{name}", type=kind, nargs="?", const=True, default=argparse.SUPPRESS)
+            parser.add_argument(f"--{name}", type=parse_bool, nargs="?", const=True, default=argparse.SUPPRESS,
+                                help=help_)
         else:
             kind = type(default) if default is not None else str
-            parser.add_argument(f"--{name}", type=kind, default=argparse.SUPPRESS)
+            parser.add_argument(f"--{name}", type=kind, default=argparse.SUPPRESS, help=help_)
     cli = vars(parser.parse_args(argv))
     explicit = {}
     if cli.get("config"):
@@ -96,6 +99,13 @@ def parse_args(argv=None):
     if opts["dtype"] not in ("auto", "float32", "bfloat16"):
         parser.error(f"unknown --dtype {opts['dtype']!r}; valid choices: auto, float32, bfloat16")
     return opts, set(explicit)
+
+
+def parse_bool(text):
+    values = {"true": True, "1": True, "false": False, "0": False}
+    if text.lower() not in values:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a boolean; valid: {', '.join(values)}")
+    return values[text.lower()]
 
 
 def lr_at(it, o):
@@ -194,7 +204,10 @@ def main(argv=None):
     dtype = o["dtype"] if o["dtype"] != "auto" else ("bfloat16" if device_type == "cuda" else "float32")
     ctx = (torch.autocast(device_type, dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext())
 
-    data_dir = dataset_dir(o["dataset"])
+    try:
+        data_dir = o["data_dir"] or dataset_dir(o["dataset"])
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     if o["dataset"] == "embedded" and master:
         from data.embedded import prepare
         prepare(data_dir)  # no-op when already written

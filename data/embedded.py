@@ -19,10 +19,8 @@ import re
 import sys
 from collections import Counter
 
-import tiktoken
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # so `python data/x.py` finds data/
-from data.format import dataset_dir, write_json, write_meta, write_tokens
+from data.format import dataset_dir, encoding_from_spec, write_documents, write_json, write_meta
 
 SEED = 1337           # the corpus is a pure function of this seed
 TRAIN_STORIES = 12000  # ~2.5M tokens (11 MB of text, 5 MB of uint16)
@@ -160,14 +158,6 @@ def tokenizer_spec(ranks):
     return {"name": "embedded-bpe", "pat_str": PAT_STR, "tokens": tokens, "special_tokens": {EOT: len(tokens)}}
 
 
-def encode_documents(enc, texts):
-    tokens = []
-    for ids in enc.encode_ordinary_batch(texts):
-        tokens.extend(ids)
-        tokens.append(enc.eot_token)
-    return tokens
-
-
 def prepare(data_dir=None, train_stories=TRAIN_STORIES, val_stories=VAL_STORIES, seed=SEED, vocab_size=VOCAB_SIZE):
     """Writes the dataset unless it is already there. Returns its directory."""
     data_dir = data_dir or dataset_dir("embedded")
@@ -176,15 +166,12 @@ def prepare(data_dir=None, train_stories=TRAIN_STORIES, val_stories=VAL_STORIES,
     os.makedirs(data_dir, exist_ok=True)
     texts = generate_stories(train_stories + val_stories, seed)
     spec = tokenizer_spec(train_bpe(texts[:2000], vocab_size))
-    enc = tiktoken.Encoding(name=spec["name"], pat_str=spec["pat_str"], special_tokens=spec["special_tokens"],
-                            mergeable_ranks={bytes.fromhex(t): r for r, t in enumerate(spec["tokens"])})
-    train = encode_documents(enc, texts[:train_stories])
-    val = encode_documents(enc, texts[train_stories:])
+    enc = encoding_from_spec(spec)
     write_json(os.path.join(data_dir, "tokenizer.json"), spec)
-    write_tokens(os.path.join(data_dir, "train.bin"), train, enc.n_vocab)
-    write_tokens(os.path.join(data_dir, "val.bin"), val, enc.n_vocab)
-    write_meta(data_dir, enc, "embedded", len(train), len(val))
-    print(f"wrote {data_dir}: {len(train):,} train and {len(val):,} val tokens, vocabulary {enc.n_vocab}")
+    n_train = write_documents(os.path.join(data_dir, "train.bin"), texts[:train_stories], enc)
+    n_val = write_documents(os.path.join(data_dir, "val.bin"), texts[train_stories:], enc)
+    write_meta(data_dir, enc, "embedded", n_train, n_val)
+    print(f"wrote {data_dir}: vocabulary {enc.n_vocab}")
     return data_dir
 
 

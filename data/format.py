@@ -11,6 +11,7 @@ finished.
 """
 import json
 import os
+import time
 
 import numpy as np
 import tiktoken
@@ -41,10 +42,44 @@ def token_dtype(vocab_size):
     return np.uint16 if vocab_size <= 2 ** 16 else np.uint32
 
 
-def write_tokens(path, tokens, vocab_size):
+def write_documents(path, documents, enc, total=None, batch=1024):
+    """Tokenizes an iterable of text documents into path (an EOT after each). Streams, so it works on corpora larger
+    than memory, and prints a progress line (with an ETA when the number of documents is given as total).
+    Returns the number of tokens written. A path that exists is finished work: it is kept and counted."""
+    dtype = token_dtype(enc.n_vocab)
+    if os.path.exists(path):
+        return os.path.getsize(path) // np.dtype(dtype).itemsize
+    counts = {"docs": 0, "tokens": 0}
+    name = os.path.basename(path)
+
     def write(tmp):
-        np.asarray(tokens, dtype=token_dtype(vocab_size)).tofile(tmp)
+        t0 = t_print = time.time()
+        with open(tmp, "wb") as f:
+            for docs in batches(documents, batch):
+                ids = [t for doc in enc.encode_ordinary_batch(docs) for t in (*doc, enc.eot_token)]
+                np.asarray(ids, dtype=dtype).tofile(f)
+                counts["docs"] += len(docs)
+                counts["tokens"] += len(ids)
+                if time.time() - t_print > 2:
+                    t_print = time.time()
+                    rate = counts["docs"] / (t_print - t0)
+                    eta = f", ETA {(total - counts['docs']) / rate / 60:.1f} min" if total else ""
+                    print(f"{name}: {counts['docs']:,} documents, {counts['tokens']:,} tokens, {rate:,.0f} docs/s{eta}",
+                          flush=True)
+        print(f"{name}: {counts['docs']:,} documents, {counts['tokens']:,} tokens")
     write_atomic(path, write)
+    return counts["tokens"]
+
+
+def batches(items, n):
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == n:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def write_json(path, obj):
@@ -81,7 +116,11 @@ def load_tokenizer(data_dir):
     if meta["tokenizer"] == "gpt2":
         return tiktoken.get_encoding("gpt2")
     with open(os.path.join(data_dir, "tokenizer.json")) as f:
-        spec = json.load(f)
+        return encoding_from_spec(json.load(f))
+
+
+def encoding_from_spec(spec):
+    """A tiktoken.Encoding from {"name", "pat_str", "tokens": [hex bytes, in rank order], "special_tokens"}."""
     return tiktoken.Encoding(
         name=spec["name"], pat_str=spec["pat_str"],
         mergeable_ranks={bytes.fromhex(t): rank for rank, t in enumerate(spec["tokens"])},

@@ -1,0 +1,103 @@
+import pytest
+import torch
+
+import model as model_module
+from model import GPT, GPTConfig, KVCache
+
+TINY = dict(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embd=32)
+
+
+def tiny_model(**overrides):
+    return GPT(GPTConfig(**{**TINY, **overrides})).eval()
+
+
+@pytest.mark.parametrize("pe", ["rope", "nope"])
+def test_causal(pe):
+    model = tiny_model(pe=pe)
+    x = torch.randint(64, (2, 40))
+    y = x.clone()
+    y[:, 25] = (y[:, 25] + 1) % 64
+    with torch.no_grad():
+        a, b = model(x)[0], model(y)[0]
+    torch.testing.assert_close(a[:, :25], b[:, :25])
+    assert not torch.allclose(a[:, 25:], b[:, 25:])
+
+
+@pytest.mark.parametrize("pe,scaling", [("rope", None), ("rope", "yarn"), ("rope", "dyn_ntk"), ("nope", None)])
+def test_forward_beyond_training_length(pe, scaling):
+    model = tiny_model(pe=pe, rope_scaling=scaling, rope_factor=4.0 if scaling else 1.0)
+    for length in (32, 128):  # 1x and 4x block_size
+        x = torch.randint(64, (2, length))
+        logits, loss = model(x, x)
+        assert logits.shape == (2, length, 64) and torch.isfinite(logits).all() and torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("pe", ["rope", "nope"])
+def test_kv_cache_equals_full_forward(pe):
+    model = tiny_model(pe=pe)
+    prompt = torch.randint(64, (2, 45))  # longer than block_size: generation must not crop it
+    out = model.generate(prompt, 20, temperature=0)
+    assert out.shape == (2, 65) and torch.equal(out[:, :45], prompt)
+    with torch.no_grad():
+        full = model(out)[0]
+        # greedy tokens are the argmax of the full forward at every generated step
+        assert torch.equal(full[:, 44:64].argmax(-1), out[:, 45:])
+        # and cached logits, fed in uneven chunks, equal the full forward's
+        cache = KVCache(TINY["n_layer"])
+        chunks = [model(out[:, a:b], cache=cache)[0] for a, b in ((0, 30), (30, 31), (31, 50), (50, 65))]
+    torch.testing.assert_close(torch.cat(chunks, 1), full, rtol=1e-4, atol=1e-4)
+
+
+def test_sampling_is_reproducible_and_respects_top_k():
+    model = tiny_model()
+    prompt = torch.randint(64, (1, 5))
+    a = model.generate(prompt, 10, temperature=1.0, top_k=1, generator=torch.Generator().manual_seed(1))
+    b = model.generate(prompt, 10, temperature=0)
+    assert torch.equal(a, b)  # top-1 sampling is greedy
+    c = model.generate(prompt, 10, temperature=2.0, generator=torch.Generator().manual_seed(3))
+    d = model.generate(prompt, 10, temperature=2.0, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(c, d)
+
+
+def test_sliding_window():
+    model = tiny_model()
+    x = torch.randint(64, (1, 40))
+    y = x.clone()
+    y[:, :10] = (y[:, :10] + 7) % 64
+    with torch.no_grad():
+        a, b = model(x, window=8)[0], model(y, window=8)[0]
+    # 2 layers of window 8 see at most 2 * 7 tokens back: from position 10 + 14 on nothing changed
+    torch.testing.assert_close(a[:, 24:], b[:, 24:])
+    assert not torch.allclose(a[:, 10:17], b[:, 10:17])
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, window=40)[0], model(x)[0])  # a window as long as the input is full
+
+
+def test_unknown_pe_names_choices():
+    with pytest.raises(ValueError, match="'alibi'.*nope, rope"):
+        tiny_model(pe="alibi")
+
+
+def test_positional_plugin_sees_hidden_state_and_positions(monkeypatch):
+    seen = {}
+
+    class Recorder(torch.nn.Module):
+        def forward(self, q, k, h, pos):
+            seen.setdefault("calls", []).append((q.shape, h.shape, pos.tolist()))
+            return q, k
+
+    monkeypatch.setitem(model_module._POSITIONAL, "test_recorder", lambda config, layer_idx: Recorder())
+    model = tiny_model(pe="test_recorder")
+    cache = KVCache(TINY["n_layer"])
+    with torch.no_grad():
+        model(torch.randint(64, (1, 3)), cache=cache)
+        model(torch.randint(64, (1, 2)), cache=cache)
+    q_shape, h_shape, pos = seen["calls"][-1]
+    assert q_shape == (1, 2, 2, 16) and h_shape == (1, 2, 32) and pos == [3, 4]
+    assert len(seen["calls"]) == 4  # one module per layer, called once per forward
+
+
+def test_tied_embeddings_and_size():
+    model = tiny_model()
+    assert model.lm_head.weight is model.tok_emb.weight
+    assert model.num_params() == sum(p.numel() for p in model.parameters())

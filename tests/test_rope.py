@@ -1,0 +1,115 @@
+import math
+
+import pytest
+import torch
+
+from rope import SCALINGS, rope_frequencies, rotate, yarn_attention_factor, yarn_correction_range
+
+D = 64
+
+
+def dot_at(q, k, m, n, inv_freq):
+    """q at position m · k at position n, for every head: [H]."""
+    qr = rotate(q, torch.tensor([float(m)]), inv_freq)
+    kr = rotate(k, torch.tensor([float(n)]), inv_freq)
+    return (qr * kr).sum(-1).flatten()
+
+
+@pytest.mark.parametrize("scaling", [None, *SCALINGS])
+def test_score_depends_only_on_position_difference(scaling):
+    inv_freq, _ = rope_frequencies(D, scaling=scaling, factor=4.0, train_len=256, cur_len=1024)
+    q, k = torch.randn(2, 1, 3, 1, D).unbind(0)  # [B=1, H=3, T=1, D]
+    base = dot_at(q, k, 10, 3, inv_freq)
+    for shift in (1, 57, 900, 12.5):
+        torch.testing.assert_close(dot_at(q, k, 10 + shift, 3 + shift, inv_freq), base, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(dot_at(q, k, 10, 4, inv_freq), base, atol=1e-3)  # but it does depend on m - n
+
+
+def test_rotation_preserves_norms():
+    x = torch.randn(2, 3, 50, D)
+    inv_freq, _ = rope_frequencies(D)
+    y = rotate(x, torch.arange(50), inv_freq)
+    torch.testing.assert_close(y.norm(dim=-1), x.norm(dim=-1))
+
+
+def test_pi_equals_positions_divided_by_factor():
+    x = torch.randn(1, 2, 40, D)
+    pos = torch.arange(40)
+    plain, _ = rope_frequencies(D)
+    pi, factor = rope_frequencies(D, scaling="pi", factor=4.0, train_len=256)
+    assert factor == 1.0
+    torch.testing.assert_close(rotate(x, pos, pi), rotate(x, pos / 4.0, plain))
+
+
+def test_real_positions_agree_with_integers_and_compose():
+    x = torch.randn(1, 2, 6, D)
+    inv_freq, _ = rope_frequencies(D)
+    ints = torch.arange(100, 106)
+    torch.testing.assert_close(rotate(x, ints, inv_freq), rotate(x, ints.double().float(), inv_freq))
+    a, b = torch.full((6,), 2.25), torch.full((6,), 1000.5)  # rotating by a then b = rotating by a + b
+    torch.testing.assert_close(rotate(rotate(x, a, inv_freq), b, inv_freq), rotate(x, a + b, inv_freq),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_per_head_positions_broadcast():
+    x = torch.randn(2, 3, 5, D)
+    inv_freq, _ = rope_frequencies(D)
+    pos = torch.randn(2, 3, 5) * 50  # RePo's [B, H, T] real positions
+    y = rotate(x, pos, inv_freq)
+    torch.testing.assert_close(y[1, 2], rotate(x[1:2, 2:3], pos[1, 2], inv_freq)[0, 0])
+
+
+@pytest.mark.parametrize("dim,train_len,factor,low,high,mscale", [
+    (64, 256, 4, 0, 13, 1.1386),    # the worked numbers in shared/specs/rope.md
+    (64, 1024, 8, 5, 18, 1.2079),
+    (128, 4096, 16, 20, 46, None),
+])
+def test_yarn_bands_and_attention_factor(dim, train_len, factor, low, high, mscale):
+    assert yarn_correction_range(dim, 10000.0, train_len) == (low, high)
+    if mscale is not None:
+        assert yarn_attention_factor(factor) == pytest.approx(mscale, abs=1e-4)
+    plain, _ = rope_frequencies(dim)
+    yarn, attention_factor = rope_frequencies(dim, scaling="yarn", factor=factor, train_len=train_len)
+    assert attention_factor == pytest.approx(0.1 * math.log(factor) + 1)
+    torch.testing.assert_close(yarn[:low + 1], plain[:low + 1])                 # fast band untouched
+    torch.testing.assert_close(yarn[high:], plain[high:] / factor)              # slow band interpolated as PI
+    middle = yarn[low + 1:high] / plain[low + 1:high]
+    assert ((middle < 1) & (middle > 1 / factor)).all()                         # blended in between
+
+
+def test_ntk_base():
+    ntk, _ = rope_frequencies(64, scaling="ntk", factor=4.0)
+    base = 10000.0 * 4.0 ** (64 / 62)
+    assert base == pytest.approx(41829.4, abs=0.1)
+    torch.testing.assert_close(ntk, rope_frequencies(64, base=base)[0])
+
+
+def test_dynamic_ntk_is_plain_within_training_length():
+    plain, _ = rope_frequencies(D)
+    within, _ = rope_frequencies(D, scaling="dyn_ntk", factor=1.0, train_len=256, cur_len=256)
+    torch.testing.assert_close(within, plain)
+    beyond, _ = rope_frequencies(D, scaling="dyn_ntk", factor=1.0, train_len=256, cur_len=1024)
+    torch.testing.assert_close(beyond, rope_frequencies(D, scaling="ntk", factor=4.0)[0])  # factor 1: NTK at l/L
+
+
+def test_bad_scaling_names_the_choices():
+    with pytest.raises(ValueError, match="'linear'.*pi, ntk, dyn_ntk, yarn"):
+        rope_frequencies(D, scaling="linear", factor=2.0, train_len=256)
+    with pytest.raises(ValueError, match="factor must be >= 1"):
+        rope_frequencies(D, scaling="pi", factor=0.5, train_len=256)
+
+
+@pytest.mark.parametrize("scaling,hf_type", [("pi", "linear"), ("ntk", "dynamic"), ("yarn", "yarn")])
+def test_matches_huggingface(scaling, hf_type):
+    pytest.importorskip("transformers")
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+    cfg = LlamaConfig(hidden_size=256, num_attention_heads=4, max_position_embeddings=256,
+                      rope_scaling={"rope_type": hf_type, "factor": 4.0})
+    hf_inv_freq, hf_factor = ROPE_INIT_FUNCTIONS[hf_type](cfg, "cpu", seq_len=1024)
+    if scaling == "ntk":  # HF's "dynamic" at seq_len = 4L with factor 4 is dyn_ntk here
+        ours, factor = rope_frequencies(D, scaling="dyn_ntk", factor=4.0, train_len=256, cur_len=1024)
+    else:
+        ours, factor = rope_frequencies(D, scaling=scaling, factor=4.0, train_len=256)
+    torch.testing.assert_close(ours, hf_inv_freq.float())
+    assert factor == pytest.approx(hf_factor)
