@@ -1,0 +1,145 @@
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import model as model_module
+import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--n_layer", "2", "--n_head", "2", "--n_embd", "32", "--block_size", "32", "--batch_size", "4",
+        "--eval_interval", "4", "--eval_iters", "2", "--log_interval", "4", "--warmup_iters", "2", "--device", "cpu"]
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: nothing after it runs."""
+
+
+def run(tmp_path, data, *extra, out="run"):
+    argv = ["--data_dir", data, "--out_dir", str(tmp_path / out), *TINY, *extra]
+    return train.main(argv)
+
+
+def load(tmp_path, out="run"):
+    return torch.load(tmp_path / out / "ckpt.pt", weights_only=True)
+
+
+def test_tiny_training_lowers_loss(tmp_path, tiny_data):
+    history = run(tmp_path, tiny_data, "--max_iters", "40", "--lr", "1e-2", "--eval_interval", "20")
+    assert history["val_loss"][-1] < history["val_loss"][0] - 1.5  # nats; from ln(vocab) = 6.75 at init
+    assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
+    ckpt = load(tmp_path)
+    assert ckpt["iter"] == 40 and ckpt["model_config"]["pe"] == "rope"
+    assert not any(name.endswith(".tmp") for name in os.listdir(tmp_path / "run"))
+
+
+def test_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path, tiny_data, monkeypatch, capsys):
+    uninterrupted = run(tmp_path, tiny_data, "--max_iters", "14", out="a")
+
+    real_get_batch, calls = train.get_batch, [0]
+
+    def get_batch_then_die(*args):
+        calls[0] += 1
+        if calls[0] == 23:  # iteration 10, 2 steps after the checkpoint at 8 (evals at 0, 4, 8 take 4 batches each)
+            raise Killed
+        return real_get_batch(*args)
+    monkeypatch.setattr(train, "get_batch", get_batch_then_die)
+    with pytest.raises(Killed):
+        run(tmp_path, tiny_data, "--max_iters", "14", out="b")
+    monkeypatch.setattr(train, "get_batch", real_get_batch)
+    assert load(tmp_path, "b")["iter"] == 8
+    resumed = run(tmp_path, tiny_data, "--max_iters", "14", "--resume", out="b")
+    assert "resuming" in capsys.readouterr().out
+    assert resumed["train_loss"] == uninterrupted["train_loss"]  # bit-exact on CPU
+    assert resumed["val_loss"] == uninterrupted["val_loss"]
+    for name, tensor in load(tmp_path, "a")["model"].items():
+        assert torch.equal(tensor, load(tmp_path, "b")["model"][name]), name
+
+
+def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, tiny_data, monkeypatch):
+    real_save, saves = torch.save, [0]
+
+    def save_then_die(obj, path):
+        saves[0] += 1
+        if saves[0] == 2:
+            with open(path, "wb") as f:
+                f.write(b"half a checkpoint")
+            raise Killed
+        real_save(obj, path)
+    monkeypatch.setattr(torch, "save", save_then_die)
+    with pytest.raises(Killed):
+        run(tmp_path, tiny_data, "--max_iters", "12")
+    monkeypatch.setattr(torch, "save", real_save)
+    assert load(tmp_path)["iter"] == 4
+    assert run(tmp_path, tiny_data, "--max_iters", "12", "--resume")["iter"][-1] == 11
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_data, monkeypatch):
+    real_ce, calls = model_module.F.cross_entropy, [0]
+
+    def ce_turning_nan(*args, **kwargs):
+        calls[0] += 1
+        loss = real_ce(*args, **kwargs)
+        return loss * float("nan") if calls[0] > 14 else loss  # 14 calls: iterations 0..5 and evals at 0, 4
+    monkeypatch.setattr(model_module.F, "cross_entropy", ce_turning_nan)
+    with pytest.raises(SystemExit, match=r"non-finite loss nan .* iteration 6.*last good checkpoint"):
+        run(tmp_path, tiny_data, "--max_iters", "12")
+    ckpt = load(tmp_path)
+    assert ckpt["iter"] == 4 and all(torch.isfinite(t).all() for t in ckpt["model"].values())
+
+
+def test_resume_with_another_model_is_refused(tmp_path, tiny_data):
+    run(tmp_path, tiny_data, "--max_iters", "4")
+    with pytest.raises(SystemExit, match="n_embd: checkpoint 32 vs now 48"):
+        run(tmp_path, tiny_data, "--max_iters", "8", "--resume", "--n_embd", "48")
+
+
+def test_init_from_starts_a_new_stage_with_another_pe(tmp_path, tiny_data, capsys):
+    run(tmp_path, tiny_data, "--max_iters", "8", out="rope")
+    rope_weights = load(tmp_path, "rope")["model"]
+    history = run(tmp_path, tiny_data, "--max_iters", "4", "--pe", "nope",
+                  "--init_from", str(tmp_path / "rope" / "ckpt.pt"), out="stage2")
+    assert "(pe rope -> nope)" in capsys.readouterr().out
+    assert history["iter"][0] == 0
+    ckpt = load(tmp_path, "stage2")
+    assert ckpt["model_config"]["pe"] == "nope" and ckpt["iter"] == 4
+    assert ckpt["model"].keys() == rope_weights.keys()
+    with pytest.raises(SystemExit, match="n_layer"):
+        run(tmp_path, tiny_data, "--max_iters", "4", "--pe", "nope", "--n_layer", "3",
+            "--init_from", str(tmp_path / "rope" / "ckpt.pt"), out="stage3")
+
+
+def test_bad_options_name_the_valid_choices(tmp_path, tiny_data, capsys):
+    with pytest.raises(SystemExit):
+        run(tmp_path, tiny_data, "--pe", "alibi")
+    assert "unknown --pe 'alibi'; valid choices: nope, rope" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="unknown dataset 'wiki'; valid choices: embedded"):
+        train.main(["--dataset", "wiki"])
+    config = tmp_path / "bad.py"
+    config.write_text("max_iters = 3\nlearning_rate = 1e-3\n")
+    with pytest.raises(SystemExit):
+        run(tmp_path, tiny_data, "--config", str(config))
+    assert "unknown option(s) ['learning_rate']" in capsys.readouterr().err
+
+
+def test_config_file_then_command_line(tmp_path, tiny_data):
+    config = tmp_path / "small.py"
+    config.write_text("max_iters = 3\nlr = 1e-3\n")
+    history = run(tmp_path, tiny_data, "--config", str(config), "--lr", "2e-3")
+    ckpt = load(tmp_path)
+    assert ckpt["iter"] == 3 and ckpt["options"]["lr"] == 2e-3 and len(history["iter"]) == 3
+
+
+def test_two_process_ddp_matches_one_process(tmp_path, tiny_data):
+    common = ["--data_dir", tiny_data, *TINY, "--max_iters", "3", "--grad_accum", "2"]
+    single = train.main(common + ["--out_dir", str(tmp_path / "single")])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
+                    "train.py", *common, "--out_dir", str(tmp_path / "ddp")],
+                   cwd=ROOT, env=env, check=True, capture_output=True, timeout=180)
+    ddp = load(tmp_path, "ddp")
+    torch.testing.assert_close(ddp["history"]["train_loss"], single["train_loss"], rtol=1e-5, atol=1e-5)
+    for name, tensor in load(tmp_path, "single")["model"].items():
+        torch.testing.assert_close(ddp["model"][name], tensor, rtol=1e-5, atol=1e-5)
