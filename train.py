@@ -225,7 +225,7 @@ def main(argv=None):
     torch.manual_seed(o["seed"])
     model = GPT(config)
     data_gen = torch.Generator().manual_seed(o["seed"])  # the train-batch stream; its state is the data position
-    history = {"iter": [], "train_loss": [], "eval_iter": [], "val_loss": []}
+    history = {"iter": [], "train_loss": [], "grad_norm": [], "eval_iter": [], "val_loss": []}
     start_iter, optimizer_state = 0, None
     if o["resume"] and os.path.exists(ckpt_path):
         ckpt = load_checkpoint(ckpt_path)
@@ -238,6 +238,9 @@ def main(argv=None):
         torch.set_rng_state(ckpt["torch_rng"])
         if master:
             print(f"resuming {ckpt_path} at iteration {start_iter}")
+    elif os.path.exists(ckpt_path):
+        sys.exit(f"error: {ckpt_path} exists; pass --resume to continue it, or choose another --out_dir "
+                 f"(nothing is overwritten)")
     elif o["init_from"]:
         saved = load_checkpoint(o["init_from"])
         missing, unexpected = model.load_state_dict(saved["model"], strict=False)
@@ -290,6 +293,8 @@ def main(argv=None):
                 _, loss = train_model(x.to(device), y.to(device))
             (loss / accum_here).backward()
             loss_sum += loss.detach()
+        if ddp:  # the logged loss is the mean over all processes, and all of them stop together if it is not finite
+            dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), o["grad_clip"] or float("inf"))
         loss_value = loss_sum.item() / accum_here
         if not (math.isfinite(loss_value) and torch.isfinite(grad_norm)):
@@ -302,6 +307,7 @@ def main(argv=None):
         if master:
             history["iter"].append(it)
             history["train_loss"].append(loss_value)
+            history["grad_norm"].append(grad_norm.item())
         if master and (it + 1) % o["log_interval"] == 0:
             now = time.time()
             rate = tokens_per_iter * o["log_interval"] / (now - t_last)

@@ -94,6 +94,8 @@ def test_resume_with_another_model_is_refused(tmp_path, tiny_data):
     run(tmp_path, tiny_data, "--max_iters", "4")
     with pytest.raises(SystemExit, match="n_embd: checkpoint 32 vs now 48"):
         run(tmp_path, tiny_data, "--max_iters", "8", "--resume", "--n_embd", "48")
+    with pytest.raises(SystemExit, match="exists; pass --resume"):  # a new run never overwrites a checkpoint
+        run(tmp_path, tiny_data, "--max_iters", "8")
 
 
 def test_init_from_starts_a_new_stage_with_another_pe(tmp_path, tiny_data, capsys):
@@ -136,10 +138,12 @@ def test_two_process_ddp_matches_one_process(tmp_path, tiny_data):
     common = ["--data_dir", tiny_data, *TINY, "--max_iters", "3", "--grad_accum", "2"]
     single = train.main(common + ["--out_dir", str(tmp_path / "single")])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
-                    "train.py", *common, "--out_dir", str(tmp_path / "ddp")],
-                   cwd=ROOT, env=env, check=True, capture_output=True, timeout=180)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "train.py", *common, "--out_dir", str(tmp_path / "ddp")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
     ddp = load(tmp_path, "ddp")
-    torch.testing.assert_close(ddp["history"]["train_loss"], single["train_loss"], rtol=1e-5, atol=1e-5)
-    for name, tensor in load(tmp_path, "single")["model"].items():
-        torch.testing.assert_close(ddp["model"][name], tensor, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ddp["history"]["train_loss"], single["train_loss"], rtol=1e-5, atol=0)
+    torch.testing.assert_close(ddp["history"]["grad_norm"], single["grad_norm"], rtol=1e-5, atol=0)
+    for name, tensor in load(tmp_path, "single")["model"].items():  # Adam amplifies float noise in tiny gradients
+        torch.testing.assert_close(ddp["model"][name], tensor, rtol=0, atol=1e-4)
