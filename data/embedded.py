@@ -6,8 +6,9 @@ built from them. Nothing is downloaded, so `python train.py` works offline.
 
 Why generated stories: the project studies looking things up in the context, so the text must contain facts that
 come back. Each story introduces a few characters with a pet, a favourite thing, a place and a secret number, and
-later sentences refer back to them ("What was your secret number?" asked Tom. "It was 4821," said Mia.). A model
-can only predict those later tokens by finding the earlier mention, which a small model learns in minutes.
+later sentences refer back to them (Mia said, "My secret number is 4821."). A model can only predict those later
+tokens by finding the earlier mention. The key (the name) comes a few tokens before the value it recalls, the
+lookup that one attention circuit can learn in minutes at this scale.
 
 The tokenizer is a tiktoken.Encoding: 256 byte tokens, merges learned by BPE on the generated words, and
 <|endoftext|>. Digits are never merged, so a number is one token per digit (as needle values need).
@@ -48,6 +49,10 @@ WEATHER = ("The sun was warm.", "It started to rain.", "The wind was cold.", "Th
 TIMES = ("One day", "One morning", "Later", "After lunch", "That evening", "The next day", "Soon", "Then")
 
 
+def article(word):
+    return "an" if word[0] in "aeiou" else "a"
+
+
 def make_character(rng, used_names):
     gender = rng.choice(("she", "he"))
     name = rng.choice([n for n in NAMES[gender] if n not in used_names])
@@ -56,20 +61,20 @@ def make_character(rng, used_names):
         "name": name, "pron": PRONOUNS[gender],
         "pet": rng.choice(ANIMALS), "pet_name": rng.choice(PET_NAMES),
         "color": rng.choice(COLORS), "thing": rng.choice(THINGS),
-        "place": rng.choice(PLACES), "number": str(rng.randint(10, 9999)),
+        "place": rng.choice(PLACES), "number": str(rng.randint(1000, 9999)),
     }
 
 
 def introduce(rng, c):
     subj, _, poss = c["pron"]
     return rng.choice([
-        f"{c['name']} had a {c['pet']} named {c['pet_name']}. {c['name']} also had a {c['color']} {c['thing']}.",
+        f"{c['name']} had a {c['pet']} named {c['pet_name']}. {c['name']} also had {article(c['color'])} {c['color']} {c['thing']}.",
         f"There was a child named {c['name']}. {subj.capitalize()} loved {poss} {c['color']} {c['thing']} "
         f"and {poss} {c['pet']}, {c['pet_name']}.",
         f"{c['name']} lived near the {c['place']} with a {c['pet']} called {c['pet_name']}.",
     ]) + rng.choice([
         f" {c['name']}'s secret number was {c['number']}.",
-        f" {subj.capitalize()} had a secret number. It was {c['number']}.",
+        f" {c['name']} had a secret number. It was {c['number']}.",
         f" The secret number of {c['name']} was {c['number']}.",
     ]) + f" {poss.capitalize()} favourite place was the {c['place']}."
 
@@ -78,7 +83,9 @@ def recall(rng, c, other):
     """A sentence that repeats a fact from the introduction: predicting it needs looking back."""
     subj, obj, poss = c["pron"]
     return rng.choice([
-        f"\"What is your secret number?\" asked {other['name']}. \"It is {c['number']},\" said {c['name']}.",
+        f"{other['name']} asked, \"What is the secret number of {c['name']}?\" \"The secret number of {c['name']} is "
+        f"{c['number']},\" said {c['name']}.",
+        f"{c['name']} said, \"My secret number is {c['number']}.\"",
         f"{c['name']} wrote {poss} secret number, {c['number']}, on a piece of paper.",
         f"{c['name']} called for {c['pet_name']}. \"Come here, {c['pet_name']}!\" The {c['pet']} ran to {obj}.",
         f"{c['name']} could not find {poss} {c['color']} {c['thing']}. {other['name']} helped {obj} look, "
@@ -100,8 +107,8 @@ def event(rng, c, other):
         f"{c['name']} felt {feeling}.",
         rng.choice(WEATHER),
         f"{c['name']} and {other['name']} played together for a long time.",
-        f"At the {place}, {subj} saw a {color} {thing}.",
-        f"{c['name']} gave {other['name']} a {color} {thing}. {other['name']} was {feeling}.",
+        f"At the {place}, {subj} saw {article(color)} {color} {thing}.",
+        f"{c['name']} gave {other['name']} {article(color)} {color} {thing}. {other['name']} was {feeling}.",
         f"{c['name']} counted to {rng.randint(3, 20)}.",
         f"{subj.capitalize()} ate {rng.randint(2, 9)} apples and felt {feeling}.",
     ])
