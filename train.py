@@ -17,6 +17,7 @@ to a temporary file and renamed, so a kill never corrupts it) and loss.png (trai
 import argparse
 import math
 import os
+import random
 import runpy
 import sys
 import time
@@ -30,7 +31,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from data.format import dataset_dir, get_batch, load_meta, load_tokens, write_atomic
+from data.format import dataset_dir, get_batch, load_meta, load_tokenizer, load_tokens, write_atomic
+from data.niah import VARIANTS, make_sample
 from model import GPT, GPTConfig, positional_choices
 
 OPTIONS = {  # name: (default, help); the defaults are the CPU default run
@@ -48,6 +50,8 @@ OPTIONS = {  # name: (default, help); the defaults are the CPU default run
     "n_embd": (128, "residual width"),
     "block_size": (256, "training context length"),
     "rope_base": (10000.0, "RoPE base"),
+    # data
+    "niah_mix": (0.0, "fraction of training rows replaced by needle-in-a-haystack documents (data/niah.py)"),
     # optimisation
     "batch_size": (16, "sequences per micro-step (per process)"),
     "grad_accum": (1, "micro-steps per optimiser step, summed over all processes"),
@@ -99,6 +103,18 @@ def parse_args(argv=None):
     if opts["dtype"] not in ("auto", "float32", "bfloat16"):
         parser.error(f"unknown --dtype {opts['dtype']!r}; valid choices: auto, float32, bfloat16")
     return opts, set(explicit)
+
+
+def train_batch(tokens, o, block_size, gen, enc):
+    """Random windows of the training data; with niah_mix > 0, some rows become retrieval documents: needles inside
+    a haystack of training text, within the training length, keys and values from the "train" half."""
+    x, y = get_batch(tokens, o["batch_size"], block_size, gen)
+    if o["niah_mix"] > 0:
+        for row in (torch.rand(len(x), generator=gen) < o["niah_mix"]).nonzero().flatten().tolist():
+            rng = random.Random(int(torch.randint(2 ** 62, (1,), generator=gen)))
+            sample = make_sample(rng, enc, tokens, block_size + 1, rng.random(), rng.choice(VARIANTS), "train")
+            x[row], y[row] = torch.tensor(sample["tokens"][:-1]), torch.tensor(sample["tokens"][1:])
+    return x, y
 
 
 def parse_bool(text):
@@ -173,7 +189,8 @@ def plot_losses(history, path, title):
     ax.plot(history["iter"], history["train_loss"], label="train (running)", alpha=0.7)
     ax.plot(history["eval_iter"], history["val_loss"], "o-", label="validation")
     ax.set_xlabel("iteration")
-    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.set_ylabel("cross-entropy (nats/token, log scale)")
+    ax.set_yscale("log")
     ax.set_title(title)
     ax.legend()
     ax.grid(alpha=0.3)
@@ -218,6 +235,7 @@ def main(argv=None):
     except FileNotFoundError as e:
         sys.exit(f"error: {e}")
     splits = {"train": load_tokens(data_dir, "train"), "val": load_tokens(data_dir, "val")}
+    enc = load_tokenizer(data_dir) if o["niah_mix"] > 0 else None
 
     config = model_config_for(o, explicit, meta["vocab_size"])
     o.update({k: getattr(config, k) for k in GPTConfig.ARCHITECTURE if k in o})
@@ -283,7 +301,7 @@ def main(argv=None):
             group["lr"] = lr_at(it, o)
         # every process draws the whole step's rows and keeps its share, so N processes see exactly the
         # batches that one process with the same grad_accum would see
-        rows = [get_batch(splits["train"], o["batch_size"], config.block_size, data_gen) for _ in
+        rows = [train_batch(splits["train"], o, config.block_size, data_gen, enc) for _ in
                 range(o["grad_accum"])][rank::world]
         loss_sum = torch.zeros((), device=device)
         for micro, (x, y) in enumerate(rows):

@@ -1,0 +1,210 @@
+"""
+Needle-in-a-haystack (NIAH) evaluation at and beyond the training length.
+
+    python eval_niah.py --ckpt out/rope/ckpt.pt --ckpt out/nope/ckpt.pt --scaling none,pi,ntk,yarn
+
+For every checkpoint (and, for RoPE checkpoints, every --scaling) and every context length (multiples of the
+checkpoint's training length) and needle depth, it builds --samples needle samples (data/niah.py: the needle,
+the question and the answer fill exactly the context length) and scores two things:
+
+- exact: greedy decoding of the answer; the fraction of expected values found in the output (RULER's score;
+  1 or 0 for one value).
+- token: teacher-forced accuracy of the value's tokens (the argmax at each value token, given the true prefix):
+  less noisy for small models.
+
+It prints a table per variant (rows: checkpoint[+scaling], columns: length, cells: mean exact match over depths)
+and writes to --out_dir: results.json (every cell), heatmaps_<label>.png (depth x length per variant) and
+accuracy_vs_length.png (one line per row, one panel per variant).
+
+RoPE scalings (rope.py) are applied with factor s = length / training length (at least 1), as one would configure
+them for each target length; dyn_ntk uses factor 1, so it is NTK-aware scaling computed from the current length.
+Samples depend only on --seed, the length, depth, variant and haystack, so every row sees the same samples.
+"""
+import argparse
+import json
+import os
+import random
+import re
+import time
+
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from data.format import dataset_dir, load_tokenizer, load_tokens, write_atomic, write_json
+from data.niah import HAYSTACKS, VARIANTS, make_sample
+from model import GPT, GPTConfig
+from rope import SCALINGS
+
+
+def parse_list(text, kind, valid=None, name=""):
+    items = [kind(x) for x in text.split(",") if x]
+    bad = [x for x in items if valid is not None and x not in valid]
+    if bad:
+        raise SystemExit(f"error: unknown --{name} {bad}; valid choices: {', '.join(map(str, valid))}")
+    return items
+
+
+def load_model(ckpt, scaling, length, device):
+    """The checkpoint's model, with the RoPE scaling configured for `length`."""
+    config = dict(ckpt["model_config"])
+    factor = max(1.0, length / config["block_size"])
+    config.update(rope_scaling=scaling, rope_factor=1.0 if scaling in (None, "dyn_ntk") else factor)
+    model = GPT(GPTConfig(**config))
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval()
+
+
+@torch.no_grad()
+def score_batch(model, samples, enc, device):
+    """Greedy exact match and teacher-forced value-token accuracy for samples of equal length and answer length."""
+    tokens = torch.tensor([s["tokens"] for s in samples], device=device)
+    prompt_len = samples[0]["prompt_len"]
+    answer_len = tokens.shape[1] - prompt_len
+    logits, _ = model(tokens[:, :-1])
+    predicted = logits[:, prompt_len - 1:].argmax(-1)                  # [B, answer_len]
+    mask = torch.tensor([s["value_mask"] for s in samples], device=device)
+    token_acc = ((predicted == tokens[:, prompt_len:]) & mask).sum(1) / mask.sum(1)
+    generated = model.generate(tokens[:, :prompt_len], answer_len, temperature=0)[:, prompt_len:]
+    exact = []
+    for s, out in zip(samples, generated.tolist()):
+        found = set(re.findall(r"\d+", enc.decode(out)))
+        exact.append(sum(v in found for v in s["values"]) / len(s["values"]))
+    return exact, token_acc.tolist()
+
+
+def evaluate(ckpt_path, args, device):
+    """Yields one result dict per (scaling, variant, haystack, length, depth)."""
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    config, options = ckpt["model_config"], ckpt.get("options", {})
+    data_dir = args.data_dir or options.get("data_dir") or dataset_dir(options.get("dataset", "embedded"))
+    enc = load_tokenizer(data_dir)
+    val = load_tokens(data_dir, "val")
+    name = os.path.basename(os.path.dirname(os.path.abspath(ckpt_path)))
+    scalings = args.scaling if config["pe"] == "rope" else [None]
+    depths = np.linspace(0, 1, args.depths).round(3).tolist()
+    for scaling in scalings:
+        label = name + (f"+{scaling}" if scaling else "")
+        for mult in args.lengths:
+            length = int(mult * config["block_size"])
+            model = load_model(ckpt, scaling, length, device)
+            t0 = time.time()
+            for variant in args.variants:
+                for haystack in args.haystacks:
+                    for depth in depths:
+                        samples = [make_sample(random.Random(f"{args.seed}/{variant}/{haystack}/{length}/{depth}/{i}"),
+                                               enc, val if haystack == "val" else None, length, depth, variant, "eval")
+                                   for i in range(args.samples)]
+                        exact, token = [], []
+                        for b in range(0, len(samples), args.batch_size):
+                            e, t = score_batch(model, samples[b:b + args.batch_size], enc, device)
+                            exact += e
+                            token += t
+                        yield {"label": label, "ckpt": ckpt_path, "pe": config["pe"], "scaling": scaling,
+                               "variant": variant, "haystack": haystack, "multiple": mult, "length": length,
+                               "depth": depth, "exact": float(np.mean(exact)), "token": float(np.mean(token)),
+                               "n": len(samples)}
+            print(f"{label} at {length} tokens ({mult}x): {time.time() - t0:.1f}s", flush=True)
+
+
+def print_tables(results, lengths):
+    for variant in sorted({r["variant"] for r in results}):
+        for haystack in sorted({r["haystack"] for r in results}):
+            rows = [r for r in results if r["variant"] == variant and r["haystack"] == haystack]
+            print(f"\n{variant} needle, {haystack} haystack: exact match % (teacher-forced value-token accuracy %)")
+            print(f"{'':24s}" + "".join(f"{f'{m}x':>16s}" for m in lengths))
+            for label in dict.fromkeys(r["label"] for r in rows):
+                cells = []
+                for m in lengths:
+                    cell = [r for r in rows if r["label"] == label and r["multiple"] == m]
+                    cells.append(f"{100 * np.mean([r['exact'] for r in cell]):5.1f} "
+                                 f"({100 * np.mean([r['token'] for r in cell]):5.1f})")
+                print(f"{label:24s}" + "".join(f"{c:>16s}" for c in cells))
+
+
+def save_figure(fig, path):
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+
+
+def plot(results, lengths, out_dir):
+    variants = list(dict.fromkeys(r["variant"] for r in results))
+    haystack = results[0]["haystack"]  # figures show the first haystack; results.json has all
+    results = [r for r in results if r["haystack"] == haystack]
+    labels = list(dict.fromkeys(r["label"] for r in results))
+    depths = sorted({r["depth"] for r in results})
+    for label in labels:
+        fig, axes = plt.subplots(1, len(variants), figsize=(4 * len(variants) + 1, 3.5), squeeze=False,
+                                 layout="constrained")
+        for ax, variant in zip(axes[0], variants):
+            grid = np.array([[np.mean([r["exact"] for r in results if r["label"] == label and r["variant"] == variant
+                                       and r["depth"] == d and r["multiple"] == m]) for m in lengths] for d in depths])
+            im = ax.imshow(100 * grid, vmin=0, vmax=100, cmap="RdYlGn", aspect="auto", origin="upper")
+            ax.set_xticks(range(len(lengths)), [f"{m}x" for m in lengths])
+            ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths])
+            ax.set_xlabel("context length (x training length)")
+            ax.set_ylabel("needle depth")
+            ax.set_title(f"{label}: {variant}")
+            for i in range(len(depths)):
+                for j in range(len(lengths)):
+                    ax.text(j, i, f"{100 * grid[i, j]:.0f}", ha="center", va="center", fontsize=8)
+        fig.colorbar(im, ax=axes[0].tolist(), label="exact match %")
+        save_figure(fig, os.path.join(out_dir, f"heatmaps_{label}.png"))
+    fig, axes = plt.subplots(1, len(variants), figsize=(4.5 * len(variants), 3.5), squeeze=False,
+                             layout="constrained")
+    for ax, variant in zip(axes[0], variants):
+        for label in labels:
+            acc = [100 * np.mean([r["exact"] for r in results if r["label"] == label and r["variant"] == variant
+                                  and r["multiple"] == m]) for m in lengths]
+            ax.plot(lengths, acc, "o-", label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(lengths, [f"{m}x" for m in lengths])
+        ax.set_ylim(-3, 103)
+        ax.set_xlabel("context length (x training length)")
+        ax.set_ylabel("exact match %")
+        ax.set_title(f"{variant} needle, {haystack} haystack")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=8)
+    save_figure(fig, os.path.join(out_dir, "accuracy_vs_length.png"))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", action="append", required=True, help="a checkpoint; repeat for several")
+    p.add_argument("--lengths", default="1,2,4,8", help="context lengths as multiples of the training length")
+    p.add_argument("--depths", type=int, default=5, help="needle depths, evenly spread from 0%% to 100%%")
+    p.add_argument("--samples", type=int, default=10, help="samples per (length, depth) cell")
+    p.add_argument("--variants", default="single", help=f"comma list of {', '.join(VARIANTS)}")
+    p.add_argument("--haystacks", default="val", help=f"comma list of {', '.join(HAYSTACKS)}")
+    p.add_argument("--scaling", default="none", help=f"comma list of none, {', '.join(SCALINGS)} (RoPE models)")
+    p.add_argument("--data_dir", default=None, help="haystack data; default: the checkpoint's dataset")
+    p.add_argument("--out_dir", default="out/niah")
+    p.add_argument("--batch_size", type=int, default=10, help="samples per forward pass")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    args.lengths = parse_list(args.lengths, float, name="lengths")
+    args.lengths = [int(m) if m == int(m) else m for m in args.lengths]
+    args.variants = parse_list(args.variants, str, VARIANTS, "variants")
+    args.haystacks = parse_list(args.haystacks, str, HAYSTACKS, "haystacks")
+    args.scaling = [None if s == "none" else s for s in parse_list(args.scaling, str, ("none", *SCALINGS), "scaling")]
+    if args.depths < 1 or args.samples < 1:
+        raise SystemExit(f"error: --depths ({args.depths}) and --samples ({args.samples}) must be at least 1")
+    for path in args.ckpt:
+        if not os.path.exists(path):
+            raise SystemExit(f"error: no checkpoint at {path}; train one with: python train.py --out_dir "
+                             f"{os.path.dirname(path) or '.'}")
+    torch.manual_seed(args.seed)
+    os.makedirs(args.out_dir, exist_ok=True)
+    results = [r for path in args.ckpt for r in evaluate(path, args, args.device)]
+    print_tables(results, args.lengths)
+    write_json(os.path.join(args.out_dir, "results.json"), {"args": vars(args), "results": results})
+    plot(results, args.lengths, args.out_dir)
+    print(f"\nwrote {args.out_dir}/results.json and figures")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+import random
+
+import pytest
+import torch
+
+import eval_niah
+from data.format import load_tokenizer, load_tokens
+from data.niah import VARIANTS, make_sample, plan_needles, split_of
+from model import GPT, GPTConfig
+
+
+@pytest.fixture(scope="module")
+def enc_and_val(tiny_data):
+    return load_tokenizer(tiny_data), load_tokens(tiny_data, "val")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("haystack", ["val", "noise"])
+def test_sample_has_exact_length_and_needle_at_depth(enc_and_val, variant, haystack):
+    enc, val = enc_and_val
+    for length, depth in ((128, 0.0), (256, 0.5), (512, 1.0), (300, 0.25)):
+        s = make_sample(random.Random(7), enc, val if haystack == "val" else None, length, depth, variant, "eval")
+        tokens = s["tokens"]
+        assert len(tokens) == length
+        needle = enc.decode(tokens[s["needle_at"]:s["prompt_len"]])
+        first = " The pass key is" if variant == "passkey" else " The secret number of"
+        assert needle.startswith(first) and s["values"][0] in needle.split(".")[0]
+        # the depth needle starts at a sentence start near the requested fraction of the haystack
+        n_haystack = length - (len(tokens) - s["prompt_len"]) - len(enc.encode_ordinary(needle.split("?")[0])) // 2
+        assert abs(s["needle_at"] - depth * n_haystack) <= 0.1 * length + 12
+        answer = enc.decode(tokens[s["prompt_len"]:])
+        assert all(v in answer for v in s["values"])
+        assert sum(s["value_mask"]) == sum(len(v) for v in s["values"])  # one token per digit here
+
+
+def test_keys_and_values_are_unique_and_split(enc_and_val):
+    enc, val = enc_and_val
+    for split in ("train", "eval"):
+        for i in range(20):
+            s = make_sample(random.Random(i), enc, val, 256, 0.5, "multivalue", split)
+            assert len(set(s["values"])) == len(s["values"]) and all(split_of(v) == split for v in s["values"])
+            haystack = enc.decode([int(t) for t in val[i * 100:i * 100 + 256]])
+            needles, asked, values = plan_needles(random.Random(i), "multikey", split, haystack)
+            keys = [n.split(" of ")[1].split(" is")[0] for n in needles]
+            assert len(set(keys)) == 4 and asked == keys[:1] and all(split_of(k) == split for k in keys)
+            assert not any(k in haystack for k in keys)  # the stories' own characters are never keys
+
+
+def test_samples_are_deterministic(enc_and_val):
+    enc, val = enc_and_val
+    a = make_sample(random.Random("x"), enc, val, 256, 0.3, "single", "eval")
+    b = make_sample(random.Random("x"), enc, val, 256, 0.3, "single", "eval")
+    assert a == b
+
+
+def test_bad_variant_names_choices(enc_and_val):
+    enc, val = enc_and_val
+    with pytest.raises(ValueError, match="'needle'; valid choices: single, multikey"):
+        make_sample(random.Random(0), enc, val, 256, 0.5, "needle", "eval")
+
+
+class Oracle(torch.nn.Module):
+    """Predicts a fixed continuation: the sample's answer, or a wrong one, to check scoring."""
+
+    def __init__(self, sequence, vocab, wrong_at=None):
+        super().__init__()
+        self.sequence, self.vocab, self.wrong_at = sequence, vocab, wrong_at
+
+    def forward(self, idx, targets=None, cache=None):
+        logits = torch.zeros(idx.shape[0], idx.shape[1], self.vocab)
+        for b in range(idx.shape[0]):
+            for t in range(idx.shape[1]):
+                pos = t if cache is None else cache.length() + t
+                nxt = self.sequence[pos + 1] if pos + 1 < len(self.sequence) else 0
+                if self.wrong_at is not None and pos + 1 == self.wrong_at:
+                    nxt = (nxt + 1) % self.vocab
+                logits[b, t, nxt] = 1.0
+        if cache is not None:
+            cache.keys[0] = torch.zeros(1, 1, cache.length() + idx.shape[1], 1)
+        return logits, None
+
+
+def test_scoring_on_hand_made_outputs(enc_and_val):
+    enc, val = enc_and_val
+    s = make_sample(random.Random(3), enc, val, 200, 0.5, "single", "eval")
+    class Generating(Oracle):
+        config = GPTConfig(n_layer=1)
+        generate = GPT.generate
+
+    right = Generating(s["tokens"], enc.n_vocab)
+    assert eval_niah.score_batch(right, [s], enc, "cpu") == ([1.0], [1.0])
+    first_digit = s["prompt_len"] + s["value_mask"].index(True)
+    wrong = Generating(s["tokens"], enc.n_vocab, wrong_at=first_digit)
+    exact, token = eval_niah.score_batch(wrong, [s], enc, "cpu")
+    assert exact == [0.0] and token[0] == pytest.approx(3 / 4)  # teacher forcing: 3 of 4 digits right
+
+
+def test_long_prompt_is_not_cropped(tiny_data, tmp_path, monkeypatch):
+    model = GPT(GPTConfig(vocab_size=load_tokenizer(tiny_data).n_vocab, block_size=64, n_layer=1, n_head=2,
+                          n_embd=16))
+    torch.save({"model_config": model.config.to_dict(), "model": model.state_dict(),
+                "options": {"data_dir": tiny_data}}, tmp_path / "ckpt.pt")
+    seen = []
+    real_forward = GPT.forward
+
+    def recording_forward(self, idx, *args, **kwargs):
+        seen.append(idx.shape[1])
+        return real_forward(self, idx, *args, **kwargs)
+    monkeypatch.setattr(GPT, "forward", recording_forward)
+    results = eval_niah.main(["--ckpt", str(tmp_path / "ckpt.pt"), "--lengths", "1,4", "--depths", "2",
+                              "--samples", "2", "--out_dir", str(tmp_path / "niah"), "--scaling", "none,yarn"])
+    assert max(seen) == 4 * 64 - 1  # the whole 256-token sample minus its last token, uncropped
+    assert {r["label"] for r in results} == {tmp_path.name, f"{tmp_path.name}+yarn"}
+    assert (tmp_path / "niah" / "results.json").exists() and (tmp_path / "niah" / "accuracy_vs_length.png").exists()
