@@ -133,4 +133,4 @@ def make_sample(rng, enc, source, length, depth, variant, split):
     prompt_len = length - len(answer_ids)
     value_mask = [any(c.isdigit() for c in enc.decode([t])) for t in answer_ids]
     return {"tokens": tokens, "prompt_len": prompt_len, "values": values, "value_mask": value_mask,
-            "needle_at": needle_at, "depth": depth}
+            "needle_at": needle_at, "depth": depth, "haystack_len": n_haystack}

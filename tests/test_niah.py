@@ -25,9 +25,9 @@ def test_sample_has_exact_length_and_needle_at_depth(enc_and_val, variant, hayst
         needle = enc.decode(tokens[s["needle_at"]:s["prompt_len"]])
         first = " The pass key is" if variant == "passkey" else " The secret number of"
         assert needle.startswith(first) and s["values"][0] in needle.split(".")[0]
-        # the depth needle starts at a sentence start near the requested fraction of the haystack
-        n_haystack = length - (len(tokens) - s["prompt_len"]) - len(enc.encode_ordinary(needle.split("?")[0])) // 2
-        assert abs(s["needle_at"] - depth * n_haystack) <= 0.1 * length + 12
+        if variant in ("single", "passkey"):  # the needle starts at the sentence start nearest the requested depth
+            assert abs(s["needle_at"] - depth * s["haystack_len"]) <= 25  # the longest generated sentence
+            assert s["needle_at"] == 0 or enc.decode([tokens[s["needle_at"] - 1]]).endswith(".")
         answer = enc.decode(tokens[s["prompt_len"]:])
         assert all(v in answer for v in s["values"])
         assert sum(s["value_mask"]) == sum(len(v) for v in s["values"])  # one token per digit here

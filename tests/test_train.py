@@ -147,3 +147,20 @@ def test_two_process_ddp_matches_one_process(tmp_path, tiny_data):
     torch.testing.assert_close(ddp["history"]["grad_norm"], single["grad_norm"], rtol=1e-5, atol=0)
     for name, tensor in load(tmp_path, "single")["model"].items():  # Adam amplifies float noise in tiny gradients
         torch.testing.assert_close(ddp["model"][name], tensor, rtol=0, atol=1e-4)
+
+
+def test_retrieval_mix_rows(tiny_data):
+    from data.format import get_batch, load_tokenizer, load_tokens
+    from data.niah import split_of
+    enc, tokens = load_tokenizer(tiny_data), load_tokens(tiny_data, "train")
+    o = {"batch_size": 8, "niah_mix": 0.0}
+    plain = train.train_batch(tokens, o, 128, torch.Generator().manual_seed(1), enc)
+    assert all(torch.equal(a, b) for a, b in zip(plain, get_batch(tokens, 8, 128, torch.Generator().manual_seed(1))))
+    x, y = train.train_batch(tokens, {**o, "niah_mix": 1.0}, 128, torch.Generator().manual_seed(1), enc)
+    assert x.shape == y.shape == (8, 128) and torch.equal(x[:, 1:], y[:, :-1])
+    for row in torch.cat((x, y[:, -1:]), 1).tolist():
+        text = enc.decode(row)
+        assert "pass key" in text or "secret number" in text
+        numbers = [w.strip('.,"?') for w in text.split() if w.strip('.,"?').isdigit() and len(w.strip('.,"?')) == 4]
+        asked = text.rsplit("What", 1)[1]  # the question and the answer: values of the training half only
+        assert all(split_of(v) == "train" for v in numbers if v in asked)
