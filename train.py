@@ -154,12 +154,12 @@ def architecture_diff(saved, current):
             for k in GPTConfig.ARCHITECTURE if saved.get(k) != current[k]]
 
 
-def model_config_for(o, explicit, vocab_size):
-    """The model config of this run: from the options, or from --init_from's checkpoint with a new pe."""
+def model_config_for(o, explicit, vocab_size, init=None):
+    """The model config of this run: from the options, or from the --init_from checkpoint `init` with a new pe."""
     arch = {k: o[k] for k in GPTConfig.ARCHITECTURE if k in o}
     arch["vocab_size"] = vocab_size
-    if o["init_from"]:
-        saved = load_checkpoint(o["init_from"])["model_config"]
+    if init is not None:
+        saved = init["model_config"]
         clash = [d for d in architecture_diff(saved, arch) if d.split(":")[0] in explicit and d[:3] != "pe:"]
         if clash:
             sys.exit(f"error: --init_from keeps the checkpoint's architecture; these flags differ: {clash}")
@@ -237,7 +237,11 @@ def main(argv=None):
     splits = {"train": load_tokens(data_dir, "train"), "val": load_tokens(data_dir, "val")}
     enc = load_tokenizer(data_dir) if o["niah_mix"] > 0 else None
 
-    config = model_config_for(o, explicit, meta["vocab_size"])
+    try:
+        init = load_checkpoint(o["init_from"]) if o["init_from"] else None
+    except FileNotFoundError as e:
+        sys.exit(f"error: --init_from: {e}")
+    config = model_config_for(o, explicit, meta["vocab_size"], init)
     o.update({k: getattr(config, k) for k in GPTConfig.ARCHITECTURE if k in o})
     ckpt_path = os.path.join(o["out_dir"], "ckpt.pt")
     torch.manual_seed(o["seed"])
@@ -259,11 +263,10 @@ def main(argv=None):
     elif os.path.exists(ckpt_path):
         sys.exit(f"error: {ckpt_path} exists; pass --resume to continue it, or choose another --out_dir "
                  f"(nothing is overwritten)")
-    elif o["init_from"]:
-        saved = load_checkpoint(o["init_from"])
-        missing, unexpected = model.load_state_dict(saved["model"], strict=False)
+    elif init is not None:
+        missing, unexpected = model.load_state_dict(init["model"], strict=False)
         if master:
-            print(f"initialised from {o['init_from']} (pe {saved['model_config']['pe']} -> {config.pe}); "
+            print(f"initialised from {o['init_from']} (pe {init['model_config']['pe']} -> {config.pe}); "
                   f"fresh: {missing or 'none'}; not used: {unexpected or 'none'}")
     model.to(device)
     optimizer = make_optimizer(model, o, device_type)

@@ -108,6 +108,8 @@ def test_init_from_starts_a_new_stage_with_another_pe(tmp_path, tiny_data, capsy
     ckpt = load(tmp_path, "stage2")
     assert ckpt["model_config"]["pe"] == "nope" and ckpt["iter"] == 4
     assert ckpt["model"].keys() == rope_weights.keys()
+    with pytest.raises(SystemExit, match="--init_from: no checkpoint at"):
+        run(tmp_path, tiny_data, "--init_from", str(tmp_path / "missing.pt"), out="stage4")
     with pytest.raises(SystemExit, match="n_layer"):
         run(tmp_path, tiny_data, "--max_iters", "4", "--pe", "nope", "--n_layer", "3",
             "--init_from", str(tmp_path / "rope" / "ckpt.pt"), out="stage3")
