@@ -32,7 +32,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from data.format import dataset_dir, get_batch, load_meta, load_tokenizer, load_tokens, write_atomic
-from data.niah import VARIANTS, make_sample
+from data.niah import make_drill
 from model import GPT, GPTConfig, positional_choices
 
 OPTIONS = {  # name: (default, help); the defaults are the CPU default run
@@ -112,8 +112,8 @@ def train_batch(tokens, o, block_size, gen, enc):
     if o["niah_mix"] > 0:
         for row in (torch.rand(len(x), generator=gen) < o["niah_mix"]).nonzero().flatten().tolist():
             rng = random.Random(int(torch.randint(2 ** 62, (1,), generator=gen)))
-            sample = make_sample(rng, enc, tokens, block_size + 1, rng.random(), rng.choice(VARIANTS), "train")
-            x[row], y[row] = torch.tensor(sample["tokens"][:-1]), torch.tensor(sample["tokens"][1:])
+            seq = make_drill(rng, enc, tokens, block_size + 1, "train")
+            x[row], y[row] = torch.tensor(seq[:-1]), torch.tensor(seq[1:])
     return x, y
 
 

@@ -134,3 +134,26 @@ def make_sample(rng, enc, source, length, depth, variant, split):
     value_mask = [any(c.isdigit() for c in enc.decode([t])) for t in answer_ids]
     return {"tokens": tokens, "prompt_len": prompt_len, "values": values, "value_mask": value_mask,
             "needle_at": needle_at, "depth": depth, "haystack_len": n_haystack}
+
+
+def make_drill(rng, enc, source, length, split, max_needles=3):
+    """A training document of exactly `length` tokens that asks for every needle it holds: 1 to max_needles
+    needles at random sentence starts of a haystack, then one question and answer per needle, in random order.
+    Several answers per row is what lets a small model leave the long plateau before lookups are learned
+    (README, "Needle in a haystack")."""
+    pool = haystack_tokens(rng, enc, source, length)
+    free = [k for k in KEYS if split_of(k) == split and not re.search(rf"\b{k}\b", enc.decode(pool))]
+    keys = rng.sample(free, min(rng.randint(1, max_needles), len(free)))
+    taken = set()
+    values = [draw_value(rng, split, taken) for _ in keys]
+    needle_ids = [enc.encode_ordinary(needle_text(k, v)) for k, v in zip(keys, values)]
+    qa_ids = [t for i in rng.sample(range(len(keys)), len(keys))
+              for t in enc.encode_ordinary("".join(question_and_answer("single", [keys[i]], [values[i]])))]
+    n_haystack = length - sum(map(len, needle_ids)) - len(qa_ids)
+    if n_haystack < 8:
+        raise ValueError(f"length {length} is too short for a drill of {len(keys)} needles")
+    tokens = pool[:n_haystack]
+    starts = sentence_starts(enc, tokens)
+    for at, ids in sorted(zip(rng.choices(starts, k=len(keys)), needle_ids), reverse=True):
+        tokens[at:at] = ids
+    return tokens + qa_ids

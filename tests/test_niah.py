@@ -1,4 +1,5 @@
 import random
+import re
 
 import pytest
 import torch
@@ -112,3 +113,16 @@ def test_long_prompt_is_not_cropped(tiny_data, tmp_path, monkeypatch):
     assert max(seen) == 4 * 64 - 1  # the whole 256-token sample minus its last token, uncropped
     assert {r["label"] for r in results} == {tmp_path.name, f"{tmp_path.name}+yarn"}
     assert (tmp_path / "niah" / "results.json").exists() and (tmp_path / "niah" / "accuracy_vs_length.png").exists()
+
+
+def test_drill_asks_every_needle(enc_and_val):
+    from data.niah import make_drill
+    enc, val = enc_and_val
+    for i in range(10):
+        tokens = make_drill(random.Random(i), enc, val, 257, "train")
+        assert len(tokens) == 257
+        text = enc.decode(tokens)
+        needles = re.findall(r" The secret number of (\w+) is (\d+)\.", text)
+        answers = re.findall(r'"The secret number of (\w+) is (\d+)(?= "What|$)', text)  # not the stories' own
+        assert 1 <= len(answers) <= 3 and sorted(answers) == sorted(n for n in needles if n in answers)
+        assert all(split_of(k) == "train" and split_of(v) == "train" for k, v in answers)
