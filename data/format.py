@@ -114,9 +114,18 @@ def load_tokens(data_dir, split):
 def load_tokenizer(data_dir):
     meta = load_meta(data_dir)
     if meta["tokenizer"] == "gpt2":
-        return tiktoken.get_encoding("gpt2")
+        return gpt2_encoding()
     with open(os.path.join(data_dir, "tokenizer.json")) as f:
         return encoding_from_spec(json.load(f))
+
+
+def gpt2_encoding():
+    """tiktoken's gpt2 vocabulary, which tiktoken downloads (and caches) on first use."""
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except Exception as e:  # tiktoken raises the HTTP library's own errors when offline
+        raise SystemExit(f"error: cannot load tiktoken's gpt2 vocabulary ({type(e).__name__}); its first use "
+                         f"needs internet. The embedded default dataset (python train.py) works offline.")
 
 
 def encoding_from_spec(spec):

@@ -12,10 +12,8 @@ run redoes only the split that was not finished (each .bin is written under a te
 import os
 import sys
 
-import tiktoken
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # so `python data/x.py` finds data/
-from data.format import dataset_dir, write_documents, write_meta
+from data.format import dataset_dir, gpt2_encoding, write_documents, write_meta
 
 HF_NAME = "Skylion007/openwebtext"  # the Parquet copy on the Hugging Face hub
 VAL_FRACTION = 0.0005
@@ -31,8 +29,8 @@ def prepare(data_dir=None):
         from datasets import load_dataset
     except ImportError:
         raise SystemExit("error: data/openwebtext.py needs the optional package `datasets`: pip install datasets")
+    enc = gpt2_encoding()
     os.makedirs(data_dir, exist_ok=True)
-    enc = tiktoken.get_encoding("gpt2")
     docs = load_dataset(HF_NAME, split="train", num_proc=max(1, os.cpu_count() // 2))
     parts = docs.train_test_split(test_size=VAL_FRACTION, seed=SEED, shuffle=True)
     n_tokens = {}

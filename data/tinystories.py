@@ -15,10 +15,8 @@ import time
 import urllib.error
 import urllib.request
 
-import tiktoken
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # so `python data/x.py` finds data/
-from data.format import dataset_dir, write_documents, write_meta
+from data.format import dataset_dir, gpt2_encoding, write_documents, write_meta
 
 URL = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/"
 FILES = {"train": "TinyStories-train.txt", "val": "TinyStories-valid.txt"}
@@ -73,12 +71,13 @@ def read_stories(path):
 
 
 def prepare(data_dir=None, url=URL, enc=None, tokenizer_name="gpt2"):
+    """enc and tokenizer_name default to gpt2; tests pass a local tokenizer."""
     data_dir = data_dir or dataset_dir("tinystories")
     if os.path.exists(os.path.join(data_dir, "meta.json")):
         print(f"{data_dir} is already prepared")
         return data_dir
+    enc = enc or gpt2_encoding()
     os.makedirs(data_dir, exist_ok=True)
-    enc = enc or tiktoken.get_encoding(tokenizer_name)
     n_tokens = {}
     for split, name in FILES.items():
         raw, tokens = os.path.join(data_dir, name), os.path.join(data_dir, f"{split}.bin")

@@ -127,3 +127,14 @@ def test_read_stories_across_chunk_boundaries(tmp_path, monkeypatch):
 def test_offline_download_says_so(tmp_path):
     with pytest.raises(SystemExit, match="needs internet"):
         tinystories.download("http://127.0.0.1:9/TinyStories-valid.txt", str(tmp_path / "x.txt"))
+
+
+def test_gpt2_vocabulary_offline_says_so(monkeypatch):
+    import tiktoken
+    from data.format import gpt2_encoding
+
+    def offline(name):
+        raise ConnectionError("no network")
+    monkeypatch.setattr(tiktoken, "get_encoding", offline)
+    with pytest.raises(SystemExit, match="needs internet"):
+        gpt2_encoding()
