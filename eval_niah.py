@@ -21,7 +21,7 @@ them for each target length; dyn_ntk uses factor 1, so it is NTK-aware scaling c
 Samples depend only on --seed, the length, depth, variant and haystack, so every row sees the same samples.
 """
 import argparse
-import json
+import itertools
 import os
 import random
 import re
@@ -91,21 +91,19 @@ def evaluate(ckpt_path, args, device):
             length = int(mult * config["block_size"])
             model = load_model(ckpt, scaling, length, device)
             t0 = time.time()
-            for variant in args.variants:
-                for haystack in args.haystacks:
-                    for depth in depths:
-                        samples = [make_sample(random.Random(f"{args.seed}/{variant}/{haystack}/{length}/{depth}/{i}"),
-                                               enc, val if haystack == "val" else None, length, depth, variant, "eval")
-                                   for i in range(args.samples)]
-                        exact, token = [], []
-                        for b in range(0, len(samples), args.batch_size):
-                            e, t = score_batch(model, samples[b:b + args.batch_size], enc, device)
-                            exact += e
-                            token += t
-                        yield {"label": label, "ckpt": ckpt_path, "pe": config["pe"], "scaling": scaling,
-                               "variant": variant, "haystack": haystack, "multiple": mult, "length": length,
-                               "depth": depth, "exact": float(np.mean(exact)), "token": float(np.mean(token)),
-                               "n": len(samples)}
+            for variant, haystack, depth in itertools.product(args.variants, args.haystacks, depths):
+                samples = [make_sample(random.Random(f"{args.seed}/{variant}/{haystack}/{length}/{depth}/{i}"),
+                                       enc, val if haystack == "val" else None, length, depth, variant, "eval")
+                           for i in range(args.samples)]
+                exact, token = [], []
+                for b in range(0, len(samples), args.batch_size):
+                    e, t = score_batch(model, samples[b:b + args.batch_size], enc, device)
+                    exact += e
+                    token += t
+                yield {"label": label, "ckpt": ckpt_path, "pe": config["pe"], "scaling": scaling,
+                       "variant": variant, "haystack": haystack, "multiple": mult, "length": length,
+                       "depth": depth, "exact": float(np.mean(exact)), "token": float(np.mean(token)),
+                       "n": len(samples)}
             print(f"{label} at {length} tokens ({mult}x): {time.time() - t0:.1f}s", flush=True)
 
 
