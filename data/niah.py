@@ -123,7 +123,7 @@ def make_sample(rng, enc, source, length, depth, variant, split):
     haystack = pool[:n_haystack]
     starts = sentence_starts(enc, haystack)
     target = min(starts, key=lambda s: abs(s - depth * n_haystack))
-    others = rng.sample(starts, len(needles) - 1) if len(starts) >= len(needles) - 1 else []
+    others = rng.choices(starts, k=len(needles) - 1)
     placed = sorted(zip([target, *others], range(len(needles))), reverse=True)  # insert from the back
     tokens = list(haystack)
     for at, which in placed:

@@ -19,7 +19,7 @@ def enc_and_val(tiny_data):
 @pytest.mark.parametrize("haystack", ["val", "noise"])
 def test_sample_has_exact_length_and_needle_at_depth(enc_and_val, variant, haystack):
     enc, val = enc_and_val
-    for length, depth in ((128, 0.0), (256, 0.5), (512, 1.0), (300, 0.25)):
+    for length, depth in ((96, 0.75), (128, 0.0), (256, 0.5), (512, 1.0), (300, 0.25)):
         s = make_sample(random.Random(7), enc, val if haystack == "val" else None, length, depth, variant, "eval")
         tokens = s["tokens"]
         assert len(tokens) == length
