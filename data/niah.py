@@ -65,9 +65,14 @@ def question_and_answer(variant, keys, values):
     return f' "What is the secret number of {keys[0]}?" "The secret number of {keys[0]} is', f" {values[0]}"
 
 
+def unused_keys(split, haystack_text):
+    """The split's keys that do not occur in the haystack (the stories have secret numbers of their own)."""
+    return [k for k in KEYS if split_of(k) == split and not re.search(rf"\b{k}\b", haystack_text)]
+
+
 def plan_needles(rng, variant, split, haystack_text):
     """Returns (needle texts, queried keys, expected values); the first needle is the one placed at the depth."""
-    free = [k for k in KEYS if split_of(k) == split and not re.search(rf"\b{k}\b", haystack_text)]
+    free = unused_keys(split, haystack_text)
     n_keys = {"single": 1, "multikey": 1 + N_DISTRACTORS, "multivalue": 1, "multiquery": N_QUERIES, "passkey": 0}
     if len(free) < n_keys[variant]:
         raise ValueError(f"only {len(free)} unused keys left for variant {variant!r}; use a shorter haystack")
@@ -142,7 +147,7 @@ def make_drill(rng, enc, source, length, split, max_needles=3):
     Several answers per row is what lets a small model leave the long plateau before lookups are learned
     (README, "Needle in a haystack")."""
     pool = haystack_tokens(rng, enc, source, length)
-    free = [k for k in KEYS if split_of(k) == split and not re.search(rf"\b{k}\b", enc.decode(pool))]
+    free = unused_keys(split, enc.decode(pool))
     keys = rng.sample(free, min(rng.randint(1, max_needles), len(free)))
     taken = set()
     values = [draw_value(rng, split, taken) for _ in keys]
