@@ -4,7 +4,7 @@
 # 2 cores (OMP_NUM_THREADS=1 each).
 #   python train.py --config config/niah_cpu.py --pe rope --out_dir out/niah_rope
 #   python train.py --config config/niah_cpu.py --pe nope --out_dir out/niah_nope
-niah_mix = 1.0         # fraction of rows that are drills; at 0.5 the lookup was not learned in 4,000 steps
+niah_mix = 1.0         # fraction of rows that are drills; at 0.5 the lookup was not learned in 3,500 steps
 block_size = 128       # training context length L
 max_iters = 6000       # lookups start to be learned after ~2,000 steps (a plateau, then a phase change)
 min_lr = 1e-3          # keep the learning rate high through the phase change
