@@ -339,6 +339,8 @@ def main(argv=None):
                   f"{rate / 1e3:.1f}k tok/s | ETA {format_seconds(eta)}{mfu}", flush=True)
             t_last = now
 
+    if master and start_iter >= o["max_iters"]:
+        print(f"{ckpt_path} already finished its {o['max_iters']} iterations (raise --max_iters to train on)")
     if master and start_iter < o["max_iters"]:
         losses = estimate_loss(model, splits, o, ctx, device)
         history["eval_iter"].append(o["max_iters"])
