@@ -68,7 +68,8 @@ def make_character(rng, used_names):
 def introduce(rng, c):
     subj, _, poss = c["pron"]
     return rng.choice([
-        f"{c['name']} had a {c['pet']} named {c['pet_name']}. {c['name']} also had {article(c['color'])} {c['color']} {c['thing']}.",
+        f"{c['name']} had a {c['pet']} named {c['pet_name']}. "
+        f"{c['name']} also had {article(c['color'])} {c['color']} {c['thing']}.",
         f"There was a child named {c['name']}. {subj.capitalize()} loved {poss} {c['color']} {c['thing']} "
         f"and {poss} {c['pet']}, {c['pet_name']}.",
         f"{c['name']} lived near the {c['place']} with a {c['pet']} called {c['pet_name']}.",

@@ -60,7 +60,8 @@ def question_and_answer(variant, keys, values):
                 " " + ", ".join(values[:-1]) + f" and {values[-1]}")
     if variant == "multiquery":
         asked = " and ".join(keys)
-        answer = f" {values[0]}" + "".join(f" and the secret number of {k} is {v}" for k, v in zip(keys[1:], values[1:]))
+        answer = f" {values[0]}" + "".join(f" and the secret number of {k} is {v}"
+                                           for k, v in zip(keys[1:], values[1:]))
         return f' "What are the secret numbers of {asked}?" "The secret number of {keys[0]} is', answer
     return f' "What is the secret number of {keys[0]}?" "The secret number of {keys[0]} is', f" {values[0]}"
 

@@ -54,8 +54,8 @@ def download(url, path):
                 t_print = time.time()
                 rate = (done - have) / (t_print - t0)
                 eta = f", ETA {(total - done) / rate / 60:.1f} min" if total else ""
-                print(f"{os.path.basename(path)}: {done / 1e6:,.0f} / {total / 1e6:,.0f} MB, {rate / 1e6:.1f} MB/s{eta}",
-                      flush=True)
+                print(f"{os.path.basename(path)}: {done / 1e6:,.0f} / {total / 1e6:,.0f} MB, "
+                      f"{rate / 1e6:.1f} MB/s{eta}", flush=True)
     os.replace(part, path)
 
 
