@@ -280,11 +280,12 @@ def main(argv=None):
         print(f"{model.num_params():,} parameters | pe={config.pe} | {o['dataset']} | device {device} {dtype} | "
               f"{world} process(es) | {o['batch_size'] * o['grad_accum'] * config.block_size:,} tokens/step")
 
-    def checkpoint(it):
+    def checkpoint(it):  # and the loss curve beside it
         save_checkpoint(ckpt_path, {
             "model_config": config.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "iter": it, "options": o, "history": history,
             "data_rng": data_gen.get_state(), "torch_rng": torch.get_rng_state()})
+        plot_losses(history, os.path.join(o["out_dir"], "loss.png"), f"{config.pe}, {o['dataset']}")
 
     tokens_per_iter = o["batch_size"] * o["grad_accum"] * config.block_size
     flops_per_token = 6 * model.num_params() + 12 * config.n_layer * config.n_embd * config.block_size
@@ -298,7 +299,6 @@ def main(argv=None):
             print(f"eval iter {it}: train {losses['train']:.4f} val {losses['val']:.4f}")
             if it > start_iter:
                 checkpoint(it)
-                plot_losses(history, os.path.join(o["out_dir"], "loss.png"), f"{config.pe}, {o['dataset']}")
 
         for group in optimizer.param_groups:
             group["lr"] = lr_at(it, o)
@@ -316,11 +316,11 @@ def main(argv=None):
             loss_sum += loss.detach()
         if ddp:  # the logged loss is the mean over all processes, and all of them stop together if it is not finite
             dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), o["grad_clip"] or float("inf"))
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), o["grad_clip"] or float("inf")).item()
         loss_value = loss_sum.item() / accum_here
-        if not (math.isfinite(loss_value) and torch.isfinite(grad_norm)):
+        if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
             kept = f"the last good checkpoint {ckpt_path} is kept" if os.path.exists(ckpt_path) else "no checkpoint"
-            sys.exit(f"error: non-finite loss {loss_value} (grad norm {grad_norm.item()}) at iteration {it}; "
+            sys.exit(f"error: non-finite loss {loss_value} (grad norm {grad_norm}) at iteration {it}; "
                      f"stopping; {kept}. Try a lower --lr.")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -328,7 +328,7 @@ def main(argv=None):
         if master:
             history["iter"].append(it)
             history["train_loss"].append(loss_value)
-            history["grad_norm"].append(grad_norm.item())
+            history["grad_norm"].append(grad_norm)
         if master and (it + 1) % o["log_interval"] == 0:
             now = time.time()
             rate = tokens_per_iter * o["log_interval"] / (now - t_last)
@@ -341,12 +341,11 @@ def main(argv=None):
 
     if master and start_iter >= o["max_iters"]:
         print(f"{ckpt_path} already finished its {o['max_iters']} iterations (raise --max_iters to train on)")
-    if master and start_iter < o["max_iters"]:
+    elif master:
         losses = estimate_loss(model, splits, o, ctx, device)
         history["eval_iter"].append(o["max_iters"])
         history["val_loss"].append(losses["val"])
         checkpoint(o["max_iters"])
-        plot_losses(history, os.path.join(o["out_dir"], "loss.png"), f"{config.pe}, {o['dataset']}")
         print(f"done: val loss {losses['val']:.4f} after {o['max_iters']} iterations "
               f"({format_seconds(time.time() - t_start)}); wrote {ckpt_path}")
     if ddp:
