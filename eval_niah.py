@@ -18,6 +18,8 @@ accuracy_vs_length.png (one line per row, one panel per variant).
 
 RoPE scalings (rope.py) are applied with factor s = length / training length (at least 1), as one would configure
 them for each target length; dyn_ntk uses factor 1, so it is NTK-aware scaling computed from the current length.
+DroPE checkpoints are evaluated with each --logit_scale_c: "fitted" is the c that `python drope.py` stored in the
+checkpoint, 0 turns the logit scale off.
 Samples depend only on --seed, the length, depth, variant and haystack, so every row sees the same samples.
 """
 import argparse
@@ -47,11 +49,24 @@ def parse_list(text, kind, valid=None, name=""):
     return items
 
 
-def load_model(ckpt, scaling, length, device):
-    """The checkpoint's model, with the RoPE scaling configured for `length`."""
-    config = dict(ckpt["model_config"])
+def settings(ckpt, name, args):
+    """(label, config changes) for each way to evaluate a checkpoint: every --scaling for a RoPE model, every
+    --logit_scale_c for a DroPE model (beta = 1 + c·ln(s), drope.py), as it is otherwise."""
+    config = ckpt["model_config"]
+    if config["pe"] == "rope":
+        return [(name + (f"+{s}" if s else ""), {"rope_scaling": s}) for s in args.scaling]
+    if config["pe"] == "drope":
+        cs = dict.fromkeys(config.get("logit_scale_c", 0.0) if c == "fitted" else c for c in args.logit_scale_c)
+        return [(name + (f"+beta{c:.3g}" if c else ""), {"logit_scale_c": c}) for c in cs]
+    return [(name, {})]
+
+
+def load_model(ckpt, changes, length, device):
+    """The checkpoint's model with the config changes of settings(); a RoPE scaling is configured for `length`."""
+    config = {**ckpt["model_config"], **changes}
     factor = max(1.0, length / config["block_size"])
-    config.update(rope_scaling=scaling, rope_factor=1.0 if scaling in (None, "dyn_ntk") else factor)
+    if config.get("rope_scaling") not in (None, "dyn_ntk"):
+        config["rope_factor"] = factor
     model = GPT(GPTConfig(**config))
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval()
@@ -83,13 +98,11 @@ def evaluate(ckpt_path, args, device):
     enc = load_tokenizer(data_dir)
     val = load_tokens(data_dir, "val")
     name = os.path.basename(os.path.dirname(os.path.abspath(ckpt_path)))
-    scalings = args.scaling if config["pe"] == "rope" else [None]
     depths = np.linspace(0, 1, args.depths).round(3).tolist()
-    for scaling in scalings:
-        label = name + (f"+{scaling}" if scaling else "")
+    for label, changes in settings(ckpt, name, args):
         for mult in args.lengths:
             length = int(mult * config["block_size"])
-            model = load_model(ckpt, scaling, length, device)
+            model = load_model(ckpt, changes, length, device)
             t0 = time.time()
             for variant, haystack, depth in itertools.product(args.variants, args.haystacks, depths):
                 samples = [make_sample(random.Random(f"{args.seed}/{variant}/{haystack}/{length}/{depth}/{i}"),
@@ -100,7 +113,7 @@ def evaluate(ckpt_path, args, device):
                     e, t = score_batch(model, samples[b:b + args.batch_size], enc, device)
                     exact += e
                     token += t
-                yield {"label": label, "ckpt": ckpt_path, "pe": config["pe"], "scaling": scaling,
+                yield {"label": label, "ckpt": ckpt_path, "pe": config["pe"], **changes,
                        "variant": variant, "haystack": haystack, "multiple": mult, "length": length,
                        "depth": depth, "exact": float(np.mean(exact)), "token": float(np.mean(token)),
                        "n": len(samples)}
@@ -177,6 +190,9 @@ def main(argv=None):
     p.add_argument("--variants", default="single", help=f"comma list of {', '.join(VARIANTS)}")
     p.add_argument("--haystacks", default="val", help=f"comma list of {', '.join(HAYSTACKS)}")
     p.add_argument("--scaling", default="none", help=f"comma list of none, {', '.join(SCALINGS)} (RoPE models)")
+    p.add_argument("--logit_scale_c", default="fitted",
+                   help="comma list of c for DroPE models' beta = 1 + c·ln(s): numbers, or fitted (the c stored by "
+                        "python drope.py; 0 if none)")
     p.add_argument("--data_dir", default=None, help="haystack data; default: the checkpoint's dataset")
     p.add_argument("--out_dir", default="out/niah")
     p.add_argument("--batch_size", type=int, default=10, help="samples per forward pass")
@@ -188,6 +204,10 @@ def main(argv=None):
     args.variants = parse_list(args.variants, str, VARIANTS, "variants")
     args.haystacks = parse_list(args.haystacks, str, HAYSTACKS, "haystacks")
     args.scaling = [None if s == "none" else s for s in parse_list(args.scaling, str, ("none", *SCALINGS), "scaling")]
+    try:
+        args.logit_scale_c = [c if c == "fitted" else float(c) for c in args.logit_scale_c.split(",") if c]
+    except ValueError:
+        raise SystemExit(f"error: --logit_scale_c {args.logit_scale_c!r}: give numbers or 'fitted', e.g. fitted,0")
     if args.depths < 1 or args.samples < 1:
         raise SystemExit(f"error: --depths ({args.depths}) and --samples ({args.samples}) must be at least 1")
     for path in args.ckpt:

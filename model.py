@@ -10,7 +10,10 @@ knows about order comes from its positional module and the causal mask.
 The positional interface. Every attention layer owns one positional module, made by the factory registered under
 the config's `pe` name:
 
-    register_positional(name, factory)      factory(config, layer_idx) -> nn.Module
+    register_positional(name, factory, stage_defaults=None)
+        factory(config, layer_idx) -> nn.Module
+        stage_defaults(init_ckpt) -> dict   optional: train.py option defaults for a stage that starts from a
+                                            checkpoint with this method (DroPE's recalibration schedule)
     module(q, k, h, pos) -> (q, k)
 
         q, k  [B, H, T, D]  this layer's queries and keys for the T new tokens
@@ -23,7 +26,8 @@ gives the same result with and without the cache. Rotations (RoPE, RePo), the id
 scale of the logits (DroPE's β, YaRN's attention factor: multiply q, or q and k) all fit this shape. A module may
 own parameters (RePo's position network); they are part of the model's state dict.
 
-Method files register themselves on import: rope.py registers "rope", and this file "nope". The files listed in
+Method files register themselves on import: rope.py registers "rope", drope.py "drope", and this file "nope". The
+files listed in
 METHOD_FILES are imported when a model is built.
 
 Sliding-window attention (FwPKM trains with it) is a forward() option: `window=W` lets each token see itself and
@@ -37,12 +41,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-METHOD_FILES = ("rope",)  # modules that call register_positional when imported
-_POSITIONAL = {}          # name -> factory(config, layer_idx) -> nn.Module
+METHOD_FILES = ("rope", "drope")  # modules that call register_positional when imported
+_POSITIONAL = {}                  # name -> factory(config, layer_idx) -> nn.Module
+_STAGE_DEFAULTS = {}              # name -> stage_defaults(init_ckpt) -> dict of train.py option defaults
 
 
-def register_positional(name, factory):
+def register_positional(name, factory, stage_defaults=None):
     _POSITIONAL[name] = factory
+    if stage_defaults is not None:
+        _STAGE_DEFAULTS[name] = stage_defaults
 
 
 def positional_choices():
@@ -56,6 +63,12 @@ def make_positional(config, layer_idx):
     if config.pe not in choices:
         raise ValueError(f"unknown positional encoding pe={config.pe!r}; valid choices: {', '.join(choices)}")
     return _POSITIONAL[config.pe](config, layer_idx)
+
+
+def stage_defaults(pe, init_ckpt):
+    """Training-option defaults the method `pe` sets for a stage started from the checkpoint init_ckpt ({} if none)."""
+    positional_choices()
+    return _STAGE_DEFAULTS[pe](init_ckpt) if pe in _STAGE_DEFAULTS else {}
 
 
 class NoPositionalEncoding(nn.Module):
@@ -79,9 +92,11 @@ class GPTConfig:
     rope_base: float = 10000.0     # RoPE base b, θ_i = b^(−2i/D)
     rope_scaling: str = None       # evaluation-time context extension: None, pi, ntk, dyn_ntk, yarn (rope.py)
     rope_factor: float = 1.0       # s = eval length / block_size for the scaling
+    qk_norm: bool = False          # RMSNorm over the whole q and k projections (DroPE's optional stabiliser)
+    logit_scale_c: float = 0.0     # DroPE: logits x beta = 1 + c·ln(T / block_size) beyond block_size (drope.py)
 
     # what changes the weights' meaning; resuming with a different value here is refused
-    ARCHITECTURE = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "pe", "rope_base")
+    ARCHITECTURE = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "pe", "rope_base", "qk_norm")
 
     def __post_init__(self):
         if self.n_embd % self.n_head or (self.n_embd // self.n_head) % 2:
@@ -128,12 +143,16 @@ class CausalSelfAttention(nn.Module):
         self.layer_idx = layer_idx
         self.n_head = config.n_head
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)
+        self.q_norm = nn.RMSNorm(config.n_embd) if config.qk_norm else nn.Identity()
+        self.k_norm = nn.RMSNorm(config.n_embd) if config.qk_norm else nn.Identity()
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
         self.positional = make_positional(config, layer_idx)
 
     def forward(self, h, pos, cache=None, window=None):
         B, T, C = h.shape
-        q, k, v = self.qkv(h).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)  # 3 x [B, H, T, D]
+        q, k, v = self.qkv(h).split(C, dim=-1)                                 # 3 x [B, T, C]
+        q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = (x.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for x in (q, k, v))  # [B, H, T, D]
         q, k = self.positional(q, k, h, pos)
         if cache is not None:
             k, v = cache.extend(self.layer_idx, k, v)  # [B, H, n_past + T, D]

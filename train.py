@@ -33,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from data.format import dataset_dir, get_batch, load_meta, load_tokenizer, load_tokens, write_atomic
 from data.niah import make_drill
-from model import GPT, GPTConfig, positional_choices
+from model import GPT, GPTConfig, positional_choices, stage_defaults
 
 OPTIONS = {  # name: (default, help); the defaults are the CPU default run
     # I/O
@@ -43,13 +43,14 @@ OPTIONS = {  # name: (default, help); the defaults are the CPU default run
     "init_from": ("", "start a new stage from this checkpoint's weights (fresh optimizer, iteration 0)"),
     "dataset": ("embedded", "embedded, tinystories or openwebtext"),
     "data_dir": (None, "default: data/<dataset> (a directory in the format of data/format.py)"),
-    # model (the architecture comes from --init_from's checkpoint when given; only pe may change there)
+    # model (the architecture comes from --init_from's checkpoint when given; only pe and qk_norm may change there)
     "pe": ("rope", "positional encoding: one registered in model.py's interface"),
     "n_layer": (4, "transformer blocks"),
     "n_head": (4, "attention heads"),
     "n_embd": (128, "residual width"),
     "block_size": (256, "training context length"),
     "rope_base": (10000.0, "RoPE base"),
+    "qk_norm": (False, "RMSNorm on the q and k projections (DroPE's optional stabiliser; may be added at --init_from)"),
     # data
     "niah_mix": (0.0, "fraction of training rows replaced by needle-in-a-haystack documents (data/niah.py)"),
     # optimisation
@@ -67,6 +68,7 @@ OPTIONS = {  # name: (default, help); the defaults are the CPU default run
     "eval_interval": (250, "steps between validation-loss estimates and checkpoints"),
     "eval_iters": (20, "batches per loss estimate"),
     "log_interval": (25, "steps between progress lines"),
+    "keep_iters": ("", "comma list of iterations at which to also keep out_dir/ckpt_<iter>.pt (e.g. drop points)"),
     # system
     "device": ("auto", "auto (cuda if available), cpu, cuda, cuda:1, mps"),
     "dtype": ("auto", "auto (bfloat16 on cuda, float32 elsewhere), float32, bfloat16"),
@@ -100,6 +102,10 @@ def parse_args(argv=None):
         opts["out_dir"] = os.path.join("out", opts["pe"])
     if opts["pe"] not in positional_choices():
         parser.error(f"unknown --pe {opts['pe']!r}; valid choices: {', '.join(positional_choices())}")
+    try:
+        opts["keep_iters"] = sorted({int(x) for x in str(opts["keep_iters"]).split(",") if x})
+    except ValueError:
+        parser.error(f"--keep_iters {opts['keep_iters']!r} must be a comma list of iteration numbers, e.g. 3000,5250")
     if opts["dtype"] not in ("auto", "float32", "bfloat16"):
         parser.error(f"unknown --dtype {opts['dtype']!r}; valid choices: auto, float32, bfloat16")
     return opts, set(explicit)
@@ -154,16 +160,22 @@ def architecture_diff(saved, current):
             for k in GPTConfig.ARCHITECTURE if saved.get(k) != current[k]]
 
 
+STAGE_CHANGES = ("pe", "qk_norm")  # what a stage started with --init_from may change about the architecture
+
+
 def model_config_for(o, explicit, vocab_size, init=None):
-    """The model config of this run: from the options, or from the --init_from checkpoint `init` with a new pe."""
+    """The model config of this run: from the options, or from the --init_from checkpoint `init` with a new pe
+    (and QK-norm, if asked for)."""
     arch = {k: o[k] for k in GPTConfig.ARCHITECTURE if k in o}
     arch["vocab_size"] = vocab_size
     if init is not None:
         saved = init["model_config"]
-        clash = [d for d in architecture_diff(saved, arch) if d.split(":")[0] in explicit and d[:3] != "pe:"]
+        clash = [d for d in architecture_diff(saved, arch)
+                 if d.split(":")[0] in explicit and d.split(":")[0] not in STAGE_CHANGES]
         if clash:
             sys.exit(f"error: --init_from keeps the checkpoint's architecture; these flags differ: {clash}")
-        arch = {**{k: saved[k] for k in GPTConfig.ARCHITECTURE}, "pe": o["pe"]}
+        arch = {**{k: saved.get(k, getattr(GPTConfig, k)) for k in GPTConfig.ARCHITECTURE},
+                **{k: o[k] for k in STAGE_CHANGES}}
     return GPTConfig(**arch)
 
 
@@ -241,6 +253,11 @@ def main(argv=None):
         init = load_checkpoint(o["init_from"]) if o["init_from"] else None
     except FileNotFoundError as e:
         sys.exit(f"error: --init_from: {e}")
+    if init is not None:  # the method's defaults for a stage from a checkpoint (DroPE: its recalibration schedule)
+        method_defaults = {k: v for k, v in stage_defaults(o["pe"], init).items() if k not in explicit}
+        o.update(method_defaults)
+        if master and method_defaults:
+            print(f"defaults of pe={o['pe']} for a stage from a checkpoint: {method_defaults}")
     config = model_config_for(o, explicit, meta["vocab_size"], init)
     o.update({k: getattr(config, k) for k in GPTConfig.ARCHITECTURE if k in o})
     ckpt_path = os.path.join(o["out_dir"], "ckpt.pt")
@@ -280,8 +297,8 @@ def main(argv=None):
         print(f"{model.num_params():,} parameters | pe={config.pe} | {o['dataset']} | device {device} {dtype} | "
               f"{world} process(es) | {o['batch_size'] * o['grad_accum'] * config.block_size:,} tokens/step")
 
-    def checkpoint(it):  # and the loss curve beside it
-        save_checkpoint(ckpt_path, {
+    def checkpoint(it, path=ckpt_path):  # and the loss curve beside it
+        save_checkpoint(path, {
             "model_config": config.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "iter": it, "options": o, "history": history,
             "data_rng": data_gen.get_state(), "torch_rng": torch.get_rng_state()})
@@ -299,6 +316,8 @@ def main(argv=None):
             print(f"eval iter {it}: train {losses['train']:.4f} val {losses['val']:.4f}")
             if it > start_iter:
                 checkpoint(it)
+        if master and it in o["keep_iters"] and it > start_iter:
+            checkpoint(it, os.path.join(o["out_dir"], f"ckpt_{it}.pt"))
 
         for group in optimizer.param_groups:
             group["lr"] = lr_at(it, o)

@@ -32,8 +32,9 @@ def dataset_dir(name):
 
 
 def write_atomic(path, write):
-    """Calls write(tmp_path), then renames tmp_path to path."""
-    tmp = path + ".tmp"
+    """Calls write(tmp_path), then renames tmp_path to path. The temporary name is per process, so two runs that
+    prepare the same file at once (two trainings started together on a fresh machine) do not collide."""
+    tmp = f"{path}.{os.getpid()}.tmp"
     write(tmp)
     os.replace(tmp, path)
 

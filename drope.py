@@ -1,0 +1,186 @@
+"""
+DroPE: train with RoPE, then drop the positional embeddings and recalibrate briefly.
+
+Gelberg, Eguchi, Akiba, Cetin, "Extending the Context of Pretrained LLMs by Dropping Their Positional Embeddings",
+arXiv 2512.12167 (ICLR 2026); official code github.com/SakanaAI/DroPE (it has no evaluation or beta-fitting code).
+
+    python train.py --pe rope --out_dir out/rope                                  # 1. pretrain with RoPE
+    python train.py --pe drope --init_from out/rope/ckpt.pt --out_dir out/drope   # 2.-3. drop and recalibrate
+    python drope.py --ckpt out/drope/ckpt.pt                                      # 4. fit c of beta, store it
+    python eval_niah.py --ckpt out/drope/ckpt.pt --logit_scale_c fitted,0         # 5. retrieve beyond the length
+
+The recipe:
+1. Pretrain with RoPE for most of the budget (the paper: 14K of 16K steps).
+2. Drop RoPE in every layer: the rotation becomes the identity (cos = 1, sin = 0). All weights are kept, the
+   logits stay q·k/sqrt(D), nothing positional is added; the causal mask is the only order signal left. Here that
+   is `--pe drope --init_from <RoPE checkpoint>`: RoPE has no parameters, so every weight loads.
+3. Recalibrate at the ORIGINAL training length with the ordinary next-token loss: all parameters, a fresh AdamW
+   (0.9, 0.95, wd 0.1), a short warmup, cosine decay, gradient clipping at 1.0. The paper's from-scratch run
+   spends the remaining 12.5% of the budget (2K steps) at LR 1e-3 with 70 warmup steps: the same total steps as
+   the RoPE baseline. `recalibration_defaults` makes that schedule train.py's default for this stage.
+   Optional QK-norm (`--qk_norm true`, RMSNorm over the whole q and k projections, weights starting at 1) is
+   added at the drop; the paper uses it only for long recalibrations at a high LR (SmolLM-360M at LR 1e-3:
+   diverged without it, loss 2.50 with it; 2.53 without it at 3e-4).
+4. Beyond the training length L, multiply every attention logit by one scalar
+
+       beta = 1 + c·ln(s),   s = T / L   (T: the current context length; beta = 1 for T <= L)
+
+   and fit c on held-out text by minimising perplexity over a grid of beta at several lengths (`python drope.py`,
+   this file's command). The paper fits c = 0.412 (0.5B from scratch) and 0.103 (SmolLM-360M). Without position,
+   the logits of a query spread over more keys as T grows, so attention gets flatter (its entropy grows ~ln T);
+   beta > 1 sharpens it back, like YaRN's mscale or the log-length scaling of "scalable softmax".
+
+Why not NoPE from the start (the scaffolding argument)? A NoPE model can represent position (the causal mask lets
+it count), but at initialisation its attention is nearly uniform, and the gradient towards a positional bias is
+tiny, so it learns slowly and ends worse. RoPE gives every head a positional bias for free, which makes language
+modelling learnable quickly; once the model has learned, the scaffolding can come down. The paper's 0.5B
+from-scratch validation perplexity by drop step (of 16K): NoPE (step 0) 23.77, 8K 22.42, 14K 21.73; RoPE 21.72.
+And the point of dropping: RoPE's rotations at positions never seen in training break retrieval beyond L, and
+the scalings that fix perplexity (PI, YaRN) compress the low frequencies so that far needles blur; without
+rotations nothing is out of distribution except the number of keys. NIAH at 2x (multi-query/-key/-value %): RoPE
+0/0/0, RoPE+YaRN 17.8/0.5/14.6, NoPE 9.2/36.2/21.4, DroPE 28.0/41.6/23.3; SmolLM-360M at 2x/4x/8x: DroPE
+74.9/55.0/52.2 vs YaRN 48.3/25.6/12.2.
+"""
+import argparse
+import math
+import os
+
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torch.nn as nn
+
+from data.format import dataset_dir, get_batch, load_tokens, write_atomic
+from model import GPT, GPTConfig, register_positional
+
+
+def logit_scale(c, length, train_len):
+    """beta = 1 + c·ln(s), s = length / train_len, and 1 within the training length."""
+    return 1.0 + c * math.log(max(1.0, length / train_len))
+
+
+class DroppedPositionalEncoding(nn.Module):
+    """The positional module of one attention layer after the drop: no rotation, and beta on the logits."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.train_len = config.block_size
+        self.c = config.logit_scale_c
+
+    def forward(self, q, k, h, pos):
+        # q, k: [B, H, T, D], returned unrotated; h is unused; pos: [T], only its end matters (the context length)
+        beta = logit_scale(self.c, int(pos[-1]) + 1, self.train_len)
+        # softmax(beta·q·k/sqrt(D)): scaling q alone scales every logit by beta, and keeps the cached keys unscaled
+        return (q * beta if beta != 1.0 else q), k
+
+
+def recalibration_defaults(init_ckpt):
+    """The paper's recalibration schedule, for a stage started from the RoPE checkpoint init_ckpt: 2K of 16K total
+    steps after 14K of RoPE, i.e. 1/7 of the checkpoint's steps (12.5% of the total), 70/2000 = 3.5% warmup, peak
+    LR 1e-3, cosine (to 1e-4: the paper does not give its final LR)."""
+    steps = max(1, round(init_ckpt["iter"] / 7))
+    return {"max_iters": steps, "warmup_iters": max(1, round(0.035 * steps)), "lr": 1e-3, "min_lr": 1e-4}
+
+
+register_positional("drope", lambda config, layer_idx: DroppedPositionalEncoding(config), recalibration_defaults)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Fitting c: held-out loss over a grid of beta at several lengths, then beta - 1 = c·ln(s) by least squares.
+
+def set_logit_scale_c(model, c):
+    model.config.logit_scale_c = c
+    for module in model.modules():
+        if isinstance(module, DroppedPositionalEncoding):
+            module.c = c
+
+
+@torch.no_grad()
+def loss_at(model, x, y, beta, batch_size):
+    """Mean next-token loss of x [N, T] with every logit scaled by beta."""
+    s = x.shape[1] / model.config.block_size
+    set_logit_scale_c(model, (beta - 1) / math.log(s))
+    return float(np.mean([model(x[i:i + batch_size], y[i:i + batch_size])[1].item()
+                          for i in range(0, len(x), batch_size)]))
+
+
+def fit_c(multiples, best_betas):
+    """Least squares through the origin of beta - 1 = c·ln(s)."""
+    ln_s = np.log(multiples)
+    return float(np.sum(ln_s * (np.array(best_betas) - 1)) / np.sum(ln_s ** 2))
+
+
+def plot_fit(multiples, betas, losses, c, path):
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m, row in zip(multiples, losses):
+        line, = ax.plot(betas, row, label=f"{m:g}x")
+        ax.axvline(logit_scale(c, m, 1), color=line.get_color(), ls=":", lw=1)
+    ax.set_xlabel("beta (attention logits x beta)")
+    ax.set_ylabel("held-out loss (nats/token)")
+    ax.set_title(f"DroPE logit scale: fitted beta = 1 + {c:.3f}·ln(s) (dotted)")
+    ax.legend(title="context length")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", required=True, help="a DroPE checkpoint (train.py --pe drope); c is written into it")
+    p.add_argument("--lengths", default="2,4,8", help="context lengths, as multiples (> 1) of the training length")
+    p.add_argument("--betas", default="0.8,2.5,0.05", help="the beta grid: start,stop,step (stop included)")
+    p.add_argument("--rows", type=int, default=32, help="held-out sequences per length (the same for every beta)")
+    p.add_argument("--batch_size", type=int, default=8, help="sequences per forward pass")
+    p.add_argument("--data_dir", default=None, help="held-out data; default: the checkpoint's dataset")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--seed", type=int, default=0, help="which held-out windows")
+    args = p.parse_args(argv)
+    multiples = [float(m) for m in args.lengths.split(",") if m]
+    if not multiples or min(multiples) <= 1:
+        raise SystemExit(f"error: --lengths {args.lengths!r} must be multiples > 1 of the training length")
+    start, stop, step = (float(x) for x in args.betas.split(","))
+    betas = np.round(np.arange(start, stop + step / 2, step), 6).tolist()
+    if not os.path.exists(args.ckpt):
+        raise SystemExit(f"error: no checkpoint at {args.ckpt}")
+    ckpt = torch.load(args.ckpt, map_location="cpu", weights_only=True)
+    if ckpt["model_config"]["pe"] != "drope":
+        raise SystemExit(f"error: {args.ckpt} has pe={ckpt['model_config']['pe']!r}; beta is fitted for pe='drope'")
+    options = ckpt.get("options", {})
+    data_dir = args.data_dir or options.get("data_dir") or dataset_dir(options.get("dataset", "embedded"))
+    val = load_tokens(data_dir, "val")
+    model = GPT(GPTConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    model.to(args.device).eval()
+    train_len = model.config.block_size
+
+    batches = {m: [t.to(args.device) for t in get_batch(val, args.rows, int(m * train_len),
+                                                         torch.Generator().manual_seed(args.seed))]
+               for m in multiples}  # [rows, length] inputs and targets per length
+    losses, best = [], []
+    for m in multiples:
+        row = [loss_at(model, *batches[m], beta, args.batch_size) for beta in betas]
+        losses.append(row)
+        best.append(betas[int(np.argmin(row))])
+        unscaled = loss_at(model, *batches[m], 1.0, args.batch_size)
+        print(f"{m:g}x ({int(m * train_len)} tokens): loss {unscaled:.4f} at beta 1, best {min(row):.4f} at beta "
+              f"{best[-1]:.2f}", flush=True)
+    c = fit_c(multiples, best)
+    fitted = [loss_at(model, *batches[m], logit_scale(c, m, 1), args.batch_size) for m in multiples]
+    print(f"fitted c = {c:.4f}: beta = " + ", ".join(f"{logit_scale(c, m, 1):.3f} at {m:g}x (loss {f:.4f})"
+                                                    for m, f in zip(multiples, fitted)))
+
+    ckpt["model_config"]["logit_scale_c"] = c
+    ckpt["logit_scale_fit"] = {"multiples": multiples, "betas": betas, "losses": losses, "best_betas": best,
+                               "c": c, "rows": args.rows, "seed": args.seed}
+    write_atomic(args.ckpt, lambda tmp: torch.save(ckpt, tmp))
+    figure = os.path.join(os.path.dirname(args.ckpt), "beta_fit.png")
+    plot_fit(multiples, betas, losses, c, figure)
+    print(f"stored c in {args.ckpt}; wrote {figure}")
+    return c
+
+
+if __name__ == "__main__":
+    main()
