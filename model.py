@@ -26,8 +26,8 @@ gives the same result with and without the cache. Rotations (RoPE, RePo), the id
 scale of the logits (DroPE's β, YaRN's attention factor: multiply q, or q and k) all fit this shape. A module may
 own parameters (RePo's position network); they are part of the model's state dict.
 
-Method files register themselves on import: rope.py registers "rope", drope.py "drope", and this file "nope". The
-files listed in
+Method files register themselves on import: rope.py registers "rope", drope.py "drope", repo.py "repo" and
+"rope_nope", and this file "nope". The files listed in
 METHOD_FILES are imported when a model is built.
 
 Sliding-window attention (FwPKM trains with it) is a forward() option: `window=W` lets each token see itself and
@@ -41,7 +41,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-METHOD_FILES = ("rope", "drope")  # modules that call register_positional when imported
+METHOD_FILES = ("rope", "drope", "repo")  # modules that call register_positional when imported
 _POSITIONAL = {}                  # name -> factory(config, layer_idx) -> nn.Module
 _STAGE_DEFAULTS = {}              # name -> stage_defaults(init_ckpt) -> dict of train.py option defaults
 

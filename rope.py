@@ -103,20 +103,27 @@ def rope_frequencies(head_dim, base=10000.0, scaling=None, factor=1.0, train_len
     return inv_freq.float(), attention_factor
 
 
-def rotate(x, pos, inv_freq, attention_factor=1.0):
-    """Rotates pair i of x at position m by m·θ_i.
+def rotation(pos, inv_freq, attention_factor=1.0):
+    """cos and sin of the angles m·θ_i, times the attention factor: [T, D/2] for pos [T] (shared by all heads),
+    [B, H, T, D/2] for pos [B, H, T] (a position per head, RePo). Positions may be any real values."""
+    angle = pos.float()[..., None] * inv_freq.to(pos.device)  # fp32 always
+    return angle.cos() * attention_factor, angle.sin() * attention_factor
 
-    x: [B, H, T, D]; pos: [T] (shared by all heads) or [B, H, T] (per head, RePo), any real values.
-    """
-    angle = pos.float()[..., None] * inv_freq.to(x.device)  # [..., T, D/2], fp32 always
-    cos = angle.cos() * attention_factor
-    sin = angle.sin() * attention_factor
+
+def apply_rotation(x, cos, sin):
+    """Rotates pair i of x [B, H, T, D] by the angles whose cos and sin are given (rotation())."""
     x1, x2 = x.float().chunk(2, dim=-1)  # rotate-half layout: pair i = (x[i], x[i + D/2])
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
 
 
+def rotate(x, pos, inv_freq, attention_factor=1.0):
+    """Rotates pair i of x [B, H, T, D] at position m by m·θ_i; pos: [T] or [B, H, T]."""
+    return apply_rotation(x, *rotation(pos, inv_freq, attention_factor))
+
+
 class RotaryEmbedding(nn.Module):
-    """The positional module of one attention layer: rotates q and k by the token index."""
+    """The positional module of one attention layer: rotates q and k by each token's position, which for RoPE is
+    its index (RePo, repo.py, subclasses this and overrides positions())."""
 
     def __init__(self, config):
         super().__init__()
@@ -127,12 +134,17 @@ class RotaryEmbedding(nn.Module):
         self.factor = config.rope_factor
         check_scaling(self.scaling, self.factor)
 
+    def positions(self, h, pos):
+        return pos  # [T] token indices; h [B, T, C] is unused by plain RoPE
+
     def forward(self, q, k, h, pos):
-        # q, k: [B, H, T, D]; h: [B, T, C] (unused by plain RoPE); pos: [T] absolute token indices
+        # q, k: [B, H, T, D]; h: [B, T, C]; pos: [T] absolute token indices
         inv_freq, attention_factor = rope_frequencies(
             self.head_dim, self.base, self.scaling, self.factor, self.train_len, cur_len=int(pos[-1]) + 1)
-        # the attention factor goes on both q and k, so logits scale by mscale², as YaRN prescribes
-        return rotate(q, pos, inv_freq, attention_factor), rotate(k, pos, inv_freq, attention_factor)
+        # cos and sin are computed once for q and k; the attention factor goes on both, so logits scale by
+        # mscale², as YaRN prescribes
+        cos, sin = rotation(self.positions(h, pos), inv_freq.to(q.device), attention_factor)
+        return apply_rotation(q, cos, sin), apply_rotation(k, cos, sin)
 
 
 register_positional("rope", lambda config, layer_idx: RotaryEmbedding(config))

@@ -32,9 +32,12 @@ def test_forward_beyond_training_length(pe, scaling):
         assert logits.shape == (2, length, 64) and torch.isfinite(logits).all() and torch.isfinite(loss)
 
 
-@pytest.mark.parametrize("pe", ["rope", "nope"])
+@pytest.mark.parametrize("pe", ["rope", "nope", "drope", "rope_nope"])
 def test_kv_cache_equals_full_forward(pe):
-    model = tiny_model(pe=pe)
+    check_kv_cache(tiny_model(pe=pe))
+
+
+def check_kv_cache(model):
     prompt = torch.randint(64, (2, 45))  # longer than block_size: generation must not crop it
     out = model.generate(prompt, 20, temperature=0)
     assert out.shape == (2, 65) and torch.equal(out[:, :45], prompt)
@@ -43,7 +46,7 @@ def test_kv_cache_equals_full_forward(pe):
         # greedy tokens are the argmax of the full forward at every generated step
         assert torch.equal(full[:, 44:64].argmax(-1), out[:, 45:])
         # and cached logits, fed in uneven chunks, equal the full forward's
-        cache = KVCache(TINY["n_layer"])
+        cache = KVCache(model.config.n_layer)
         chunks = [model(out[:, a:b], cache=cache)[0] for a, b in ((0, 30), (30, 31), (31, 50), (50, 65))]
     torch.testing.assert_close(torch.cat(chunks, 1), full, rtol=1e-4, atol=1e-4)
 

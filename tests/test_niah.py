@@ -26,6 +26,8 @@ def test_sample_has_exact_length_and_needle_at_depth(enc_and_val, variant, hayst
         needle = enc.decode(tokens[s["needle_at"]:s["prompt_len"]])
         first = " The pass key is" if variant == "passkey" else " The secret number of"
         assert needle.startswith(first) and s["values"][0] in needle.split(".")[0]
+        span = enc.decode(tokens[s["needle_at"]:s["needle_at"] + s["needle_len"]])
+        assert span.startswith(first) and span.endswith(".") and s["values"][0] in span
         if variant in ("single", "passkey"):  # the needle starts at the sentence start nearest the requested depth
             assert abs(s["needle_at"] - depth * s["haystack_len"]) <= 25  # the longest generated sentence
             assert s["needle_at"] == 0 or enc.decode([tokens[s["needle_at"] - 1]]).endswith(".")
