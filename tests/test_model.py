@@ -77,7 +77,7 @@ def test_sliding_window():
 
 
 def test_unknown_pe_names_choices():
-    with pytest.raises(ValueError, match="'alibi'.*nope, rope"):
+    with pytest.raises(ValueError, match="'alibi'.*valid choices: drope, nope, repo, rope, rope_nope"):
         tiny_model(pe="alibi")
 
 
