@@ -59,7 +59,8 @@ def main(argv=None):
     arms = [a for a in args.arms.split(",") if a]
     bad = [a for a in arms if a not in positional_choices()]
     if bad or not arms:
-        raise SystemExit(f"error: unknown --arms {bad or args.arms!r}; valid choices: {', '.join(positional_choices())}")
+        choices = ", ".join(positional_choices())
+        raise SystemExit(f"error: unknown --arms {bad or args.arms!r}; valid choices: {choices}")
     device_type = torch.device(args.device).type
     bf16 = args.dtype == "bfloat16" or (args.dtype == "auto" and device_type == "cuda")
     ctx = torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16)
