@@ -12,6 +12,10 @@ the question and the answer fill exactly the context length) and scores two thin
 - token: teacher-forced accuracy of the value's tokens (the argmax at each value token, given the true prefix):
   less noisy for small models.
 
+and, from the same forward pass, where the answer's first query (the last prompt token) attends in every layer:
+the attention mass on the asked needle's tokens, on as many tokens right before the query, and the entropy of its
+attention (computed from the q and k the positional modules return, so RoPE scalings and DroPE's beta count).
+
 It prints a table per variant (rows: checkpoint[+scaling], columns: length, cells: mean exact match over depths)
 and writes to --out_dir: results.json (every cell), heatmaps_<label>.png (depth x length per variant) and
 accuracy_vs_length.png (one line per row, one panel per variant).
@@ -24,10 +28,12 @@ Samples depend only on --seed, the length, depth, variant and haystack, so every
 """
 import argparse
 import itertools
+import math
 import os
 import random
 import re
 import time
+from contextlib import contextmanager
 
 import matplotlib
 matplotlib.use("Agg")
@@ -72,13 +78,49 @@ def load_model(ckpt, changes, length, device):
     return model.to(device).eval()
 
 
+@contextmanager
+def captured_qk(model):
+    """{layer: (q, k)} as each layer's positional module returns them ([B, H, T, D]: rotated, scaled) during the
+    forward passes inside the block."""
+    qk = {}
+    hooks = [block.attn.positional.register_forward_hook(lambda module, args, out, i=i: qk.__setitem__(i, out))
+             for i, block in enumerate(model.blocks)]
+    try:
+        yield qk
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def attention_stats(qk, samples):
+    """Where the answer's first query (the last prompt token) attends, per layer, mean over heads and samples:
+    [mass on the asked needle's tokens, mass on as many tokens right before the query, entropy in nats]."""
+    at = samples[0]["prompt_len"] - 1
+    stats = {}
+    for layer, (q, k) in qk.items():
+        scores = torch.einsum("bhd,bhtd->bht", q[:, :, at].float(), k[:, :, :at + 1].float()) / math.sqrt(q.shape[-1])
+        w = torch.softmax(scores, dim=-1)                                  # [B, H, at + 1]
+        needle = torch.zeros_like(w[:, 0], dtype=torch.bool)              # [B, at + 1]
+        nearby = torch.zeros_like(needle)
+        for b, s in enumerate(samples):
+            needle[b, s["needle_at"]:s["needle_at"] + s["needle_len"]] = True
+            nearby[b, max(s["needle_at"] + s["needle_len"], at + 1 - s["needle_len"]):] = True
+        entropy = -(w * w.clamp_min(1e-30).log()).sum(-1)
+        stats[layer] = [(w * needle[:, None]).sum(-1).mean().item(), (w * nearby[:, None]).sum(-1).mean().item(),
+                        entropy.mean().item()]
+    return stats
+
+
 @torch.no_grad()
 def score_batch(model, samples, enc, device):
-    """Greedy exact match and teacher-forced value-token accuracy for samples of equal length and answer length."""
+    """Greedy exact match and teacher-forced value-token accuracy for samples of equal length and answer length,
+    and attention_stats() of the teacher-forced pass."""
     tokens = torch.tensor([s["tokens"] for s in samples], device=device)
     prompt_len = samples[0]["prompt_len"]
     answer_len = tokens.shape[1] - prompt_len
-    logits, _ = model(tokens[:, :-1])
+    with captured_qk(model) as qk:
+        logits, _ = model(tokens[:, :-1])
+    attention = attention_stats(qk, samples)
     predicted = logits[:, prompt_len - 1:].argmax(-1)                  # [B, answer_len]
     mask = torch.tensor([s["value_mask"] for s in samples], device=device)
     token_acc = ((predicted == tokens[:, prompt_len:]) & mask).sum(1) / mask.sum(1)
@@ -87,7 +129,7 @@ def score_batch(model, samples, enc, device):
     for s, out in zip(samples, generated.tolist()):
         found = set(re.findall(r"\d+", enc.decode(out)))
         exact.append(sum(v in found for v in s["values"]) / len(s["values"]))
-    return exact, token_acc.tolist()
+    return exact, token_acc.tolist(), attention
 
 
 def evaluate(ckpt_path, args, device):
@@ -108,14 +150,17 @@ def evaluate(ckpt_path, args, device):
                 samples = [make_sample(random.Random(f"{args.seed}/{variant}/{haystack}/{length}/{depth}/{i}"),
                                        enc, val if haystack == "val" else None, length, depth, variant, "eval")
                            for i in range(args.samples)]
-                exact, token = [], []
+                exact, token, attention = [], [], []
                 for b in range(0, len(samples), args.batch_size):
-                    e, t = score_batch(model, samples[b:b + args.batch_size], enc, device)
+                    e, t, a = score_batch(model, samples[b:b + args.batch_size], enc, device)
                     exact += e
                     token += t
+                    attention += [a] * len(e)
                 yield {"label": label, "ckpt": ckpt_path, "pe": config["pe"], **changes,
                        "variant": variant, "haystack": haystack, "multiple": mult, "length": length,
                        "depth": depth, "exact": float(np.mean(exact)), "token": float(np.mean(token)),
+                       "attention": {layer: np.mean([a[layer] for a in attention], axis=0).tolist()
+                                     for layer in attention[0]},
                        "n": len(samples)}
             print(f"{label} at {length} tokens ({mult}x): {time.time() - t0:.1f}s", flush=True)
 
@@ -133,6 +178,17 @@ def print_tables(results, lengths):
                     cells.append(f"{100 * np.mean([r['exact'] for r in cell]):5.1f} "
                                  f"({100 * np.mean([r['token'] for r in cell]):5.1f})")
                 print(f"{label:24s}" + "".join(f"{c:>16s}" for c in cells))
+            print(f"\n{variant} needle, {haystack} haystack: attention of the last prompt token per layer, mean over "
+                  f"heads: % on the needle / % on as many tokens before the query / entropy (nats)")
+            print(f"{'':24s}" + "".join(f"{f'{m}x':>18s}" for m in lengths))
+            for label in dict.fromkeys(r["label"] for r in rows):
+                for layer in rows[0]["attention"]:
+                    cells = []
+                    for m in lengths:
+                        needle, nearby, entropy = np.mean([r["attention"][layer] for r in rows
+                                                           if r["label"] == label and r["multiple"] == m], axis=0)
+                        cells.append(f"{100 * needle:4.0f} /{100 * nearby:4.0f} /{entropy:4.1f}")
+                    print(f"{f'{label} L{layer}':24s}" + "".join(f"{c:>18s}" for c in cells))
 
 
 def save_figure(fig, path):

@@ -7,9 +7,8 @@ official code github.com/SakanaAI/repo (an OLMo fork, mode `swigluex_multihead`;
 
     python train.py --pe repo                                                  # from scratch
     python train.py --pe repo --init_from out/rope/ckpt.pt --out_dir out/repo_cont  # the paper's protocol
-    python repo.py positions --ckpt out/repo/ckpt.pt                           # plot the learned positions
-    python repo.py attention --ckpt out/rope/ckpt.pt --ckpt out/repo/ckpt.pt   # attention on the needle
-    python eval_niah.py --ckpt out/repo/ckpt.pt --variants multikey --scaling none,yarn
+    python repo.py --ckpt out/repo/ckpt.pt                                     # plot the learned positions
+    python eval_niah.py --ckpt out/repo/ckpt.pt --variants multikey --scaling none,yarn   # retrieval, attention
 
 The position network f_φ of one layer, for the normalised hidden state h_i [C] that also feeds q, k and v:
 
@@ -102,7 +101,7 @@ register_positional("rope_nope", rope_nope_layer)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Analysis: the learned positions, and where attention goes on a needle-in-a-haystack prompt.
+# The learned positions of a checkpoint on a needle-in-a-haystack prompt (or any text): a figure and statistics.
 
 def load(path, device):
     if not os.path.exists(path):
@@ -162,34 +161,6 @@ def plot_positions(positions, marks, path, title):
     plt.close(fig)
 
 
-@torch.no_grad()
-def attention_from_last(model, tokens):
-    """{layer: [H, T]} attention weights of the last token, recomputed from the q and k the positional modules
-    return (so it works for every pe)."""
-    qk = {}
-    hooks = [block.attn.positional.register_forward_hook(lambda module, args, out, i=i: qk.__setitem__(i, out))
-             for i, block in enumerate(model.blocks)]
-    model(torch.tensor([tokens], device=next(model.parameters()).device))
-    for hook in hooks:
-        hook.remove()
-    return {i: torch.softmax((q[0, :, -1:].float() @ k[0].float().transpose(-1, -2))[:, 0] / math.sqrt(q.shape[-1]),
-                             dim=-1).cpu() for i, (q, k) in qk.items()}
-
-
-def attention_mass(model, samples):
-    """Mean attention of the answer's first query (the last prompt token) on the asked needle's tokens, and on as
-    many tokens right before it (the question), per layer: {layer: (needle, nearby)}."""
-    sums = {}
-    for s in samples:
-        weights = attention_from_last(model, s["tokens"][:s["prompt_len"]])
-        needle = slice(s["needle_at"], s["needle_at"] + s["needle_len"])
-        nearby = slice(max(s["needle_at"] + s["needle_len"], s["prompt_len"] - s["needle_len"]), s["prompt_len"])
-        for layer, w in weights.items():
-            mass = (w[:, needle].sum(-1).mean().item(), w[:, nearby].sum(-1).mean().item())  # mean over heads
-            sums[layer] = [a + b for a, b in zip(sums.get(layer, (0.0, 0.0)), mass)]
-    return {layer: (a / len(samples), b / len(samples)) for layer, (a, b) in sums.items()}
-
-
 def positions_command(args):
     model, data_dir = load(args.ckpt, args.device)
     if model.config.pe != "repo":
@@ -221,47 +192,22 @@ def positions_command(args):
     return positions
 
 
-def attention_command(args):
-    table = {}
-    for path in args.ckpt:
-        model, data_dir = load(path, args.device)
-        enc = load_tokenizer(data_dir)
-        length = int(args.multiple * model.config.block_size)
-        samples = [needle_prompt(enc, data_dir, length, args.variant, f"{args.seed}/{i}") for i in range(args.samples)]
-        table[path] = attention_mass(model, samples)
-        print(f"\n{path} ({model.config.pe}), {args.variant} needle at {length} tokens, {args.samples} samples: "
-              f"attention of the last prompt token, mean over heads")
-        for layer, (needle, nearby) in table[path].items():
-            print(f"  layer {layer}: needle {100 * needle:5.1f}%   the {samples[0]['needle_len']} tokens before "
-                  f"the query {100 * nearby:5.1f}%")
-    return table
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
-    pos = sub.add_parser("positions", help="plot learned positions against the token index, print per-head stats")
-    pos.add_argument("--ckpt", required=True)
-    pos.add_argument("--text", default="", help="default: a NIAH prompt with a needle among distractor needles")
-    pos.add_argument("--layers", default="", help="comma list of RePo layers (0-based); default: all")
-    pos.add_argument("--out", default="", help="the PNG; default: positions.png beside the checkpoint")
-    pos.add_argument("--length", type=int, default=0, help="tokens of the NIAH prompt; default: training length")
-    att = sub.add_parser("attention", help="attention mass on the needle vs the tokens next to the query")
-    att.add_argument("--ckpt", action="append", required=True, help="a checkpoint; repeat for several")
-    att.add_argument("--multiple", type=float, default=1.0, help="context length, x the training length")
-    att.add_argument("--samples", type=int, default=20)
-    for sp in (pos, att):
-        sp.add_argument("--variant", default="multikey", choices=VARIANTS, help="the NIAH prompt")
-        sp.add_argument("--seed", type=int, default=0)
-        sp.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--ckpt", required=True, help="a RePo checkpoint (train.py --pe repo)")
+    p.add_argument("--text", default="", help="default: a NIAH prompt (--variant) at --length tokens")
+    p.add_argument("--variant", default="multikey", choices=VARIANTS, help="the NIAH prompt")
+    p.add_argument("--length", type=int, default=0, help="tokens of the NIAH prompt; default: training length")
+    p.add_argument("--layers", default="", help="comma list of RePo layers (0-based); default: all")
+    p.add_argument("--out", default="", help="the PNG; default: positions.png beside the checkpoint")
+    p.add_argument("--seed", type=int, default=0, help="which NIAH prompt")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
-    if args.command == "positions":
-        try:
-            args.layers = [int(x) for x in args.layers.split(",") if x]
-        except ValueError:
-            raise SystemExit(f"error: --layers {args.layers!r} must be a comma list of layer numbers")
-        return positions_command(args)
-    return attention_command(args)
+    try:
+        args.layers = [int(x) for x in args.layers.split(",") if x]
+    except ValueError:
+        raise SystemExit(f"error: --layers {args.layers!r} must be a comma list of layer numbers")
+    return positions_command(args)
 
 
 if __name__ == "__main__":

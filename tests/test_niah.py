@@ -1,3 +1,4 @@
+import math
 import random
 import re
 
@@ -64,6 +65,7 @@ def test_bad_variant_names_choices(enc_and_val):
 
 class Oracle(torch.nn.Module):
     """Predicts a fixed continuation: the sample's answer, or a wrong one, to check scoring."""
+    blocks = []  # no attention layers to look into
 
     def __init__(self, sequence, vocab, wrong_at=None):
         super().__init__()
@@ -91,10 +93,10 @@ def test_scoring_on_hand_made_outputs(enc_and_val):
         generate = GPT.generate
 
     right = Generating(s["tokens"], enc.n_vocab)
-    assert eval_niah.score_batch(right, [s], enc, "cpu") == ([1.0], [1.0])
+    assert eval_niah.score_batch(right, [s], enc, "cpu") == ([1.0], [1.0], {})
     first_digit = s["prompt_len"] + s["value_mask"].index(True)
     wrong = Generating(s["tokens"], enc.n_vocab, wrong_at=first_digit)
-    exact, token = eval_niah.score_batch(wrong, [s], enc, "cpu")
+    exact, token, _ = eval_niah.score_batch(wrong, [s], enc, "cpu")
     assert exact == [0.0] and token[0] == pytest.approx(3 / 4)  # teacher forcing: 3 of 4 digits right
 
 
@@ -114,6 +116,7 @@ def test_long_prompt_is_not_cropped(tiny_data, tmp_path, monkeypatch):
                               "--samples", "2", "--out_dir", str(tmp_path / "niah"), "--scaling", "none,yarn"])
     assert max(seen) == 4 * 64 - 1  # the whole 256-token sample minus its last token, uncropped
     assert {r["label"] for r in results} == {tmp_path.name, f"{tmp_path.name}+yarn"}
+    assert all(list(r["attention"]) == [0] and len(r["attention"][0]) == 3 for r in results)  # one layer
     assert (tmp_path / "niah" / "results.json").exists() and (tmp_path / "niah" / "accuracy_vs_length.png").exists()
 
 
@@ -128,3 +131,18 @@ def test_drill_asks_every_needle(enc_and_val):
         answers = re.findall(r'"The secret number of (\w+) is (\d+)(?= "What|$)', text)  # not the stories' own
         assert 1 <= len(answers) <= 3 and sorted(answers) == sorted(n for n in needles if n in answers)
         assert all(split_of(k) == "train" and split_of(v) == "train" for k, v in answers)
+
+
+def test_attention_stats_on_hand_made_queries(enc_and_val):
+    enc, val = enc_and_val
+    s = make_sample(random.Random(3), enc, val, 200, 0.25, "single", "eval")
+    at, needle = s["prompt_len"] - 1, range(s["needle_at"], s["needle_at"] + s["needle_len"])
+    k = torch.zeros(1, 2, 200, 2)
+    k[0, :, list(needle), 0] = 1.0  # needle keys point along x, the others are zero
+    q = torch.zeros(1, 2, 200, 2)
+    q[0, 0, at, 0] = 100.0          # head 0 looks for the needle, head 1 attends uniformly
+    (needle_mass, nearby_mass, entropy), = eval_niah.attention_stats({0: (q, k)}, [s]).values()
+    uniform = s["needle_len"] / (at + 1)
+    assert needle_mass == pytest.approx((1 + uniform) / 2, abs=1e-4)
+    assert nearby_mass == pytest.approx(uniform / 2, abs=1e-4)
+    assert entropy == pytest.approx((math.log(s["needle_len"]) + math.log(at + 1)) / 2, abs=1e-3)
