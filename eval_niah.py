@@ -44,6 +44,7 @@ import torch
 from data.format import dataset_dir, load_tokenizer, load_tokens, write_atomic, write_json
 from data.niah import HAYSTACKS, VARIANTS, make_sample
 from model import GPT, GPTConfig
+from fwpkm import read_iteratively
 from rope import SCALINGS
 
 
@@ -56,15 +57,19 @@ def parse_list(text, kind, valid=None, name=""):
 
 
 def settings(ckpt, name, args):
-    """(label, config changes) for each way to evaluate a checkpoint: every --scaling for a RoPE model, every
-    --logit_scale_c for a DroPE model (beta = 1 + c·ln(s), drope.py), as it is otherwise."""
+    """(label, config changes, reading passes) for each way to evaluate a checkpoint: every --scaling for a RoPE
+    model, every --logit_scale_c for a DroPE model (beta = 1 + c·ln(s), drope.py), and every --iters for a model
+    with FwPKM layers."""
     config = ckpt["model_config"]
     if config["pe"] == "rope":
-        return [(name + (f"+{s}" if s else ""), {"rope_scaling": s}) for s in args.scaling]
-    if config["pe"] == "drope":
+        pe = [(name + (f"+{s}" if s else ""), {"rope_scaling": s}) for s in args.scaling]
+    elif config["pe"] == "drope":
         cs = dict.fromkeys(config.get("logit_scale_c", 0.0) if c == "fitted" else c for c in args.logit_scale_c)
-        return [(name + (f"+beta{c:.3g}" if c else ""), {"logit_scale_c": c}) for c in cs]
-    return [(name, {})]
+        pe = [(name + (f"+beta{c:.3g}" if c else ""), {"logit_scale_c": c}) for c in cs]
+    else:
+        pe = [(name, {})]
+    iters = args.iters if config.get("fwpkm_layers") else [1]
+    return [(label + (f"+{n}reads" if n > 1 else ""), changes, n) for label, changes in pe for n in iters]
 
 
 def load_model(ckpt, changes, length, device):
@@ -111,20 +116,30 @@ def attention_stats(qk, samples):
     return stats
 
 
+def start_cache(model, tokens, samples, iters):
+    """None for a single pass; for iters = n > 1, a KVCache holding the FwPKM fast weights after n − 1 extra reads
+    of the haystack (every token before the earliest question of the batch)."""
+    if iters == 1:
+        return None
+    return read_iteratively(model, tokens[:, :min(s["question_at"] for s in samples)], iters - 1)
+
+
 @torch.no_grad()
-def score_batch(model, samples, enc, device):
+def score_batch(model, samples, enc, device, iters=1):
     """Greedy exact match and teacher-forced value-token accuracy for samples of equal length and answer length,
-    and attention_stats() of the teacher-forced pass."""
+    and attention_stats() of the teacher-forced pass; with iters > 1, both passes start from the fast weights of
+    iters − 1 extra reads (fwpkm.py)."""
     tokens = torch.tensor([s["tokens"] for s in samples], device=device)
     prompt_len = samples[0]["prompt_len"]
     answer_len = tokens.shape[1] - prompt_len
+    cache = start_cache(model, tokens, samples, iters)
     with captured_qk(model) as qk:
-        logits, _ = model(tokens[:, :-1])
+        logits, _ = model(tokens[:, :-1], cache=cache and cache.copy())
     attention = attention_stats(qk, samples)
     predicted = logits[:, prompt_len - 1:].argmax(-1)                  # [B, answer_len]
     mask = torch.tensor([s["value_mask"] for s in samples], device=device)
     token_acc = ((predicted == tokens[:, prompt_len:]) & mask).sum(1) / mask.sum(1)
-    generated = model.generate(tokens[:, :prompt_len], answer_len, temperature=0)[:, prompt_len:]
+    generated = model.generate(tokens[:, :prompt_len], answer_len, temperature=0, cache=cache)[:, prompt_len:]
     exact = []
     for s, out in zip(samples, generated.tolist()):
         found = set(re.findall(r"\d+", enc.decode(out)))
@@ -141,7 +156,7 @@ def evaluate(ckpt_path, args, device):
     val = load_tokens(data_dir, "val")
     name = os.path.basename(os.path.dirname(os.path.abspath(ckpt_path)))
     depths = np.linspace(0, 1, args.depths).round(3).tolist()
-    for label, changes in settings(ckpt, name, args):
+    for label, changes, iters in settings(ckpt, name, args):
         for mult in args.lengths:
             length = int(mult * config["block_size"])
             model = load_model(ckpt, changes, length, device)
@@ -152,7 +167,7 @@ def evaluate(ckpt_path, args, device):
                            for i in range(args.samples)]
                 exact, token, attention = [], [], []
                 for b in range(0, len(samples), args.batch_size):
-                    e, t, a = score_batch(model, samples[b:b + args.batch_size], enc, device)
+                    e, t, a = score_batch(model, samples[b:b + args.batch_size], enc, device, iters)
                     exact += e
                     token += t
                     attention += [a] * len(e)
@@ -249,6 +264,8 @@ def main(argv=None):
     p.add_argument("--logit_scale_c", default="fitted",
                    help="comma list of c for DroPE models' beta = 1 + c·ln(s): numbers, or fitted (the c stored by "
                         "python drope.py; 0 if none)")
+    p.add_argument("--iters", default="1", help="comma list of reading passes for models with FwPKM layers: n > 1 "
+                   "reads the haystack n − 1 extra times first, carrying only the fast weights (fwpkm.py)")
     p.add_argument("--data_dir", default=None, help="haystack data; default: the checkpoint's dataset")
     p.add_argument("--out_dir", default="out/niah")
     p.add_argument("--batch_size", type=int, default=10, help="samples per forward pass")
@@ -257,6 +274,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     args.lengths = parse_list(args.lengths, float, name="lengths")
     args.lengths = [int(m) if m == int(m) else m for m in args.lengths]
+    args.iters = parse_list(args.iters, int, name="iters")
+    if not args.iters or min(args.iters) < 1:
+        raise SystemExit(f"error: --iters {args.iters} must be reading passes >= 1, e.g. 1,2,3")
     args.variants = parse_list(args.variants, str, VARIANTS, "variants")
     args.haystacks = parse_list(args.haystacks, str, HAYSTACKS, "haystacks")
     args.scaling = [None if s == "none" else s for s in parse_list(args.scaling, str, ("none", *SCALINGS), "scaling")]

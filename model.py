@@ -30,6 +30,17 @@ Method files register themselves on import: rope.py registers "rope", drope.py "
 "rope_nope", and this file "nope". The files listed in
 METHOD_FILES are imported when a model is built.
 
+The sublayer interface, for memories (fwpkm.py: static PKM and FwPKM). A factory registered with
+register_sublayer(factory) is asked for every layer; where it returns a module, that module is an extra residual
+sublayer before the layer's attention:
+
+    factory(config, layer_idx) -> nn.Module or None
+    module(x, pos, cache) -> [B, T, C]   added to the residual stream x [B, T, C]; pos as above; cache: the
+                                         KVCache or None. A module with per-sequence state (FwPKM's fast weights)
+                                         keeps it in cache.state while a cache is used, so generation continues it.
+
+A module may set `self.health` (a dict of floats) to report on itself; GPT.health_reports() collects them.
+
 Sliding-window attention (FwPKM trains with it) is a forward() option: `window=W` lets each token see itself and
 the W−1 tokens before it.
 """
@@ -41,15 +52,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-METHOD_FILES = ("rope", "drope", "repo")  # modules that call register_positional when imported
+METHOD_FILES = ("rope", "drope", "repo", "fwpkm")  # modules that call register_positional when imported
 _POSITIONAL = {}                  # name -> factory(config, layer_idx) -> nn.Module
 _STAGE_DEFAULTS = {}              # name -> stage_defaults(init_ckpt) -> dict of train.py option defaults
+_SUBLAYERS = []                   # factory(config, layer_idx) -> nn.Module or None
 
 
 def register_positional(name, factory, stage_defaults=None):
     _POSITIONAL[name] = factory
     if stage_defaults is not None:
         _STAGE_DEFAULTS[name] = stage_defaults
+
+
+def register_sublayer(factory):
+    _SUBLAYERS.append(factory)
 
 
 def positional_choices():
@@ -94,13 +110,33 @@ class GPTConfig:
     rope_factor: float = 1.0       # s = eval length / block_size for the scaling
     qk_norm: bool = False          # RMSNorm over the whole q and k projections (DroPE's optional stabiliser)
     logit_scale_c: float = 0.0     # DroPE: logits x beta = 1 + c·ln(T / block_size) beyond block_size (drope.py)
+    # memory sublayers (fwpkm.py), before attention in the listed layers (0-based), e.g. (1, 3) or "1,3"
+    pkm_layers: tuple = ()         # static product-key memory (slow weights)
+    fwpkm_layers: tuple = ()       # fast-weight product-key memory
+    memory_n_sub: int = 32         # sub-keys per half; N = n_sub² slots
+    memory_topk: int = 8           # slots read per token
+    memory_key_dim: int = 64       # query / key size d_k (two halves of d_k/2)
+    memory_value_dim: int = 128    # value size d_v
+    memory_chunk: int = 32         # FwPKM: tokens per write; also the sliding window of training
+    memory_lifetime: str = "sequence"  # FwPKM: "sequence" (fresh per sequence) or "persistent" (fwpkm.py)
 
     # what changes the weights' meaning; resuming with a different value here is refused
-    ARCHITECTURE = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "pe", "rope_base", "qk_norm")
+    ARCHITECTURE = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "pe", "rope_base", "qk_norm",
+                    "pkm_layers", "fwpkm_layers", "memory_n_sub", "memory_topk", "memory_key_dim", "memory_value_dim")
 
     def __post_init__(self):
         if self.n_embd % self.n_head or (self.n_embd // self.n_head) % 2:
             raise ValueError(f"n_embd={self.n_embd} must split into n_head={self.n_head} heads of even size")
+        for name in ("pkm_layers", "fwpkm_layers"):
+            value = getattr(self, name)
+            try:
+                layers = tuple(int(i) for i in (value.split(",") if isinstance(value, str) else value) if i != "")
+            except ValueError:
+                raise ValueError(f"{name}={value!r} must be a comma list of layer indices, e.g. 1,3") from None
+            bad = [i for i in layers if not 0 <= i < self.n_layer]
+            if bad:
+                raise ValueError(f"{name}={value!r}: layers {bad} do not exist; valid: 0..{self.n_layer - 1}")
+            setattr(self, name, layers)
 
     def to_dict(self):
         return asdict(self)
@@ -109,9 +145,16 @@ class GPTConfig:
 class KVCache:
     """Per-layer keys and values of the tokens seen so far ([B, H, T_past, D] each)."""
 
-    def __init__(self, n_layer):
+    def __init__(self, n_layer, state=None):
         self.keys = [None] * n_layer
         self.values = [None] * n_layer
+        self.state = {} if state is None else state  # sublayers' per-sequence state (FwPKM's fast weights)
+
+    def copy(self):
+        """A copy whose use leaves this cache as it is (the sublayers' state is cloned)."""
+        new = KVCache(len(self.keys), {name: state.clone() for name, state in self.state.items()})
+        new.keys, new.values = list(self.keys), list(self.values)
+        return new
 
     def length(self):  # tokens cached before the current forward (layer 0 is extended first)
         return 0 if self.keys[0] is None else self.keys[0].shape[2]
@@ -175,11 +218,14 @@ class Block(nn.Module):
     def __init__(self, config, layer_idx):
         super().__init__()
         self.attn_norm = nn.RMSNorm(config.n_embd)
-        self.attn = CausalSelfAttention(config, layer_idx)
+        self.attn = CausalSelfAttention(config, layer_idx)  # imports the method files, which register sublayers
+        self.sublayers = nn.ModuleList(m for factory in _SUBLAYERS if (m := factory(config, layer_idx)) is not None)
         self.mlp_norm = nn.RMSNorm(config.n_embd)
         self.mlp = MLP(config)
 
     def forward(self, x, pos, cache=None, window=None):
+        for sublayer in self.sublayers:
+            x = x + sublayer(x, pos, cache)
         x = x + self.attn(self.attn_norm(x), pos, cache, window)
         return x + self.mlp(self.mlp_norm(x))
 
@@ -206,6 +252,10 @@ class GPT(nn.Module):
     def num_params(self):
         return sum(p.numel() for p in self.parameters())
 
+    def health_reports(self):
+        """{module name: its health dict} for the modules that report one (FwPKM's memory health)."""
+        return {name: m.health for name, m in self.named_modules() if isinstance(getattr(m, "health", None), dict)}
+
     def forward(self, idx, targets=None, cache=None, window=None):
         """idx: [B, T] token ids. Returns logits [B, T, V] and the mean cross-entropy (None without targets;
         targets of -1 are ignored)."""
@@ -221,10 +271,11 @@ class GPT(nn.Module):
         return logits, loss
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None):
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None, cache=None):
         """Continues idx [B, T] by max_new_tokens tokens with a KV cache. The prompt is never cropped to the
-        training length: running beyond it is what this project studies. temperature=0 means greedy."""
-        cache = KVCache(self.config.n_layer)
+        training length: running beyond it is what this project studies. temperature=0 means greedy. cache: an
+        empty KVCache to start from, e.g. one whose state holds FwPKM fast weights from earlier reading passes."""
+        cache = KVCache(self.config.n_layer) if cache is None else cache
         logits, _ = self(idx, cache=cache)
         out = [idx]
         for step in range(max_new_tokens):

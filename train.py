@@ -51,6 +51,16 @@ OPTIONS = {  # name: (default, help); the defaults are the CPU default run
     "block_size": (256, "training context length"),
     "rope_base": (10000.0, "RoPE base"),
     "qk_norm": (False, "RMSNorm on the q and k projections (DroPE's optional stabiliser; may be added at --init_from)"),
+    # memory sublayers (fwpkm.py)
+    "pkm_layers": ("", "comma list of layers (0-based) with a static product-key memory before attention"),
+    "fwpkm_layers": ("", "comma list of layers (0-based) with a fast-weight product-key memory before attention"),
+    "memory_n_sub": (32, "sub-keys per half; N = n_sub^2 slots"),
+    "memory_topk": (8, "slots read per token"),
+    "memory_key_dim": (64, "memory query/key size"),
+    "memory_value_dim": (128, "memory value size"),
+    "memory_chunk": (32, "FwPKM tokens per write, and the sliding window of --swa_prob steps"),
+    "memory_lifetime": ("sequence", "FwPKM memory: sequence (fresh per sequence) or persistent (fwpkm.py)"),
+    "swa_prob": (0.0, "probability of a step with sliding-window attention (window = memory_chunk; FwPKM's trick)"),
     # data
     "niah_mix": (0.0, "fraction of training rows replaced by needle-in-a-haystack documents (data/niah.py)"),
     # optimisation
@@ -166,16 +176,19 @@ STAGE_CHANGES = ("pe", "qk_norm")  # what a stage started with --init_from may c
 def model_config_for(o, explicit, vocab_size, init=None):
     """The model config of this run: from the options, or from the --init_from checkpoint `init` with a new pe
     (and QK-norm, if asked for)."""
-    arch = {k: o[k] for k in GPTConfig.ARCHITECTURE if k in o}
-    arch["vocab_size"] = vocab_size
+    try:
+        arch = GPTConfig(**{k: o[k] for k in (*GPTConfig.ARCHITECTURE, "memory_chunk", "memory_lifetime") if k in o},
+                         vocab_size=vocab_size).to_dict()
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     if init is not None:
         saved = init["model_config"]
         clash = [d for d in architecture_diff(saved, arch)
                  if d.split(":")[0] in explicit and d.split(":")[0] not in STAGE_CHANGES]
         if clash:
             sys.exit(f"error: --init_from keeps the checkpoint's architecture; these flags differ: {clash}")
-        arch = {**{k: saved.get(k, getattr(GPTConfig, k)) for k in GPTConfig.ARCHITECTURE},
-                **{k: o[k] for k in STAGE_CHANGES}}
+        arch = {**arch, **{k: saved.get(k, getattr(GPTConfig, k)) for k in GPTConfig.ARCHITECTURE},
+                **{k: arch[k] for k in STAGE_CHANGES}}
     return GPTConfig(**arch)
 
 
@@ -194,6 +207,13 @@ def estimate_loss(model, splits, o, ctx, device):
         out[split] = float(np.mean(losses))
     model.train()
     return out
+
+
+def health_line(model):
+    """What the model's modules report about themselves (FwPKM: memory health), as one line, or ''."""
+    return "".join(f" | {name.replace('blocks.', 'L').replace('.sublayers.0', '')}: "
+                   + " ".join(f"{k} {v:.2f}" for k, v in report.items())
+                   for name, report in model.health_reports().items())
 
 
 def plot_losses(history, path, title):
@@ -313,7 +333,7 @@ def main(argv=None):
             losses = estimate_loss(model, splits, o, ctx, device)
             history["eval_iter"].append(it)
             history["val_loss"].append(losses["val"])
-            print(f"eval iter {it}: train {losses['train']:.4f} val {losses['val']:.4f}")
+            print(f"eval iter {it}: train {losses['train']:.4f} val {losses['val']:.4f}{health_line(model)}")
             if it > start_iter:
                 checkpoint(it)
         if master and it in o["keep_iters"] and it > start_iter:
@@ -325,12 +345,14 @@ def main(argv=None):
         # batches that one process with the same grad_accum would see
         rows = [train_batch(splits["train"], o, config.block_size, data_gen, enc) for _ in
                 range(o["grad_accum"])][rank::world]
+        # FwPKM's trick: some steps attend only within a sliding window, so lookups further back need the memory
+        window = o["memory_chunk"] if o["swa_prob"] > 0 and torch.rand(1, generator=data_gen) < o["swa_prob"] else None
         loss_sum = torch.zeros((), device=device)
         for micro, (x, y) in enumerate(rows):
             if ddp:  # all-reduce gradients only on the last micro-step
                 train_model.require_backward_grad_sync = micro == accum_here - 1
             with ctx:
-                _, loss = train_model(x.to(device), y.to(device))
+                _, loss = train_model(x.to(device), y.to(device), window=window)
             (loss / accum_here).backward()
             loss_sum += loss.detach()
         if ddp:  # the logged loss is the mean over all processes, and all of them stop together if it is not finite

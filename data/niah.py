@@ -113,7 +113,8 @@ def make_sample(rng, enc, source, length, depth, variant, split):
     """A sample of exactly `length` tokens. source: a token array for the "val" haystack, None for "noise".
 
     Returns a dict: tokens (list), prompt_len, values (expected strings), value_mask (True at answer tokens that
-    hold digits), needle_at and needle_len (where the asked needle starts, and its tokens), depth (requested)."""
+    hold digits), needle_at and needle_len (where the asked needle starts, and its tokens), question_at (where the
+    question starts), depth (requested)."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; valid choices: {', '.join(VARIANTS)}")
     if split not in SPLITS:
@@ -139,7 +140,8 @@ def make_sample(rng, enc, source, length, depth, variant, split):
     prompt_len = length - len(answer_ids)
     value_mask = [any(c.isdigit() for c in enc.decode([t])) for t in answer_ids]
     return {"tokens": tokens, "prompt_len": prompt_len, "values": values, "value_mask": value_mask,
-            "needle_at": needle_at, "needle_len": len(needle_ids[0]), "depth": depth, "haystack_len": n_haystack}
+            "needle_at": needle_at, "needle_len": len(needle_ids[0]), "question_at": prompt_len - len(question_ids),
+            "depth": depth, "haystack_len": n_haystack}
 
 
 def make_drill(rng, enc, source, length, split, max_needles=3):

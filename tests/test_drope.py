@@ -106,8 +106,8 @@ def test_fitted_c_is_stored_reloaded_and_overridable(tmp_path, tiny_data, rope_c
     ckpt = load(tmp_path)
     assert ckpt["model_config"]["logit_scale_c"] == c and ckpt["logit_scale_fit"]["c"] == c
     assert (tmp_path / "run" / "beta_fit.png").stat().st_size > 1000
-    args = argparse.Namespace(logit_scale_c=["fitted", 0.0], scaling=[None])
-    (label_fit, fit), (label_off, off) = eval_niah.settings(ckpt, "run", args)
+    args = argparse.Namespace(logit_scale_c=["fitted", 0.0], scaling=[None], iters=[1])
+    (label_fit, fit, _), (label_off, off, _) = eval_niah.settings(ckpt, "run", args)
     assert fit == {"logit_scale_c": c} and off == {"logit_scale_c": 0.0} and label_off == "run" != label_fit
     model = eval_niah.load_model(ckpt, fit, 64, "cpu")
     assert all(m.c == c for m in model.modules() if isinstance(m, drope.DroppedPositionalEncoding))

@@ -1,0 +1,184 @@
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import eval_niah
+import fwpkm
+from model import GPT, GPTConfig
+from tests.test_model import check_kv_cache
+from tests.test_train import load, run
+
+MEMORY = dict(memory_n_sub=8, memory_topk=4, memory_key_dim=64, memory_value_dim=16, memory_chunk=8)
+TINY = dict(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embd=32, **MEMORY)
+
+
+def memory_model(**overrides):
+    return GPT(GPTConfig(**{**TINY, "fwpkm_layers": (1,), **overrides}))
+
+
+def fw_layer(model):
+    return next(m for m in model.modules() if isinstance(m, fwpkm.FastWeightProductKeyMemory))
+
+
+@pytest.mark.parametrize("scores", [fwpkm.idw_scores, fwpkm.dot_scores])
+def test_product_topk_equals_brute_force(scores):
+    n, k = 16, 5
+    q1, q2 = torch.randn(3, 7, 6), torch.randn(3, 7, 6)
+    keys = torch.randn(3, 2, n, 6)
+    s1, s2 = scores(q1, keys[:, 0]), scores(q2, keys[:, 1])
+    top, slots = fwpkm.product_topk(s1, s2, k)
+    brute = (s1[..., :, None] + s2[..., None, :]).flatten(-2)  # all n² slots, slot i·n + j
+    brute_top, brute_slots = brute.topk(k, dim=-1)
+    torch.testing.assert_close(top, brute_top)
+    assert torch.equal(slots, brute_slots)
+
+
+def test_idw_scores_are_minus_log_distance():
+    q, keys = torch.randn(1, 4, 6), torch.randn(1, 9, 6)
+    expected = -torch.log(1e-3 + torch.cdist(q, keys) ** 2)
+    torch.testing.assert_close(fwpkm.idw_scores(q, keys), expected, rtol=1e-4, atol=1e-4)
+
+
+def memorisation_loss(r):
+    return (0.5 * r["g"][:, :-1] * (r["v"][:, 1:] - r["v_hat"][:, :-1]).pow(2)).sum().item()
+
+
+def test_one_write_lowers_the_memorisation_loss_of_its_chunk():
+    layer = fw_layer(memory_model())
+    h = torch.randn(2, 8, 32)
+    state = layer.fresh_state(2)
+    with torch.no_grad():
+        before = layer.read(h, state)
+        layer.write(before, state)
+        after = layer.read(h, state)
+    assert memorisation_loss(after) < 0.9 * memorisation_loss(before)
+
+
+def test_a_single_token_with_gate_one_is_rewritten_exactly(monkeypatch):
+    layer = fw_layer(memory_model())
+    with torch.no_grad():
+        layer.initial_keys.zero_()  # every slot scores the same: the token's k reads are spread evenly, w = 1/k
+        layer.initial_values.normal_()
+    state = layer.fresh_state(1)
+    with torch.no_grad():
+        r = layer.read(torch.randn(1, 2, 32), state)  # one pair: token 0 reads, token 1's value is its target
+        r["g"] = torch.ones_like(r["g"])
+        torch.testing.assert_close(r["w"], torch.full_like(r["w"], 1 / layer.topk))
+        layer.write(r, state)
+    slots, w = r["slots"][0, 0], r["w"][0, 0]
+    read_back = (w[:, None] * state.values[0, slots]).sum(0)
+    torch.testing.assert_close(read_back, r["v"][0, 1], rtol=1e-5, atol=1e-5)
+
+
+def test_outputs_do_not_depend_on_later_tokens():
+    model = memory_model().eval()
+    x = torch.randint(64, (2, 40))
+    with torch.no_grad():
+        base = model(x)[0]
+        for p in (7, 8, 12, 16, 24, 33):  # inside chunks and on chunk boundaries (chunk 8)
+            y = x.clone()
+            y[:, p:] = (y[:, p:] + 1) % 64
+            out = model(y)[0]
+            torch.testing.assert_close(out[:, :p], base[:, :p])
+            assert not torch.allclose(out[:, p:], base[:, p:])
+
+
+def test_lm_gradients_reach_value_projection_and_gate_through_the_writes():
+    layer = fw_layer(memory_model())
+    state = layer.fresh_state(2)
+    h = torch.randn(2, 16, 32)
+    layer.write(layer.read(h[:, :8], state), state)
+    later = layer.read(h[:, 8:], state)["v_hat"]  # chunk 1's reads: W_v and the gate act on them only by the write
+    grads = torch.autograd.grad(later.pow(2).sum(), [layer.value.weight, layer.gate.weight, layer.query.weight])
+    assert all(g.abs().sum() > 0 for g in grads)
+    model = memory_model()
+    x = torch.randint(64, (2, 24))
+    model(x, x)[1].backward()
+    assert layer.value.weight.grad is None and fw_layer(model).value.weight.grad.abs().sum() > 0
+
+
+def usage_entropy(layer, q, keys):
+    h = 0.0
+    for m, qm in enumerate(q.chunk(2, dim=-1)):
+        s = fwpkm.idw_scores(qm, keys[:, m])
+        top, idx = s.topk(layer.topk, dim=-1)
+        p = torch.zeros_like(s).scatter(-1, idx, F.softmax(top, dim=-1)).mean((0, 1))
+        h += -(p * p.clamp_min(1e-12).log()).sum().item()
+    return h
+
+
+def test_one_addressing_step_raises_the_usage_entropy():
+    layer = fw_layer(memory_model())
+    state = layer.fresh_state(1)
+    with torch.no_grad():
+        r = layer.read(torch.randn(1, 32, 32), state)  # a 32-token chunk (the default); at 8 tokens lr 1 overshoots
+        before = usage_entropy(layer, r["q"], state.keys)
+        layer.write(r, state)
+        after = usage_entropy(layer, r["q"], state.keys)
+    assert after > before
+
+
+def test_each_sequence_starts_from_the_initial_memory():
+    model = memory_model().eval()
+    layer = fw_layer(model)
+    x = torch.randint(64, (2, 40))
+    with torch.no_grad():
+        first, second = model(x)[0], model(x)[0]  # nothing carried over from the first call
+        assert torch.equal(first, second)
+        state = layer.fresh_state(2)
+        assert torch.equal(state.values[0], layer.initial_values) and torch.equal(state.keys[1], layer.initial_keys)
+
+
+def test_persistent_memory_carries_over_in_training_only():
+    model = memory_model(memory_lifetime="persistent")
+    layer = fw_layer(model)
+    x = torch.randint(64, (2, 40))
+    initial = layer.initial_values.clone()
+    model(x, x)
+    assert not torch.equal(layer.initial_values, initial)  # carried into the next step
+    carried = layer.initial_values.clone()
+    with torch.no_grad():
+        model.eval()(x)
+    assert torch.equal(layer.initial_values, carried)  # evaluation does not write back
+    with pytest.raises(ValueError, match="'forever'; valid choices: sequence, persistent"):
+        memory_model(memory_lifetime="forever")
+
+
+def test_kv_cache_generation_equals_full_forward():
+    check_kv_cache(memory_model(pkm_layers=(0,)).eval())
+
+
+def test_iterative_reading_changes_only_the_fast_weights():
+    model = memory_model().eval()
+    context = torch.randint(64, (2, 20))
+    cache = fwpkm.read_iteratively(model, context, 2)
+    state = cache.state[fw_layer(model).name]
+    assert cache.length() == 0 and state.pending is None and state.chunk == 8
+    assert not torch.equal(state.values[0], fw_layer(model).initial_values)
+    with torch.no_grad():
+        assert not torch.allclose(model(context, cache=cache.copy())[0], model(context)[0])
+
+
+def test_bad_memory_layers_name_the_valid_ones():
+    with pytest.raises(ValueError, match=r"layers \[5\] do not exist; valid: 0..1"):
+        memory_model(fwpkm_layers="1,5")
+    with pytest.raises(ValueError, match="both pkm_layers and fwpkm_layers"):
+        memory_model(pkm_layers=(1,))
+
+
+def test_training_and_iterative_niah_from_the_command_line(tmp_path, tiny_data, capsys):
+    memory = ["--memory_n_sub", "8", "--memory_topk", "4", "--memory_key_dim", "64", "--memory_value_dim", "16",
+              "--memory_chunk", "8"]
+    run(tmp_path, tiny_data, *memory, "--fwpkm_layers", "1", "--swa_prob", "0.9", "--max_iters", "8")
+    out = capsys.readouterr().out
+    assert "L1: gate" in out and "coverage" in out and "collisions" in out
+    ckpt = load(tmp_path)
+    assert ckpt["model_config"]["fwpkm_layers"] == (1,) and "blocks.1.sublayers.0.initial_values" in ckpt["model"]
+    results = eval_niah.main(["--ckpt", str(tmp_path / "run" / "ckpt.pt"), "--lengths", "4", "--depths", "1",
+                              "--samples", "2", "--iters", "1,2", "--out_dir", str(tmp_path / "niah")])
+    assert [r["label"] for r in results] == ["run", "run+2reads"]
+    run(tmp_path, tiny_data, *memory, "--pkm_layers", "0", "--max_iters", "4", out="pkm")
+    assert "L0: coverage" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="do not exist"):
+        run(tmp_path, tiny_data, "--fwpkm_layers", "7", out="bad")
