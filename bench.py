@@ -1,10 +1,11 @@
 """
 Training-step cost of the positional methods, measured side by side in one process on the same model.
 
-    python bench.py --arms rope,repo                       # the CPU default model, 16 x 256 tokens per step
-    python bench.py --arms rope,repo --n_layer 12 --n_embd 768 --n_head 12 --batch_size 16 --block_size 1024
+    python bench.py --arms rope repo                       # the CPU default model, 16 x 256 tokens per step
+    python bench.py --arms rope rope+pkm_layers=1 rope+fwpkm_layers=1 --block_size 128
+    python bench.py --arms rope repo --n_layer 12 --n_embd 768 --n_head 12 --batch_size 16 --block_size 1024
 
-Every arm is the same GPT with another --pe. The arms take turns, one full training step each (forward, backward,
+Every arm is the same GPT with another --pe, and optionally other model-config fields after '+' (name=value). The arms take turns, one full training step each (forward, backward,
 AdamW step) per round, so a slow moment of the machine hits all of them alike; the reported time is the median
 over rounds. Printed per arm: step time and its ratio to the first arm, parameters, FLOPs per step (matrix
 products, as torch.utils.flop_counter counts them, forward and backward), and on CUDA the peak memory of a step.
@@ -17,6 +18,25 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from model import GPT, GPTConfig, positional_choices
+
+
+def parse_arm(arm):
+    """'rope+fwpkm_layers=1,3+memory_chunk=64' -> {'pe': 'rope', 'fwpkm_layers': '1,3', 'memory_chunk': 64}"""
+    pe, *fields = arm.split("+")
+    if pe not in positional_choices():
+        raise SystemExit(f"error: unknown pe {pe!r} in --arms {arm!r}; valid choices: {', '.join(positional_choices())}")
+    overrides = {"pe": pe}
+    for field in fields:
+        name, _, value = field.partition("=")
+        if name not in GPTConfig.__dataclass_fields__ or name == "pe":
+            raise SystemExit(f"error: unknown field {name!r} in --arms {arm!r}; valid: "
+                             f"{', '.join(f for f in GPTConfig.__dataclass_fields__ if f != 'pe')}")
+        default = GPTConfig.__dataclass_fields__[name].default
+        if isinstance(default, bool):
+            overrides[name] = value.lower() in ("1", "true")
+        else:
+            overrides[name] = type(default)(value) if isinstance(default, (int, float)) else value
+    return overrides
 
 
 def synchronize(device):
@@ -42,7 +62,8 @@ def flops_per_step(model, x, ctx):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arms", default="rope,repo", help="comma list of pe names; ratios are to the first")
+    p.add_argument("--arms", nargs="+", default=["rope", "repo"],
+                   help="pe names, each optionally with +field=value config overrides; ratios are to the first")
     p.add_argument("--n_layer", type=int, default=4)
     p.add_argument("--n_head", type=int, default=4)
     p.add_argument("--n_embd", type=int, default=128)
@@ -56,11 +77,7 @@ def main(argv=None):
                    help="auto: bfloat16 autocast on cuda, float32 elsewhere")
     p.add_argument("--compile", action="store_true", help="torch.compile every arm")
     args = p.parse_args(argv)
-    arms = [a for a in args.arms.split(",") if a]
-    bad = [a for a in arms if a not in positional_choices()]
-    if bad or not arms:
-        choices = ", ".join(positional_choices())
-        raise SystemExit(f"error: unknown --arms {bad or args.arms!r}; valid choices: {choices}")
+    arms = {arm: parse_arm(arm) for arm in args.arms}
     device_type = torch.device(args.device).type
     bf16 = args.dtype == "bfloat16" or (args.dtype == "auto" and device_type == "cuda")
     ctx = torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16)
@@ -68,10 +85,13 @@ def main(argv=None):
     x = torch.randint(args.vocab_size, (args.batch_size, args.block_size), generator=torch.Generator().manual_seed(0))
     x = x.to(args.device)
     runs = {}
-    for pe in arms:
+    for arm, overrides in arms.items():
         torch.manual_seed(0)
-        config = GPTConfig(vocab_size=args.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
-                           n_head=args.n_head, n_embd=args.n_embd, pe=pe)
+        try:
+            config = GPTConfig(vocab_size=args.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
+                               n_head=args.n_head, n_embd=args.n_embd, **overrides)
+        except (TypeError, ValueError) as e:
+            raise SystemExit(f"error: --arms {arm!r}: {e}")
         model = GPT(config).to(args.device)
         flops = flops_per_step(model, x, ctx)
         step_model = torch.compile(model) if args.compile else model
@@ -82,7 +102,7 @@ def main(argv=None):
             training_step(step_model, optimizer, x, ctx)
         synchronize(args.device)
         peak = torch.cuda.max_memory_allocated(args.device) if device_type == "cuda" else None
-        runs[pe] = {"model": step_model, "optimizer": optimizer, "params": model.num_params(), "flops": flops,
+        runs[arm] = {"model": step_model, "optimizer": optimizer, "params": model.num_params(), "flops": flops,
                     "peak": peak, "times": []}
     print(f"{args.n_layer} layers, d={args.n_embd}, {args.n_head} heads, {args.batch_size} x {args.block_size} "
           f"tokens per step, {args.device} {'bf16' if bf16 else 'fp32'}{', compiled' if args.compile else ''}; "
@@ -98,14 +118,15 @@ def main(argv=None):
         eta = (time.time() - t0) / (r + 1) * (args.rounds - r - 1)
         print(f"\rround {r + 1}/{args.rounds} | ETA {eta:.0f}s", end="", flush=True)
     print()
-    base = runs[arms[0]]
+    base = runs[args.arms[0]]
     base_time = statistics.median(base["times"])
-    print(f"{'arm':12s}{'step ms':>10s}{'ratio':>8s}{'params':>12s}{'+params':>9s}{'GFLOP/step':>12s}{'+FLOPs':>8s}"
+    width = max(12, *(len(arm) + 2 for arm in arms))
+    print(f"{'arm':{width}s}{'step ms':>10s}{'ratio':>8s}{'params':>12s}{'+params':>9s}{'GFLOP/step':>12s}{'+FLOPs':>8s}"
           f"{'peak MiB':>10s}")
     for pe, run in runs.items():
         t = statistics.median(run["times"])
         peak = f"{run['peak'] / 2 ** 20:10.0f}" if run["peak"] is not None else f"{'n/a':>10s}"
-        print(f"{pe:12s}{1e3 * t:10.1f}{t / base_time:8.3f}{run['params']:12,d}"
+        print(f"{pe:{width}s}{1e3 * t:10.1f}{t / base_time:8.3f}{run['params']:12,d}"
               f"{100 * (run['params'] / base['params'] - 1):+8.2f}%{run['flops'] / 1e9:12.2f}"
               f"{100 * (run['flops'] / base['flops'] - 1):+7.2f}%{peak}")
     return {pe: {"time": statistics.median(run["times"]), "params": run["params"], "flops": run["flops"]}

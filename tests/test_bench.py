@@ -4,13 +4,16 @@ import bench
 
 
 def test_bench_reports_repo_overhead():
-    result = bench.main(["--arms", "rope,repo", "--rounds", "2", "--warmup", "1", "--n_layer", "3", "--n_embd", "32",
+    result = bench.main(["--arms", "rope", "repo", "rope+fwpkm_layers=1+memory_n_sub=8", "--rounds", "2", "--warmup", "1", "--n_layer", "3", "--n_embd", "32",
                          "--n_head", "2", "--batch_size", "2", "--block_size", "16", "--device", "cpu"])
     d, d_p, heads = 32, 32 // 8, 2
     assert result["repo"]["params"] - result["rope"]["params"] == 3 * (2 * d * d_p + d_p * heads)  # W_g, W_c, W_z
     assert result["repo"]["flops"] > result["rope"]["flops"] and result["rope"]["time"] > 0
+    assert result["rope+fwpkm_layers=1+memory_n_sub=8"]["params"] > result["rope"]["params"]
 
 
 def test_bench_rejects_unknown_arms():
     with pytest.raises(SystemExit, match="'alibi'.*valid choices"):
-        bench.main(["--arms", "rope,alibi"])
+        bench.main(["--arms", "rope", "alibi"])
+    with pytest.raises(SystemExit, match="unknown field 'fwpkm'"):
+        bench.main(["--arms", "rope+fwpkm=1"])
