@@ -5,9 +5,9 @@ Training-step cost of the positional methods, measured side by side in one proce
     python bench.py --arms rope rope+pkm_layers=1 rope+fwpkm_layers=1 --block_size 128
     python bench.py --arms rope repo --n_layer 12 --n_embd 768 --n_head 12 --batch_size 16 --block_size 1024
 
-Every arm is the same GPT with another --pe, and optionally other model-config fields after '+' (name=value). The arms take turns, one full training step each (forward, backward,
-AdamW step) per round, so a slow moment of the machine hits all of them alike; the reported time is the median
-over rounds. Printed per arm: step time and its ratio to the first arm, parameters, FLOPs per step (matrix
+Every arm is the same GPT with another --pe, and optionally other model-config fields after '+' (name=value).
+The arms take turns, one full training step each (forward, backward, AdamW step) per round, so a slow moment of
+the machine hits all of them alike; the reported time is the median over rounds. Printed per arm: step time and its ratio to the first arm, parameters, FLOPs per step (matrix
 products, as torch.utils.flop_counter counts them, forward and backward), and on CUDA the peak memory of a step.
 """
 import argparse
@@ -24,7 +24,8 @@ def parse_arm(arm):
     """'rope+fwpkm_layers=1,3+memory_chunk=64' -> {'pe': 'rope', 'fwpkm_layers': '1,3', 'memory_chunk': 64}"""
     pe, *fields = arm.split("+")
     if pe not in positional_choices():
-        raise SystemExit(f"error: unknown pe {pe!r} in --arms {arm!r}; valid choices: {', '.join(positional_choices())}")
+        choices = ", ".join(positional_choices())
+        raise SystemExit(f"error: unknown pe {pe!r} in --arms {arm!r}; valid choices: {choices}")
     overrides = {"pe": pe}
     for field in fields:
         name, _, value = field.partition("=")
@@ -121,8 +122,8 @@ def main(argv=None):
     base = runs[args.arms[0]]
     base_time = statistics.median(base["times"])
     width = max(12, *(len(arm) + 2 for arm in arms))
-    print(f"{'arm':{width}s}{'step ms':>10s}{'ratio':>8s}{'params':>12s}{'+params':>9s}{'GFLOP/step':>12s}{'+FLOPs':>8s}"
-          f"{'peak MiB':>10s}")
+    print(f"{'arm':{width}s}{'step ms':>10s}{'ratio':>8s}{'params':>12s}{'+params':>9s}{'GFLOP/step':>12s}"
+          f"{'+FLOPs':>8s}{'peak MiB':>10s}")
     for pe, run in runs.items():
         t = statistics.median(run["times"])
         peak = f"{run['peak'] / 2 ** 20:10.0f}" if run["peak"] is not None else f"{'n/a':>10s}"

@@ -43,7 +43,7 @@ import torch
 
 from data.format import dataset_dir, load_tokenizer, load_tokens, write_atomic, write_json
 from data.niah import HAYSTACKS, VARIANTS, make_sample
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, format_health
 from fwpkm import read_iteratively
 from rope import SCALINGS
 
@@ -136,6 +136,7 @@ def score_batch(model, samples, enc, device, iters=1):
     with captured_qk(model) as qk:
         logits, _ = model(tokens[:, :-1], cache=cache and cache.copy())
     attention = attention_stats(qk, samples)
+    health = model.health_reports() if isinstance(model, GPT) else {}  # of this teacher-forced pass
     predicted = logits[:, prompt_len - 1:].argmax(-1)                  # [B, answer_len]
     mask = torch.tensor([s["value_mask"] for s in samples], device=device)
     token_acc = ((predicted == tokens[:, prompt_len:]) & mask).sum(1) / mask.sum(1)
@@ -144,7 +145,7 @@ def score_batch(model, samples, enc, device, iters=1):
     for s, out in zip(samples, generated.tolist()):
         found = set(re.findall(r"\d+", enc.decode(out)))
         exact.append(sum(v in found for v in s["values"]) / len(s["values"]))
-    return exact, token_acc.tolist(), attention
+    return exact, token_acc.tolist(), attention, health
 
 
 def evaluate(ckpt_path, args, device):
@@ -160,14 +161,15 @@ def evaluate(ckpt_path, args, device):
         for mult in args.lengths:
             length = int(mult * config["block_size"])
             model = load_model(ckpt, changes, length, device)
-            t0 = time.time()
+            t0, health = time.time(), []
             for variant, haystack, depth in itertools.product(args.variants, args.haystacks, depths):
                 samples = [make_sample(random.Random(f"{args.seed}/{variant}/{haystack}/{length}/{depth}/{i}"),
                                        enc, val if haystack == "val" else None, length, depth, variant, "eval")
                            for i in range(args.samples)]
                 exact, token, attention = [], [], []
                 for b in range(0, len(samples), args.batch_size):
-                    e, t, a = score_batch(model, samples[b:b + args.batch_size], enc, device, iters)
+                    e, t, a, h = score_batch(model, samples[b:b + args.batch_size], enc, device, iters)
+                    health.append(h)
                     exact += e
                     token += t
                     attention += [a] * len(e)
@@ -177,7 +179,14 @@ def evaluate(ckpt_path, args, device):
                        "attention": {layer: np.mean([a[layer] for a in attention], axis=0).tolist()
                                      for layer in attention[0]},
                        "n": len(samples)}
-            print(f"{label} at {length} tokens ({mult}x): {time.time() - t0:.1f}s", flush=True)
+            print(f"{label} at {length} tokens ({mult}x): {time.time() - t0:.1f}s"
+                  f"{format_health(mean_health(health))}", flush=True)
+
+
+def mean_health(reports):
+    """The mean of several GPT.health_reports() (one per batch)."""
+    return {name: {k: float(np.mean([r[name][k] for r in reports])) for k in reports[0][name]}
+            for name in (reports[0] if reports else {})}
 
 
 def print_tables(results, lengths):

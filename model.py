@@ -142,6 +142,12 @@ class GPTConfig:
         return asdict(self)
 
 
+def format_health(reports):
+    """GPT.health_reports() as one line, ' | L1: gate 0.41 coverage 0.52 ...', or '' when there are none."""
+    return "".join(f" | {name.replace('blocks.', 'L').replace('.sublayers.0', '')}: "
+                   + " ".join(f"{k} {v:.2f}" for k, v in report.items()) for name, report in reports.items())
+
+
 class KVCache:
     """Per-layer keys and values of the tokens seen so far ([B, H, T_past, D] each)."""
 

@@ -33,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from data.format import dataset_dir, get_batch, load_meta, load_tokenizer, load_tokens, write_atomic
 from data.niah import make_drill
-from model import GPT, GPTConfig, positional_choices, stage_defaults
+from model import GPT, GPTConfig, format_health, positional_choices, stage_defaults
 
 OPTIONS = {  # name: (default, help); the defaults are the CPU default run
     # I/O
@@ -209,13 +209,6 @@ def estimate_loss(model, splits, o, ctx, device):
     return out
 
 
-def health_line(model):
-    """What the model's modules report about themselves (FwPKM: memory health), as one line, or ''."""
-    return "".join(f" | {name.replace('blocks.', 'L').replace('.sublayers.0', '')}: "
-                   + " ".join(f"{k} {v:.2f}" for k, v in report.items())
-                   for name, report in model.health_reports().items())
-
-
 def plot_losses(history, path, title):
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(history["iter"], history["train_loss"], label="train (running)", alpha=0.7)
@@ -333,7 +326,8 @@ def main(argv=None):
             losses = estimate_loss(model, splits, o, ctx, device)
             history["eval_iter"].append(it)
             history["val_loss"].append(losses["val"])
-            print(f"eval iter {it}: train {losses['train']:.4f} val {losses['val']:.4f}{health_line(model)}")
+            print(f"eval iter {it}: train {losses['train']:.4f} val {losses['val']:.4f}"
+                  f"{format_health(model.health_reports())}")
             if it > start_iter:
                 checkpoint(it)
         if master and it in o["keep_iters"] and it > start_iter:

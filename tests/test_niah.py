@@ -93,10 +93,10 @@ def test_scoring_on_hand_made_outputs(enc_and_val):
         generate = GPT.generate
 
     right = Generating(s["tokens"], enc.n_vocab)
-    assert eval_niah.score_batch(right, [s], enc, "cpu") == ([1.0], [1.0], {})
+    assert eval_niah.score_batch(right, [s], enc, "cpu") == ([1.0], [1.0], {}, {})
     first_digit = s["prompt_len"] + s["value_mask"].index(True)
     wrong = Generating(s["tokens"], enc.n_vocab, wrong_at=first_digit)
-    exact, token, _ = eval_niah.score_batch(wrong, [s], enc, "cpu")
+    exact, token, _, _ = eval_niah.score_batch(wrong, [s], enc, "cpu")
     assert exact == [0.0] and token[0] == pytest.approx(3 / 4)  # teacher forcing: 3 of 4 digits right
 
 
