@@ -3,7 +3,7 @@ Needle-in-a-haystack (NIAH) evaluation at and beyond the training length.
 
     python eval_niah.py --ckpt out/rope/ckpt.pt --ckpt out/nope/ckpt.pt --scaling none,pi,ntk,yarn
 
-For every checkpoint (and, for RoPE checkpoints, every --scaling) and every context length (multiples of the
+For every checkpoint (and, for checkpoints with RoPE layers, every --scaling) and every context length (multiples of the
 checkpoint's training length) and needle depth, it builds --samples needle samples (data/niah.py: the needle,
 the question and the answer fill exactly the context length) and scores two things:
 
@@ -45,7 +45,7 @@ from data.format import dataset_dir, load_tokenizer, load_tokens, write_atomic, 
 from data.niah import HAYSTACKS, VARIANTS, make_sample
 from model import GPT, GPTConfig, format_health
 from fwpkm import read_iteratively
-from rope import SCALINGS
+from rope import SCALINGS, RotaryEmbedding
 
 
 def parse_list(text, kind, valid=None, name=""):
@@ -57,11 +57,11 @@ def parse_list(text, kind, valid=None, name=""):
 
 
 def settings(ckpt, name, args):
-    """(label, config changes, reading passes) for each way to evaluate a checkpoint: every --scaling for a RoPE
-    model, every --logit_scale_c for a DroPE model (beta = 1 + c·ln(s), drope.py), and every --iters for a model
+    """(label, config changes, reading passes) for each way to evaluate a checkpoint: every --scaling for a model
+    with RoPE layers, every --logit_scale_c for a DroPE model (beta = 1 + c·ln(s), drope.py), and every --iters for a model
     with FwPKM layers."""
     config = ckpt["model_config"]
-    if config["pe"] == "rope":
+    if any(isinstance(m, RotaryEmbedding) for m in GPT(GPTConfig(**config)).modules()):  # RoPE, RePo, rope_nope
         pe = [(name + (f"+{s}" if s else ""), {"rope_scaling": s}) for s in args.scaling]
     elif config["pe"] == "drope":
         cs = dict.fromkeys(config.get("logit_scale_c", 0.0) if c == "fitted" else c for c in args.logit_scale_c)
@@ -269,7 +269,8 @@ def main(argv=None):
     p.add_argument("--samples", type=int, default=10, help="samples per (length, depth) cell")
     p.add_argument("--variants", default="single", help=f"comma list of {', '.join(VARIANTS)}")
     p.add_argument("--haystacks", default="val", help=f"comma list of {', '.join(HAYSTACKS)}")
-    p.add_argument("--scaling", default="none", help=f"comma list of none, {', '.join(SCALINGS)} (RoPE models)")
+    p.add_argument("--scaling", default="none",
+                   help=f"comma list of none, {', '.join(SCALINGS)} (models with RoPE layers: rope, repo, rope_nope)")
     p.add_argument("--logit_scale_c", default="fitted",
                    help="comma list of c for DroPE models' beta = 1 + c·ln(s): numbers, or fitted (the c stored by "
                         "python drope.py; 0 if none)")
