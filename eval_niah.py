@@ -3,9 +3,9 @@ Needle-in-a-haystack (NIAH) evaluation at and beyond the training length.
 
     python eval_niah.py --ckpt out/rope/ckpt.pt --ckpt out/nope/ckpt.pt --scaling none,pi,ntk,yarn
 
-For every checkpoint (and, for checkpoints with RoPE layers, every --scaling) and every context length (multiples of the
-checkpoint's training length) and needle depth, it builds --samples needle samples (data/niah.py: the needle,
-the question and the answer fill exactly the context length) and scores two things:
+For every checkpoint (and, for checkpoints with RoPE layers, every --scaling) and every context length (multiples
+of the checkpoint's training length) and needle depth, it builds --samples needle samples (data/niah.py: the
+needle, the question and the answer fill exactly the context length) and scores two things:
 
 - exact: greedy decoding of the answer; the fraction of expected values found in the output (RULER's score;
   1 or 0 for one value).
