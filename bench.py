@@ -6,9 +6,10 @@ Training-step cost of the positional methods, measured side by side in one proce
     python bench.py --arms rope repo --n_layer 12 --n_embd 768 --n_head 12 --batch_size 16 --block_size 1024
 
 Every arm is the same GPT with another --pe, and optionally other model-config fields after '+' (name=value).
-The arms take turns, one full training step each (forward, backward, AdamW step) per round, so a slow moment of
-the machine hits all of them alike; the reported time is the median over rounds. Printed per arm: step time and its ratio to the first arm, parameters, FLOPs per step (matrix
-products, as torch.utils.flop_counter counts them, forward and backward), and on CUDA the peak memory of a step.
+The arms take turns, one full training step each (forward, backward, AdamW step) per round, so a slow moment of the
+machine hits all of them alike; the reported time is the median over rounds. Printed per arm: step time and its
+ratio to the first arm, parameters, FLOPs per step (matrix products, as torch.utils.flop_counter counts them,
+forward and backward), and on CUDA the peak memory of a step.
 """
 import argparse
 import statistics

@@ -58,8 +58,8 @@ def parse_list(text, kind, valid=None, name=""):
 
 def settings(ckpt, name, args):
     """(label, config changes, reading passes) for each way to evaluate a checkpoint: every --scaling for a model
-    with RoPE layers, every --logit_scale_c for a DroPE model (beta = 1 + c·ln(s), drope.py), and every --iters for a model
-    with FwPKM layers."""
+    with RoPE layers, every --logit_scale_c for a DroPE model (beta = 1 + c·ln(s), drope.py), and every --iters
+    for a model with FwPKM layers."""
     config = ckpt["model_config"]
     if any(isinstance(m, RotaryEmbedding) for m in GPT(GPTConfig(**config)).modules()):  # RoPE, RePo, rope_nope
         pe = [(name + (f"+{s}" if s else ""), {"rope_scaling": s}) for s in args.scaling]
