@@ -183,4 +183,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    import drope  # run the imported module's main(): model.py builds layers from its classes, not __main__'s
+    drope.main()

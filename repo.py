@@ -211,4 +211,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    import repo  # run the imported module's main(): model.py builds layers from its classes, not __main__'s
+    repo.main()

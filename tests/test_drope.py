@@ -1,5 +1,7 @@
 import argparse
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -10,7 +12,7 @@ import eval_niah
 import model as model_module
 import train
 from model import GPT, GPTConfig
-from tests.test_train import load, run
+from tests.test_train import ROOT, load, run
 
 SMALL = dict(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=32)
 
@@ -102,9 +104,14 @@ def test_qk_norm_is_added_at_the_drop(tmp_path, tiny_data, rope_ckpt, capsys):
 def test_fitted_c_is_stored_reloaded_and_overridable(tmp_path, tiny_data, rope_ckpt):
     run(tmp_path, tiny_data, "--pe", "drope", "--init_from", str(rope_ckpt), "--max_iters", "2")
     path = str(tmp_path / "run" / "ckpt.pt")
-    c = drope.main(["--ckpt", path, "--lengths", "2,4", "--betas", "0.6,2.0,0.2", "--rows", "4"])
+    # as a user runs it: a script whose classes are __main__'s, while model.py builds layers from drope's
+    done = subprocess.run([sys.executable, "drope.py", "--ckpt", path, "--lengths", "2,4", "--betas", "0.6,2.0,0.2",
+                           "--rows", "4"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
     ckpt = load(tmp_path)
-    assert ckpt["model_config"]["logit_scale_c"] == c and ckpt["logit_scale_fit"]["c"] == c
+    c = ckpt["logit_scale_fit"]["c"]
+    assert ckpt["model_config"]["logit_scale_c"] == c and f"fitted c = {c:.4f}" in done.stdout
+    assert all(len(set(row)) == len(row) for row in ckpt["logit_scale_fit"]["losses"])  # beta changed every loss
     assert (tmp_path / "run" / "beta_fit.png").stat().st_size > 1000
     args = argparse.Namespace(logit_scale_c=["fitted", 0.0], scaling=[None], iters=[1])
     (label_fit, fit, _), (label_off, off, _) = eval_niah.settings(ckpt, "run", args)

@@ -1,4 +1,6 @@
 import argparse
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -8,7 +10,7 @@ import repo
 from model import GPT, GPTConfig
 from rope import RotaryEmbedding
 from tests.test_model import check_kv_cache
-from tests.test_train import run
+from tests.test_train import ROOT, run
 
 TINY = dict(vocab_size=64, block_size=32, n_layer=3, n_head=2, n_embd=32)
 
@@ -113,5 +115,8 @@ def test_continue_from_rope_gets_fresh_position_network(tmp_path, tiny_data, cap
     assert [label for label, _, _ in eval_niah.settings(ckpt, "repo", args)] == ["repo", "repo+yarn"]
     positions = repo.main(["--ckpt", str(tmp_path / "repo" / "ckpt.pt"), "--length", "128"])
     assert sorted(positions) == [0, 1, 2] and (tmp_path / "repo" / "positions.png").stat().st_size > 1000
+    done = subprocess.run([sys.executable, "repo.py", "--ckpt", str(tmp_path / "repo" / "ckpt.pt"), "--length", "128",
+                           "--layers", "2", "--out", str(tmp_path / "one.png")], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.count("layer 2 head") == 2, done.stderr  # as a user runs it
     with pytest.raises(SystemExit, match="pe='rope'"):
         repo.main(["--ckpt", str(tmp_path / "rope" / "ckpt.pt")])
