@@ -116,7 +116,8 @@ def test_continue_from_rope_gets_fresh_position_network(tmp_path, tiny_data, cap
     positions = repo.main(["--ckpt", str(tmp_path / "repo" / "ckpt.pt"), "--length", "128"])
     assert sorted(positions) == [0, 1, 2] and (tmp_path / "repo" / "positions.png").stat().st_size > 1000
     done = subprocess.run([sys.executable, "repo.py", "--ckpt", str(tmp_path / "repo" / "ckpt.pt"), "--length", "128",
-                           "--layers", "2", "--out", str(tmp_path / "one.png")], cwd=ROOT, capture_output=True, text=True)
+                           "--layers", "2", "--out", str(tmp_path / "one.png")],
+                          cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.count("layer 2 head") == 2, done.stderr  # as a user runs it
     with pytest.raises(SystemExit, match="pe='rope'"):
         repo.main(["--ckpt", str(tmp_path / "rope" / "ckpt.pt")])
