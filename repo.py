@@ -173,7 +173,7 @@ def positions_command(args):
         s = needle_prompt(enc, data_dir, length, args.variant, args.seed)
         tokens = s["tokens"][:s["prompt_len"]]
         marks = {"needle": (s["needle_at"], s["needle_at"] + s["needle_len"]),
-                 "question": (s["prompt_len"] - s["needle_len"], s["prompt_len"])}
+                 "question": (s["question_at"], s["prompt_len"])}
     positions = learned_positions(model, tokens)
     layers = args.layers or sorted(positions)
     bad = [layer for layer in layers if layer not in positions]
