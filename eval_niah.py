@@ -190,21 +190,22 @@ def mean_health(reports):
 
 
 def print_tables(results, lengths):
+    width = max(24, *(len(r["label"]) + 5 for r in results))
     for variant in sorted({r["variant"] for r in results}):
         for haystack in sorted({r["haystack"] for r in results}):
             rows = [r for r in results if r["variant"] == variant and r["haystack"] == haystack]
             print(f"\n{variant} needle, {haystack} haystack: exact match % (teacher-forced value-token accuracy %)")
-            print(f"{'':24s}" + "".join(f"{f'{m}x':>16s}" for m in lengths))
+            print(f"{'':{width}s}" + "".join(f"{f'{m}x':>16s}" for m in lengths))
             for label in dict.fromkeys(r["label"] for r in rows):
                 cells = []
                 for m in lengths:
                     cell = [r for r in rows if r["label"] == label and r["multiple"] == m]
                     cells.append(f"{100 * np.mean([r['exact'] for r in cell]):5.1f} "
                                  f"({100 * np.mean([r['token'] for r in cell]):5.1f})")
-                print(f"{label:24s}" + "".join(f"{c:>16s}" for c in cells))
+                print(f"{label:{width}s}" + "".join(f"{c:>16s}" for c in cells))
             print(f"\n{variant} needle, {haystack} haystack: attention of the last prompt token per layer, mean over "
                   f"heads: % on the needle / % on as many tokens before the query / entropy (nats)")
-            print(f"{'':24s}" + "".join(f"{f'{m}x':>18s}" for m in lengths))
+            print(f"{'':{width}s}" + "".join(f"{f'{m}x':>18s}" for m in lengths))
             for label in dict.fromkeys(r["label"] for r in rows):
                 for layer in rows[0]["attention"]:
                     cells = []
@@ -212,7 +213,7 @@ def print_tables(results, lengths):
                         needle, nearby, entropy = np.mean([r["attention"][layer] for r in rows
                                                            if r["label"] == label and r["multiple"] == m], axis=0)
                         cells.append(f"{100 * needle:4.0f} /{100 * nearby:4.0f} /{entropy:4.1f}")
-                    print(f"{f'{label} L{layer}':24s}" + "".join(f"{c:>18s}" for c in cells))
+                    print(f"{f'{label} L{layer}':{width}s}" + "".join(f"{c:>18s}" for c in cells))
 
 
 def save_figure(fig, path):
