@@ -9,7 +9,8 @@ Every arm is the same GPT with another --pe, and optionally other model-config f
 The arms take turns, one full training step each (forward, backward, AdamW step) per round, so a slow moment of the
 machine hits all of them alike; the reported time is the median over rounds. Printed per arm: step time and its
 ratio to the first arm, parameters, FLOPs per step (matrix products, as torch.utils.flop_counter counts them,
-forward and backward), and on CUDA the peak memory of a step.
+forward and backward), the memory autograd keeps for the backward pass (distinct saved tensors, on any device), and
+on CUDA the peak memory of a step.
 """
 import argparse
 import statistics
@@ -54,6 +55,21 @@ def training_step(model, optimizer, x, ctx):
     optimizer.zero_grad(set_to_none=True)
 
 
+def saved_for_backward(model, x, ctx):
+    """Bytes of the distinct tensors autograd keeps for the backward pass of one step (activations and the weights
+    they multiply): a device-independent measure of a step's memory."""
+    seen = {}
+
+    def pack(t):
+        seen[(t.data_ptr(), t.untyped_storage().nbytes())] = t.untyped_storage().nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), ctx:
+        loss = model(x, x)[1]
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    return sum(seen.values())
+
+
 def flops_per_step(model, x, ctx):
     counter = FlopCounterMode(display=False)
     with counter, ctx:
@@ -96,6 +112,7 @@ def main(argv=None):
             raise SystemExit(f"error: --arms {arm!r}: {e}")
         model = GPT(config).to(args.device)
         flops = flops_per_step(model, x, ctx)
+        saved = saved_for_backward(model, x, ctx)
         step_model = torch.compile(model) if args.compile else model
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         if device_type == "cuda":
@@ -105,7 +122,7 @@ def main(argv=None):
         synchronize(args.device)
         peak = torch.cuda.max_memory_allocated(args.device) if device_type == "cuda" else None
         runs[arm] = {"model": step_model, "optimizer": optimizer, "params": model.num_params(), "flops": flops,
-                    "peak": peak, "times": []}
+                     "saved": saved, "peak": peak, "times": []}
     print(f"{args.n_layer} layers, d={args.n_embd}, {args.n_head} heads, {args.batch_size} x {args.block_size} "
           f"tokens per step, {args.device} {'bf16' if bf16 else 'fp32'}{', compiled' if args.compile else ''}; "
           f"{args.rounds} rounds, arms alternating")
@@ -124,14 +141,15 @@ def main(argv=None):
     base_time = statistics.median(base["times"])
     width = max(12, *(len(arm) + 2 for arm in arms))
     print(f"{'arm':{width}s}{'step ms':>10s}{'ratio':>8s}{'params':>12s}{'+params':>9s}{'GFLOP/step':>12s}"
-          f"{'+FLOPs':>8s}{'peak MiB':>10s}")
+          f"{'+FLOPs':>8s}{'saved MiB':>11s}{'peak MiB':>10s}")
     for pe, run in runs.items():
         t = statistics.median(run["times"])
         peak = f"{run['peak'] / 2 ** 20:10.0f}" if run["peak"] is not None else f"{'n/a':>10s}"
         print(f"{pe:{width}s}{1e3 * t:10.1f}{t / base_time:8.3f}{run['params']:12,d}"
               f"{100 * (run['params'] / base['params'] - 1):+8.2f}%{run['flops'] / 1e9:12.2f}"
-              f"{100 * (run['flops'] / base['flops'] - 1):+7.2f}%{peak}")
-    return {pe: {"time": statistics.median(run["times"]), "params": run["params"], "flops": run["flops"]}
+              f"{100 * (run['flops'] / base['flops'] - 1):+7.2f}%{run['saved'] / 2 ** 20:11.1f}{peak}")
+    return {pe: {"time": statistics.median(run["times"]), "params": run["params"], "flops": run["flops"],
+                 "saved": run["saved"]}
             for pe, run in runs.items()}
 
 

@@ -11,6 +11,7 @@ def test_bench_reports_repo_overhead():
     assert result["repo"]["params"] - result["rope"]["params"] == 3 * (2 * d * d_p + d_p * heads)  # W_g, W_c, W_z
     assert result["repo"]["flops"] > result["rope"]["flops"] and result["rope"]["time"] > 0
     assert result["rope+fwpkm_layers=1+memory_n_sub=8"]["params"] > result["rope"]["params"]
+    assert result["repo"]["saved"] > result["rope"]["saved"] > 0  # RePo keeps its per-head cos/sin and f_φ inputs
 
 
 def test_bench_rejects_unknown_arms():
