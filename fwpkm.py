@@ -147,8 +147,6 @@ class FastWeightProductKeyMemory(nn.Module):
         super().__init__()
         self.name = f"fwpkm{layer_idx}"  # its key in KVCache.state
         self.topk, self.chunk, self.lifetime = config.memory_topk, config.memory_chunk, config.memory_lifetime
-        if self.lifetime not in ("sequence", "persistent"):
-            raise ValueError(f"unknown memory_lifetime {self.lifetime!r}; valid choices: sequence, persistent")
         C, n, d_k, d_v = config.n_embd, config.memory_n_sub, config.memory_key_dim, config.memory_value_dim
         self.q_norm, self.query = nn.RMSNorm(C), nn.Linear(C, d_k, bias=False)
         self.v_norm, self.value = nn.RMSNorm(C), nn.Linear(C, d_v, bias=False)

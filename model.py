@@ -137,6 +137,8 @@ class GPTConfig:
             if bad:
                 raise ValueError(f"{name}={value!r}: layers {bad} do not exist; valid: 0..{self.n_layer - 1}")
             setattr(self, name, layers)
+        if self.memory_lifetime not in ("sequence", "persistent"):
+            raise ValueError(f"unknown memory_lifetime {self.memory_lifetime!r}; valid choices: sequence, persistent")
 
     def to_dict(self):
         return asdict(self)
