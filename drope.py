@@ -52,7 +52,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from data.format import dataset_dir, get_batch, load_tokens, write_atomic
+from data.format import checkpoint_data_dir, get_batch, load_tokens, write_atomic
 from model import GPT, GPTConfig, register_positional
 
 
@@ -148,9 +148,7 @@ def main(argv=None):
     ckpt = torch.load(args.ckpt, map_location="cpu", weights_only=True)
     if ckpt["model_config"]["pe"] != "drope":
         raise SystemExit(f"error: {args.ckpt} has pe={ckpt['model_config']['pe']!r}; beta is fitted for pe='drope'")
-    options = ckpt.get("options", {})
-    data_dir = args.data_dir or options.get("data_dir") or dataset_dir(options.get("dataset", "embedded"))
-    val = load_tokens(data_dir, "val")
+    val = load_tokens(checkpoint_data_dir(ckpt, args.data_dir), "val")
     model = GPT(GPTConfig(**ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])
     model.to(args.device).eval()

@@ -41,7 +41,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from data.format import dataset_dir, load_tokenizer, load_tokens, write_atomic, write_json
+from data.format import checkpoint_data_dir, load_tokenizer, load_tokens, write_atomic, write_json
 from data.niah import HAYSTACKS, VARIANTS, make_sample
 from model import GPT, GPTConfig, format_health
 from fwpkm import read_iteratively
@@ -151,8 +151,8 @@ def score_batch(model, samples, enc, device, iters=1):
 def evaluate(ckpt_path, args, device):
     """Yields one result dict per (scaling, variant, haystack, length, depth)."""
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    config, options = ckpt["model_config"], ckpt.get("options", {})
-    data_dir = args.data_dir or options.get("data_dir") or dataset_dir(options.get("dataset", "embedded"))
+    config = ckpt["model_config"]
+    data_dir = checkpoint_data_dir(ckpt, args.data_dir)
     enc = load_tokenizer(data_dir)
     val = load_tokens(data_dir, "val")
     name = os.path.basename(os.path.dirname(os.path.abspath(ckpt_path)))

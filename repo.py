@@ -47,7 +47,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from data.format import dataset_dir, load_tokenizer, load_tokens, write_atomic
+from data.format import checkpoint_data_dir, load_tokenizer, load_tokens, write_atomic
 from data.niah import VARIANTS, make_sample
 from model import GPT, GPTConfig, NoPositionalEncoding, register_positional
 from rope import RotaryEmbedding
@@ -109,9 +109,7 @@ def load(path, device):
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     model = GPT(GPTConfig(**ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])
-    options = ckpt.get("options", {})
-    data_dir = options.get("data_dir") or dataset_dir(options.get("dataset", "embedded"))
-    return model.to(device).eval(), data_dir
+    return model.to(device).eval(), checkpoint_data_dir(ckpt)
 
 
 def needle_prompt(enc, data_dir, length, variant, seed):

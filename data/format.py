@@ -31,6 +31,12 @@ def dataset_dir(name):
     return os.path.join(DATA_ROOT, name)
 
 
+def checkpoint_data_dir(ckpt, override=None):
+    """The data directory a checkpoint was trained on (its options), unless override names another."""
+    options = ckpt.get("options", {})
+    return override or options.get("data_dir") or dataset_dir(options.get("dataset", "embedded"))
+
+
 def write_atomic(path, write):
     """Calls write(tmp_path), then renames tmp_path to path. The temporary name is per process, so two runs that
     prepare the same file at once (two trainings started together on a fresh machine) do not collide."""
