@@ -10,15 +10,19 @@ The arms take turns, one full training step each (forward, backward, AdamW step)
 machine hits all of them alike; the reported time is the median over rounds. Printed per arm: step time and its
 ratio to the first arm, parameters, FLOPs per step (matrix products, as torch.utils.flop_counter counts them,
 forward and backward), the memory autograd keeps for the backward pass (distinct saved tensors, on any device), and
-on CUDA the peak memory of a step.
+on CUDA the peak memory of a step, measured for each arm alone (before the timed rounds, which keep every arm
+resident). The vocabulary is the embedded dataset's unless --vocab_size is given.
 """
 import argparse
+import gc
 import statistics
 import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from cli import ArgumentParser, resolve_device
+from data.format import dataset_dir, load_meta
 from model import GPT, GPTConfig, positional_choices
 
 
@@ -36,9 +40,16 @@ def parse_arm(arm):
                              f"{', '.join(f for f in GPTConfig.__dataclass_fields__ if f != 'pe')}")
         default = GPTConfig.__dataclass_fields__[name].default
         if isinstance(default, bool):
+            if value.lower() not in ("1", "true", "0", "false"):
+                raise SystemExit(f"error: {name}={value!r} in --arms {arm!r} must be true or false")
             overrides[name] = value.lower() in ("1", "true")
+        elif isinstance(default, (int, float)):
+            try:
+                overrides[name] = type(default)(value)
+            except ValueError:
+                raise SystemExit(f"error: {name}={value!r} in --arms {arm!r} must be {type(default).__name__}") from None
         else:
-            overrides[name] = type(default)(value) if isinstance(default, (int, float)) else value
+            overrides[name] = value
     return overrides
 
 
@@ -78,51 +89,75 @@ def flops_per_step(model, x, ctx):
     return counter.get_total_flops()
 
 
+def build(args, overrides, arm):
+    torch.manual_seed(0)
+    try:
+        config = GPTConfig(vocab_size=args.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
+                           n_head=args.n_head, n_embd=args.n_embd, **overrides)
+    except (TypeError, ValueError) as e:
+        raise SystemExit(f"error: --arms {arm!r}: {e}")
+    model = GPT(config).to(args.device)
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+
+def peak_alone(args, overrides, arm, x, ctx):
+    """CUDA peak memory of warmup steps of this arm with no other arm resident (None elsewhere)."""
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(args.device)
+    model, optimizer = build(args, overrides, arm)
+    step_model = torch.compile(model) if args.compile else model
+    for _ in range(max(1, args.warmup)):
+        training_step(step_model, optimizer, x, ctx)
+    synchronize(args.device)
+    peak = torch.cuda.max_memory_allocated(args.device)
+    del model, optimizer, step_model
+    return peak
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="bench.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arms", nargs="+", default=["rope", "repo"],
                    help="pe names, each optionally with +field=value config overrides; ratios are to the first")
     p.add_argument("--n_layer", type=int, default=4)
     p.add_argument("--n_head", type=int, default=4)
     p.add_argument("--n_embd", type=int, default=128)
-    p.add_argument("--vocab_size", type=int, default=1024)
+    p.add_argument("--vocab_size", type=int, default=None, help="default: the embedded dataset's vocabulary")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--block_size", type=int, default=256)
     p.add_argument("--rounds", type=int, default=20, help="timed steps per arm")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per arm first")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, mps")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
                    help="auto: bfloat16 autocast on cuda, float32 elsewhere")
     p.add_argument("--compile", action="store_true", help="torch.compile every arm")
     args = p.parse_args(argv)
     arms = {arm: parse_arm(arm) for arm in args.arms}
+    for name in ("n_layer", "n_head", "n_embd", "batch_size", "block_size", "rounds"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} {getattr(args, name)} must be at least 1")
+    args.device = resolve_device(args.device)
+    if args.vocab_size is None:
+        from data.embedded import prepare
+        args.vocab_size = load_meta(prepare(dataset_dir("embedded")))["vocab_size"]
     device_type = torch.device(args.device).type
     bf16 = args.dtype == "bfloat16" or (args.dtype == "auto" and device_type == "cuda")
     ctx = torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16)
 
     x = torch.randint(args.vocab_size, (args.batch_size, args.block_size), generator=torch.Generator().manual_seed(0))
     x = x.to(args.device)
+    peaks = {arm: peak_alone(args, overrides, arm, x, ctx) if device_type == "cuda" else None
+             for arm, overrides in arms.items()}
     runs = {}
     for arm, overrides in arms.items():
-        torch.manual_seed(0)
-        try:
-            config = GPTConfig(vocab_size=args.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
-                               n_head=args.n_head, n_embd=args.n_embd, **overrides)
-        except (TypeError, ValueError) as e:
-            raise SystemExit(f"error: --arms {arm!r}: {e}")
-        model = GPT(config).to(args.device)
+        model, optimizer = build(args, overrides, arm)
         flops = flops_per_step(model, x, ctx)
         saved = saved_for_backward(model, x, ctx)
         step_model = torch.compile(model) if args.compile else model
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        if device_type == "cuda":
-            torch.cuda.reset_peak_memory_stats(args.device)
         for _ in range(args.warmup):
             training_step(step_model, optimizer, x, ctx)
-        synchronize(args.device)
-        peak = torch.cuda.max_memory_allocated(args.device) if device_type == "cuda" else None
         runs[arm] = {"model": step_model, "optimizer": optimizer, "params": model.num_params(), "flops": flops,
-                     "saved": saved, "peak": peak, "times": []}
+                     "saved": saved, "peak": peaks[arm], "times": []}
     print(f"{args.n_layer} layers, d={args.n_embd}, {args.n_head} heads, {args.batch_size} x {args.block_size} "
           f"tokens per step, {args.device} {'bf16' if bf16 else 'fp32'}{', compiled' if args.compile else ''}; "
           f"{args.rounds} rounds, arms alternating")

@@ -52,6 +52,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from cli import ArgumentParser, load_checkpoint, parse_list, resolve_device
 from data.format import checkpoint_data_dir, get_batch, load_tokens, write_atomic
 from model import GPT, GPTConfig, register_positional
 
@@ -71,9 +72,13 @@ class DroppedPositionalEncoding(nn.Module):
 
     def forward(self, q, k, h, pos):
         # q, k: [B, H, T, D], returned unrotated; h is unused; pos: [T], only its end matters (the context length)
-        beta = logit_scale(self.c, int(pos[-1]) + 1, self.train_len)
-        # softmax(beta·q·k/sqrt(D)): scaling q alone scales every logit by beta, and keeps the cached keys unscaled
-        return (q * beta if beta != 1.0 else q), k
+        if self.c == 0:  # beta = 1 at every length: all of the recalibration, which trains without beta
+            return q, k
+        # logit_scale() on the device: the length pos[-1] + 1 stays a tensor, so reading it costs no host sync
+        beta = 1.0 + self.c * torch.log((pos[-1] + 1).double() / self.train_len).clamp_min(0.0)  # 0-dim fp64
+        # softmax(beta·q·k/sqrt(D)): scaling q alone scales every logit by beta, and keeps the cached keys unscaled;
+        # the product in fp32, as with a Python-float beta, so bf16 q is rounded once
+        return (q.float() * beta).type_as(q), k
 
 
 def recalibration_defaults(init_ckpt):
@@ -128,24 +133,27 @@ def plot_fit(multiples, betas, losses, c, path):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="drope.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, help="a DroPE checkpoint (train.py --pe drope); c is written into it")
     p.add_argument("--lengths", default="2,4,8", help="context lengths, as multiples (> 1) of the training length")
     p.add_argument("--betas", default="0.8,2.5,0.05", help="the beta grid: start,stop,step (stop included)")
     p.add_argument("--rows", type=int, default=32, help="held-out sequences per length (the same for every beta)")
     p.add_argument("--batch_size", type=int, default=8, help="sequences per forward pass")
     p.add_argument("--data_dir", default=None, help="held-out data; default: the checkpoint's dataset")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, mps")
     p.add_argument("--seed", type=int, default=0, help="which held-out windows")
     args = p.parse_args(argv)
-    multiples = [float(m) for m in args.lengths.split(",") if m]
-    if not multiples or min(multiples) <= 1:
+    multiples = parse_list(args.lengths, float, "lengths")
+    if not min(multiples) > 1:
         raise SystemExit(f"error: --lengths {args.lengths!r} must be multiples > 1 of the training length")
-    start, stop, step = (float(x) for x in args.betas.split(","))
+    grid = parse_list(args.betas, float, "betas")
+    if len(grid) != 3 or not 0 < grid[0] < grid[1] or not grid[2] > 0:
+        raise SystemExit(f"error: --betas {args.betas!r} must be start,stop,step with 0 < start < stop and step > 0, "
+                         f"e.g. 0.8,2.5,0.05")
+    start, stop, step = grid
     betas = np.round(np.arange(start, stop + step / 2, step), 6).tolist()
-    if not os.path.exists(args.ckpt):
-        raise SystemExit(f"error: no checkpoint at {args.ckpt}")
-    ckpt = torch.load(args.ckpt, map_location="cpu", weights_only=True)
+    args.device = resolve_device(args.device)
+    ckpt = load_checkpoint(args.ckpt)
     if ckpt["model_config"]["pe"] != "drope":
         raise SystemExit(f"error: {args.ckpt} has pe={ckpt['model_config']['pe']!r}; beta is fitted for pe='drope'")
     val = load_tokens(checkpoint_data_dir(ckpt, args.data_dir), "val")

@@ -41,19 +41,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from cli import ArgumentParser, check_writable_dir, load_checkpoint, parse_list, resolve_device
 from data.format import checkpoint_data_dir, load_tokenizer, load_tokens, write_atomic, write_json
 from data.niah import HAYSTACKS, VARIANTS, make_sample
 from model import GPT, GPTConfig, format_health
 from fwpkm import read_iteratively
 from rope import SCALINGS, RotaryEmbedding
-
-
-def parse_list(text, kind, valid=None, name=""):
-    items = [kind(x) for x in text.split(",") if x]
-    bad = [x for x in items if valid is not None and x not in valid]
-    if bad:
-        raise SystemExit(f"error: unknown --{name} {bad}; valid choices: {', '.join(map(str, valid))}")
-    return items
 
 
 def settings(ckpt, name, args):
@@ -148,9 +141,8 @@ def score_batch(model, samples, enc, device, iters=1):
     return exact, token_acc.tolist(), attention, health
 
 
-def evaluate(ckpt_path, args, device):
-    """Yields one result dict per (scaling, variant, haystack, length, depth)."""
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+def evaluate(ckpt_path, ckpt, args, device):
+    """Yields one result dict per (scaling, variant, haystack, length, depth) for the checkpoint ckpt."""
     config = ckpt["model_config"]
     data_dir = checkpoint_data_dir(ckpt, args.data_dir)
     enc = load_tokenizer(data_dir)
@@ -263,7 +255,7 @@ def plot(results, lengths, out_dir):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="eval_niah.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", action="append", required=True, help="a checkpoint; repeat for several")
     p.add_argument("--lengths", default="1,2,4,8", help="context lengths as multiples of the training length")
     p.add_argument("--depths", type=int, default=5, help="needle depths, evenly spread from 0%% to 100%%")
@@ -280,30 +272,30 @@ def main(argv=None):
     p.add_argument("--data_dir", default=None, help="haystack data; default: the checkpoint's dataset")
     p.add_argument("--out_dir", default="out/niah")
     p.add_argument("--batch_size", type=int, default=10, help="samples per forward pass")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, mps")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    args.lengths = parse_list(args.lengths, float, name="lengths")
+    lengths = args.lengths
+    args.lengths = parse_list(lengths, float, "lengths")
+    if not min(args.lengths) > 0:
+        raise SystemExit(f"error: --lengths {lengths!r}: each multiple of the training length must be > 0")
     args.lengths = [int(m) if m == int(m) else m for m in args.lengths]
-    args.iters = parse_list(args.iters, int, name="iters")
-    if not args.iters or min(args.iters) < 1:
-        raise SystemExit(f"error: --iters {args.iters} must be reading passes >= 1, e.g. 1,2,3")
-    args.variants = parse_list(args.variants, str, VARIANTS, "variants")
-    args.haystacks = parse_list(args.haystacks, str, HAYSTACKS, "haystacks")
-    args.scaling = [None if s == "none" else s for s in parse_list(args.scaling, str, ("none", *SCALINGS), "scaling")]
+    args.iters = parse_list(args.iters, int, "iters", minimum=1)
+    args.variants = parse_list(args.variants, str, "variants", valid=VARIANTS)
+    args.haystacks = parse_list(args.haystacks, str, "haystacks", valid=HAYSTACKS)
+    args.scaling = [None if s == "none" else s
+                    for s in parse_list(args.scaling, str, "scaling", valid=("none", *SCALINGS))]
     try:
         args.logit_scale_c = [c if c == "fitted" else float(c) for c in args.logit_scale_c.split(",") if c]
     except ValueError:
         raise SystemExit(f"error: --logit_scale_c {args.logit_scale_c!r}: give numbers or 'fitted', e.g. fitted,0")
     if args.depths < 1 or args.samples < 1:
         raise SystemExit(f"error: --depths ({args.depths}) and --samples ({args.samples}) must be at least 1")
-    for path in args.ckpt:
-        if not os.path.exists(path):
-            raise SystemExit(f"error: no checkpoint at {path}; train one with: python train.py --out_dir "
-                             f"{os.path.dirname(path) or '.'}")
+    args.device = resolve_device(args.device)
+    ckpts = {path: load_checkpoint(path) for path in args.ckpt}  # every one is checked before any work
+    check_writable_dir(args.out_dir, "--out_dir")
     torch.manual_seed(args.seed)
-    os.makedirs(args.out_dir, exist_ok=True)
-    results = [r for path in args.ckpt for r in evaluate(path, args, args.device)]
+    results = [r for path, ckpt in ckpts.items() for r in evaluate(path, ckpt, args, args.device)]
     print_tables(results, args.lengths)
     write_json(os.path.join(args.out_dir, "results.json"), {"args": vars(args), "results": results})
     plot(results, args.lengths, args.out_dir)

@@ -47,6 +47,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cli import ArgumentParser, load_checkpoint, parse_list, resolve_device
 from data.format import checkpoint_data_dir, load_tokenizer, load_tokens, write_atomic
 from data.niah import VARIANTS, make_sample
 from model import GPT, GPTConfig, NoPositionalEncoding, register_positional
@@ -104,9 +105,7 @@ register_positional("rope_nope", rope_nope_layer)
 # The learned positions of a checkpoint on a needle-in-a-haystack prompt (or any text): a figure and statistics.
 
 def load(path, device):
-    if not os.path.exists(path):
-        raise SystemExit(f"error: no checkpoint at {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = load_checkpoint(path)
     model = GPT(GPTConfig(**ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), checkpoint_data_dir(ckpt)
@@ -191,7 +190,7 @@ def positions_command(args):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="repo.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, help="a RePo checkpoint (train.py --pe repo)")
     p.add_argument("--text", default="", help="default: a NIAH prompt (--variant) at --length tokens")
     p.add_argument("--variant", default="multikey", choices=VARIANTS, help="the NIAH prompt")
@@ -199,12 +198,10 @@ def main(argv=None):
     p.add_argument("--layers", default="", help="comma list of RePo layers (0-based); default: all")
     p.add_argument("--out", default="", help="the PNG; default: positions.png beside the checkpoint")
     p.add_argument("--seed", type=int, default=0, help="which NIAH prompt")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, mps")
     args = p.parse_args(argv)
-    try:
-        args.layers = [int(x) for x in args.layers.split(",") if x]
-    except ValueError:
-        raise SystemExit(f"error: --layers {args.layers!r} must be a comma list of layer numbers")
+    args.layers = parse_list(args.layers, int, "layers") if args.layers else []
+    args.device = resolve_device(args.device)
     return positions_command(args)
 
 

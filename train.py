@@ -17,9 +17,11 @@ to a temporary file and renamed, so a kill never corrupts it) and loss.png (trai
 import argparse
 import math
 import os
+import queue
 import random
 import runpy
 import sys
+import threading
 import time
 from contextlib import nullcontext
 
@@ -31,6 +33,9 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+from cli import ArgumentParser, check_writable_dir, load_checkpoint, resolve_device
 from data.format import dataset_dir, get_batch, load_meta, load_tokenizer, load_tokens, write_atomic
 from data.niah import make_drill
 from model import GPT, GPTConfig, format_health, positional_choices, stage_defaults
@@ -39,7 +44,7 @@ OPTIONS = {  # name: (default, help); the defaults are the CPU default run
     # I/O
     "out_dir": (None, "default: out/<pe>"),
     "config": ("", "a Python file of option assignments, e.g. config/tinystories_gpu.py"),
-    "resume": (False, "continue from out_dir/ckpt.pt if it exists"),
+    "resume": (False, "continue from out_dir/ckpt.pt (refused when there is none: nothing to continue)"),
     "init_from": ("", "start a new stage from this checkpoint's weights (fresh optimizer, iteration 0)"),
     "dataset": ("embedded", "embedded, tinystories or openwebtext"),
     "data_dir": (None, "default: data/<dataset> (a directory in the format of data/format.py)"),
@@ -86,11 +91,16 @@ OPTIONS = {  # name: (default, help); the defaults are the CPU default run
     "seed": (1337, "seeds the initialisation and the batch stream"),
 }
 DEFAULTS = {name: default for name, (default, _) in OPTIONS.items()}
+AT_LEAST_ONE = ("n_layer", "n_head", "n_embd", "block_size", "memory_n_sub", "memory_topk", "memory_key_dim",
+                "memory_value_dim", "memory_chunk", "batch_size", "grad_accum", "max_iters", "eval_interval",
+                "eval_iters", "log_interval")
+AT_LEAST_ZERO = ("warmup_iters", "lr", "min_lr", "weight_decay", "grad_clip")
+FRACTIONS = ("niah_mix", "swa_prob")
 
 
 def parse_args(argv=None):
     """Returns (options dict, names set explicitly by the config file or the command line)."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for name, (default, help_) in OPTIONS.items():
         help_ = f"{help_} (default: {default})" if default not in (None, "") else help_
         if isinstance(default, bool):
@@ -100,12 +110,7 @@ def parse_args(argv=None):
             kind = type(default) if default is not None else str
             parser.add_argument(f"--{name}", type=kind, default=argparse.SUPPRESS, help=help_)
     cli = vars(parser.parse_args(argv))
-    explicit = {}
-    if cli.get("config"):
-        explicit = {k: v for k, v in runpy.run_path(cli["config"]).items() if not k.startswith("_")}
-        unknown = sorted(set(explicit) - set(DEFAULTS))
-        if unknown:
-            parser.error(f"unknown option(s) {unknown} in {cli['config']}; valid: {', '.join(DEFAULTS)}")
+    explicit = read_config(cli["config"], parser) if cli.get("config") else {}
     explicit.update(cli)
     opts = {**DEFAULTS, **explicit}
     if opts["out_dir"] is None:
@@ -118,7 +123,40 @@ def parse_args(argv=None):
         parser.error(f"--keep_iters {opts['keep_iters']!r} must be a comma list of iteration numbers, e.g. 3000,5250")
     if opts["dtype"] not in ("auto", "float32", "bfloat16"):
         parser.error(f"unknown --dtype {opts['dtype']!r}; valid choices: auto, float32, bfloat16")
+    for name in AT_LEAST_ONE:
+        if not opts[name] >= 1:
+            parser.error(f"--{name} {opts[name]} must be at least 1")
+    for name in AT_LEAST_ZERO:
+        if not opts[name] >= 0:  # `not >=` also catches NaN
+            parser.error(f"--{name} {opts[name]} must be at least 0")
+    for name in FRACTIONS:
+        if not 0 <= opts[name] <= 1:
+            parser.error(f"--{name} {opts[name]} must be between 0 and 1")
+    if not opts["rope_base"] > 1:
+        parser.error(f"--rope_base {opts['rope_base']} must be greater than 1")
     return opts, set(explicit)
+
+
+def read_config(path, parser):
+    """The option assignments of a config file, type-checked like command-line flags."""
+    if not os.path.isfile(path):
+        parser.error(f"--config {path}: no such file")
+    try:
+        values = {k: v for k, v in runpy.run_path(path).items() if not k.startswith("_")}
+    except SyntaxError as e:
+        parser.error(f"--config {path}, line {e.lineno}: {e.msg}")
+    except Exception as e:
+        parser.error(f"--config {path} failed to run: {type(e).__name__}: {e}")
+    unknown = sorted(set(values) - set(DEFAULTS))
+    if unknown:
+        parser.error(f"unknown option(s) {unknown} in {path}; valid: {', '.join(DEFAULTS)}")
+    for name, value in values.items():
+        default = DEFAULTS[name]
+        wanted = (bool,) if isinstance(default, bool) else (int,) if isinstance(default, int) else \
+            (int, float) if isinstance(default, float) else None
+        if wanted and (not isinstance(value, wanted) or isinstance(value, bool) != (wanted == (bool,))):
+            parser.error(f"{name} = {value!r} in {path} must be {wanted[-1].__name__}")
+    return values
 
 
 def train_batch(tokens, o, block_size, gen, enc):
@@ -153,12 +191,6 @@ def make_optimizer(model, o, device_type):
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": o["weight_decay"]},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=o["lr"], betas=(o["beta1"], o["beta2"]), fused=device_type == "cuda")
-
-
-def load_checkpoint(path):
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def save_checkpoint(path, state):
@@ -211,17 +243,61 @@ def estimate_loss(model, splits, o, ctx, device):
 
 def plot_losses(history, path, title):
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(history["iter"], history["train_loss"], label="train (running)", alpha=0.7)
-    ax.plot(history["eval_iter"], history["val_loss"], "o-", label="validation")
+    ax.plot(history["iter"], history["train_loss"], label="train: each step's batch", alpha=0.7, lw=0.8)
+    # points, not a line: the first interval would otherwise be drawn as a straight drop the model never took
+    ax.plot(history["eval_iter"], history["val_loss"], "o", label="validation: held-out batches")
     ax.set_xlabel("iteration")
     ax.set_ylabel("cross-entropy (nats/token, log scale)")
     ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_title(title)
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
     write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
+
+
+class BatchPrefetcher:
+    """Makes the batches of the coming steps in a background thread, in step order, so that the retrieval drills
+    (generated in Python) are ready when the step wants them. Each step's batch comes with the batch stream's
+    state after it: the checkpoint stores the state after the last step taken, so a resumed run continues the
+    stream exactly where the uninterrupted one would."""
+
+    def __init__(self, make_step, stream, n_steps, ahead=4):
+        self.queue = queue.Queue(maxsize=ahead)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.produce, args=(make_step, stream, n_steps), daemon=True)
+        self.thread.start()
+
+    def produce(self, make_step, stream, n_steps):
+        try:
+            for _ in range(n_steps):
+                if not self.put((make_step(), stream.get_state())):
+                    return
+        except BaseException as e:  # handed to the training loop, which raises it
+            self.put(e)
+
+    def put(self, item):
+        while not self.stop.is_set():  # wakes now and then to see whether training has ended
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def next(self):
+        item = self.queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self):
+        self.stop.set()
+        self.thread.join()
 
 
 def format_seconds(s):
@@ -233,7 +309,7 @@ def main(argv=None):
     ddp = "RANK" in os.environ  # launched by torchrun
     rank, world = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])) if ddp else (0, 1)
     master = rank == 0
-    device = o["device"] if o["device"] != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(o["device"])
     if ddp:
         if device.startswith("cuda"):
             device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
@@ -245,6 +321,9 @@ def main(argv=None):
     accum_here = o["grad_accum"] // world
     dtype = o["dtype"] if o["dtype"] != "auto" else ("bfloat16" if device_type == "cuda" else "float32")
     ctx = (torch.autocast(device_type, dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext())
+    ckpt_path = os.path.join(o["out_dir"], "ckpt.pt")
+    if master:  # before any time is spent: where the results go must be writable
+        check_writable_dir(o["out_dir"], "--out_dir")
 
     try:
         data_dir = o["data_dir"] or dataset_dir(o["dataset"])
@@ -255,17 +334,9 @@ def main(argv=None):
         prepare(data_dir)  # no-op when already written
     if ddp:
         dist.barrier()
-    try:
-        meta = load_meta(data_dir)
-    except FileNotFoundError as e:
-        sys.exit(f"error: {e}")
-    splits = {"train": load_tokens(data_dir, "train"), "val": load_tokens(data_dir, "val")}
-    enc = load_tokenizer(data_dir) if o["niah_mix"] > 0 else None
+    meta = load_meta(data_dir)
 
-    try:
-        init = load_checkpoint(o["init_from"]) if o["init_from"] else None
-    except FileNotFoundError as e:
-        sys.exit(f"error: --init_from: {e}")
+    init = load_checkpoint(o["init_from"], "--init_from") if o["init_from"] else None
     if init is not None:  # the method's defaults for a stage from a checkpoint (DroPE: its recalibration schedule)
         method_defaults = {k: v for k, v in stage_defaults(o["pe"], init).items() if k not in explicit}
         o.update(method_defaults)
@@ -273,19 +344,24 @@ def main(argv=None):
             print(f"defaults of pe={o['pe']} for a stage from a checkpoint: {method_defaults}")
     config = model_config_for(o, explicit, meta["vocab_size"], init)
     o.update({k: getattr(config, k) for k in GPTConfig.ARCHITECTURE if k in o})
-    ckpt_path = os.path.join(o["out_dir"], "ckpt.pt")
+    splits = {split: load_tokens(data_dir, split, min_tokens=config.block_size + 2) for split in ("train", "val")}
+    enc = load_tokenizer(data_dir) if o["niah_mix"] > 0 else None
     torch.manual_seed(o["seed"])
     model = GPT(config)
     data_gen = torch.Generator().manual_seed(o["seed"])  # the train-batch stream; its state is the data position
     history = {"iter": [], "train_loss": [], "grad_norm": [], "eval_iter": [], "val_loss": []}
-    start_iter, optimizer_state = 0, None
-    if o["resume"] and os.path.exists(ckpt_path):
-        ckpt = load_checkpoint(ckpt_path)
+    start_iter, optimizer_state, seconds_before = 0, None, 0.0
+    if o["resume"]:
+        if not os.path.exists(ckpt_path):
+            sys.exit(f"error: --resume: no checkpoint at {ckpt_path} to continue; leave out --resume to start a "
+                     f"new run there")
+        ckpt = load_checkpoint(ckpt_path, "--resume")
         diff = architecture_diff(ckpt["model_config"], config.to_dict())
         if diff:
             sys.exit(f"error: refusing to resume {ckpt_path} with a different model; differs: {'; '.join(diff)}")
         model.load_state_dict(ckpt["model"])
         optimizer_state, history, start_iter = ckpt["optimizer"], ckpt["history"], ckpt["iter"]
+        seconds_before = ckpt.get("seconds", 0.0)
         data_gen.set_state(ckpt["data_rng"])
         torch.set_rng_state(ckpt["torch_rng"])
         if master:
@@ -306,73 +382,100 @@ def main(argv=None):
     if ddp:
         train_model = DDP(train_model, device_ids=[device] if device_type == "cuda" else None)
     if master:
-        os.makedirs(o["out_dir"], exist_ok=True)
         print(f"{model.num_params():,} parameters | pe={config.pe} | {o['dataset']} | device {device} {dtype} | "
               f"{world} process(es) | {o['batch_size'] * o['grad_accum'] * config.block_size:,} tokens/step")
+
+    t_start = time.time()
+    data_state = data_gen.get_state()  # the batch stream after the last step taken
 
     def checkpoint(it, path=ckpt_path):  # and the loss curve beside it
         save_checkpoint(path, {
             "model_config": config.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "iter": it, "options": o, "history": history,
-            "data_rng": data_gen.get_state(), "torch_rng": torch.get_rng_state()})
+            "iter": it, "options": o, "history": history, "seconds": seconds_before + time.time() - t_start,
+            "data_rng": data_state, "torch_rng": torch.get_rng_state()})
         plot_losses(history, os.path.join(o["out_dir"], "loss.png"), f"{config.pe}, {o['dataset']}")
+
+    def make_step():
+        """This process's micro-batches of one optimiser step, and its attention window (runs in the prefetcher).
+        Every process draws the whole step's rows and keeps its share, so N processes see exactly the batches
+        that one process with the same grad_accum would see."""
+        rows = [train_batch(splits["train"], o, config.block_size, data_gen, enc)
+                for _ in range(o["grad_accum"])][rank::world]
+        if device_type == "cuda":  # page-locked, so the copy to the GPU does not wait for the host
+            rows = [(x.pin_memory(), y.pin_memory()) for x, y in rows]
+        # FwPKM's trick: some steps attend only within a sliding window, so lookups further back need the memory
+        window = o["memory_chunk"] if o["swa_prob"] > 0 and torch.rand(1, generator=data_gen) < o["swa_prob"] else None
+        return rows, window
 
     tokens_per_iter = o["batch_size"] * o["grad_accum"] * config.block_size
     flops_per_token = 6 * model.num_params() + 12 * config.n_layer * config.n_embd * config.block_size
     peak_flops = 989e12 if dtype == "bfloat16" else 67e12  # H100 SXM dense bf16 / fp32; for the MFU estimate
-    t_start, t_last, it = time.time(), time.time(), start_iter
-    for it in range(start_iter, o["max_iters"]):
-        if master and (it % o["eval_interval"] == 0 and it > start_iter or it == 0 and not history["eval_iter"]):
-            losses = estimate_loss(model, splits, o, ctx, device)
-            history["eval_iter"].append(it)
-            history["val_loss"].append(losses["val"])
-            print(f"eval iter {it}: train {losses['train']:.4f} val {losses['val']:.4f}"
-                  f"{format_health(model.health_reports())}")
-            if it > start_iter:
-                checkpoint(it)
-        if master and it in o["keep_iters"] and it > start_iter:
-            checkpoint(it, os.path.join(o["out_dir"], f"ckpt_{it}.pt"))
+    # the progress line's rates count training steps only: evaluation and checkpoints are timed on their own
+    interval = {"steps": 0, "seconds": 0.0, "data": 0.0}
+    prefetcher = BatchPrefetcher(make_step, data_gen, o["max_iters"] - start_iter)
+    try:
+        for it in range(start_iter, o["max_iters"]):
+            if master and (it % o["eval_interval"] == 0 and it > start_iter or it == 0 and not history["eval_iter"]):
+                t_eval = time.perf_counter()
+                losses = estimate_loss(model, splits, o, ctx, device)
+                history["eval_iter"].append(it)
+                history["val_loss"].append(losses["val"])
+                if it > start_iter:
+                    checkpoint(it)
+                print(f"eval iter {it}: train {losses['train']:.4f} val {losses['val']:.4f} "
+                      f"({time.perf_counter() - t_eval:.1f}s){format_health(model.health_reports())}")
+            if master and it in o["keep_iters"] and it > start_iter:
+                checkpoint(it, os.path.join(o["out_dir"], f"ckpt_{it}.pt"))
 
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(it, o)
-        # every process draws the whole step's rows and keeps its share, so N processes see exactly the
-        # batches that one process with the same grad_accum would see
-        rows = [train_batch(splits["train"], o, config.block_size, data_gen, enc) for _ in
-                range(o["grad_accum"])][rank::world]
-        # FwPKM's trick: some steps attend only within a sliding window, so lookups further back need the memory
-        window = o["memory_chunk"] if o["swa_prob"] > 0 and torch.rand(1, generator=data_gen) < o["swa_prob"] else None
-        loss_sum = torch.zeros((), device=device)
-        for micro, (x, y) in enumerate(rows):
-            if ddp:  # all-reduce gradients only on the last micro-step
-                train_model.require_backward_grad_sync = micro == accum_here - 1
-            with ctx:
-                _, loss = train_model(x.to(device), y.to(device), window=window)
-            (loss / accum_here).backward()
-            loss_sum += loss.detach()
-        if ddp:  # the logged loss is the mean over all processes, and all of them stop together if it is not finite
-            dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), o["grad_clip"] or float("inf")).item()
-        loss_value = loss_sum.item() / accum_here
-        if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
-            kept = f"the last good checkpoint {ckpt_path} is kept" if os.path.exists(ckpt_path) else "no checkpoint"
-            sys.exit(f"error: non-finite loss {loss_value} (grad norm {grad_norm}) at iteration {it}; "
-                     f"stopping; {kept}. Try a lower --lr.")
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+            t_step = time.perf_counter()
+            (rows, window), step_data_state = prefetcher.next()
+            t_data = time.perf_counter() - t_step
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(it, o)
+            loss_sum = torch.zeros((), device=device)
+            for micro, (x, y) in enumerate(rows):
+                if ddp:  # all-reduce gradients only on the last micro-step
+                    train_model.require_backward_grad_sync = micro == accum_here - 1
+                with ctx:
+                    _, loss = train_model(x.to(device, non_blocking=True), y.to(device, non_blocking=True),
+                                          window=window)
+                (loss / accum_here).backward()
+                loss_sum += loss.detach()
+            if ddp:  # the logged loss is the mean over all processes, and all stop together if it is not finite
+                dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), o["grad_clip"] or float("inf")).item()
+            loss_value = loss_sum.item() / accum_here
+            if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
+                kept = f"the last good checkpoint {ckpt_path} is kept" if os.path.exists(ckpt_path) else "no checkpoint"
+                sys.exit(f"error: non-finite loss {loss_value} (grad norm {grad_norm}) at iteration {it}; "
+                         f"stopping; {kept}. Try a lower --lr.")
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            data_state = step_data_state
+            step_seconds = time.perf_counter() - t_step  # .item() above waited for the device
+            if o["compile"] and it == start_iter:
+                if master:
+                    print(f"first step, with torch.compile compiling: {step_seconds:.1f}s (not in the rates)")
+            else:
+                interval["steps"] += 1
+                interval["seconds"] += step_seconds
+                interval["data"] += t_data
 
-        if master:
-            history["iter"].append(it)
-            history["train_loss"].append(loss_value)
-            history["grad_norm"].append(grad_norm)
-        if master and (it + 1) % o["log_interval"] == 0:
-            now = time.time()
-            rate = tokens_per_iter * o["log_interval"] / (now - t_last)
-            eta = (now - t_start) / (it + 1 - start_iter) * (o["max_iters"] - it - 1)
-            mfu = (f" | MFU {100 * rate * flops_per_token / (peak_flops * world):.1f}%"
-                   if device_type == "cuda" else "")
-            print(f"iter {it + 1}/{o['max_iters']} | loss {loss_value:.4f} | lr {lr_at(it, o):.2e} | "
-                  f"{rate / 1e3:.1f}k tok/s | ETA {format_seconds(eta)}{mfu}", flush=True)
-            t_last = now
+            if master:
+                history["iter"].append(it)
+                history["train_loss"].append(loss_value)
+                history["grad_norm"].append(grad_norm)
+            if master and (it + 1) % o["log_interval"] == 0 and interval["steps"]:
+                rate = tokens_per_iter * interval["steps"] / interval["seconds"]
+                eta = interval["seconds"] / interval["steps"] * (o["max_iters"] - it - 1)
+                mfu = (f" | MFU {100 * rate * flops_per_token / (peak_flops * world):.1f}%"
+                       if device_type == "cuda" else "")
+                print(f"iter {it + 1}/{o['max_iters']} | loss {loss_value:.4f} | lr {lr_at(it, o):.2e} | "
+                      f"{rate / 1e3:.1f}k tok/s | data {100 * interval['data'] / interval['seconds']:.1f}% of step | "
+                      f"ETA {format_seconds(eta)}{mfu}", flush=True)
+                interval = {"steps": 0, "seconds": 0.0, "data": 0.0}
+    finally:
+        prefetcher.close()
 
     if master and start_iter >= o["max_iters"]:
         print(f"{ckpt_path} already finished its {o['max_iters']} iterations (raise --max_iters to train on)")
@@ -381,8 +484,10 @@ def main(argv=None):
         history["eval_iter"].append(o["max_iters"])
         history["val_loss"].append(losses["val"])
         checkpoint(o["max_iters"])
-        print(f"done: val loss {losses['val']:.4f} after {o['max_iters']} iterations "
-              f"({format_seconds(time.time() - t_start)}); wrote {ckpt_path}")
+        this_run = time.time() - t_start
+        took = (f"{format_seconds(seconds_before + this_run)} in all, {format_seconds(this_run)} since the resume"
+                if start_iter else format_seconds(this_run))
+        print(f"done: val loss {losses['val']:.4f} after {o['max_iters']} iterations ({took}); wrote {ckpt_path}")
     if ddp:
         dist.destroy_process_group()
     return history

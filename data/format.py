@@ -9,6 +9,7 @@ The one on-disk format every dataset uses, and the one batch sampler over it.
 Files are written to a temporary name and renamed, so a killed preparation never leaves a half file that looks
 finished.
 """
+import glob
 import json
 import os
 import time
@@ -39,10 +40,33 @@ def checkpoint_data_dir(ckpt, override=None):
 
 def write_atomic(path, write):
     """Calls write(tmp_path), then renames tmp_path to path. The temporary name is per process, so two runs that
-    prepare the same file at once (two trainings started together on a fresh machine) do not collide."""
+    prepare the same file at once (two trainings started together on a fresh machine) do not collide. Temporary
+    files that killed writers left beside path are removed first."""
+    remove_stale_temp_files(path)
     tmp = f"{path}.{os.getpid()}.tmp"
     write(tmp)
     os.replace(tmp, path)
+
+
+def remove_stale_temp_files(path):
+    """Removes path.<pid>.tmp files whose writer process is gone (killed mid-write); a live writer's file stays."""
+    for tmp in glob.glob(glob.escape(path) + ".*.tmp"):
+        pid = tmp[len(path) + 1:-len(".tmp")]
+        if pid.isdigit() and not process_alive(int(pid)):
+            try:
+                os.remove(tmp)
+            except FileNotFoundError:  # another process cleaned it up first
+                pass
+
+
+def process_alive(pid):
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
 
 
 def token_dtype(vocab_size):
@@ -102,20 +126,44 @@ def write_meta(data_dir, enc, tokenizer_name, train_tokens, val_tokens):
         "eot_token": enc.eot_token, "train_tokens": int(train_tokens), "val_tokens": int(val_tokens)})
 
 
+def rebuild_command(data_dir):
+    """How to write data_dir again: the preparation command of a dataset under data/, after removing the damage."""
+    name = os.path.basename(os.path.normpath(data_dir))
+    command = PREPARE_COMMANDS.get(name, "the script that prepared it")
+    return f"rm -r {data_dir} && {command}" if name in PREPARE_COMMANDS else command
+
+
 def load_meta(data_dir):
+    """meta.json of a prepared dataset; ends the program with the command that prepares it when it is missing."""
     path = os.path.join(data_dir, "meta.json")
     if not os.path.exists(path):
-        name = os.path.basename(os.path.normpath(data_dir))
-        hint = PREPARE_COMMANDS.get(name, "the data preparation script")
-        raise FileNotFoundError(f"no prepared dataset at {data_dir} (missing meta.json); run: {hint}")
-    with open(path) as f:
-        return json.load(f)
+        hint = PREPARE_COMMANDS.get(os.path.basename(os.path.normpath(data_dir)), "the data preparation script")
+        raise SystemExit(f"error: no prepared dataset at {data_dir} (missing meta.json); run: {hint}")
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+        meta["dtype"], meta["train_tokens"], meta["val_tokens"]
+    except (ValueError, KeyError, TypeError):
+        raise SystemExit(f"error: {path} is damaged; rebuild: {rebuild_command(data_dir)}") from None
+    return meta
 
 
-def load_tokens(data_dir, split):
-    """The split's tokens as a read-only memmap."""
+def load_tokens(data_dir, split, min_tokens=0):
+    """The split's tokens as a read-only memmap, after checking the file against meta.json (a truncated file would
+    otherwise train silently on less data) and that it holds at least min_tokens."""
     meta = load_meta(data_dir)
-    return np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=meta["dtype"], mode="r")
+    path = os.path.join(data_dir, f"{split}.bin")
+    itemsize = np.dtype(meta["dtype"]).itemsize
+    size = os.path.getsize(path) if os.path.exists(path) else None
+    expected = meta[f"{split}_tokens"]
+    if size is None or size % itemsize or size // itemsize != expected:
+        found = "is missing" if size is None else f"has {size:,} bytes"
+        raise SystemExit(f"error: {path} {found}, but meta.json says {expected:,} tokens of {meta['dtype']} "
+                         f"({expected * itemsize:,} bytes): incomplete or damaged; rebuild: {rebuild_command(data_dir)}")
+    if expected < min_tokens:
+        raise SystemExit(f"error: {path} has {expected:,} tokens, fewer than the {min_tokens:,} needed here; use a "
+                         f"shorter context (--block_size) or a larger dataset")
+    return np.memmap(path, dtype=meta["dtype"], mode="r")
 
 
 def load_tokenizer(data_dir):

@@ -52,7 +52,7 @@ def test_get_batch_shifts_targets(tiny_data):
 
 
 def test_missing_dataset_names_the_command(tmp_path):
-    with pytest.raises(FileNotFoundError, match="python data/tinystories.py"):
+    with pytest.raises(SystemExit, match="python data/tinystories.py"):
         load_meta(str(tmp_path / "tinystories"))
 
 
@@ -69,11 +69,11 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
     def do_GET(self):
         data = open(self.translate_path(self.path), "rb").read()
         start = int(self.headers["Range"][6:-1]) if self.headers.get("Range") else 0
+        self.server.requests.append(start)  # before the body: once the client has it all, the request is recorded
         self.send_response(206 if start else 200)
         self.send_header("Content-Length", str(len(data) - start))
         self.end_headers()
         self.wfile.write(data[start:])
-        self.server.requests.append(start)
 
     def log_message(self, *args):
         pass

@@ -1,0 +1,126 @@
+"""Bad input through every command-line entry point: one line naming the bad value, a non-zero exit, no traceback,
+and nothing written or changed."""
+import argparse
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import bench
+import drope
+import eval_niah
+import repo
+import train
+from data.format import write_atomic
+from tests.test_train import ROOT, TINY
+
+PROGRAMS = {"train.py": train.main, "eval_niah.py": eval_niah.main, "drope.py": drope.main, "repo.py": repo.main,
+            "bench.py": bench.main}
+NO_SUCH_GPU = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, tiny_data):
+    """A trained checkpoint, broken checkpoints, broken datasets and a file where a directory should be."""
+    root = tmp_path_factory.mktemp("cli")
+    data = str(root / "data")
+    shutil.copytree(tiny_data, data)
+    train.main(["--data_dir", data, "--out_dir", str(root / "good"), *TINY, "--max_iters", "2"])
+    good = (root / "good" / "ckpt.pt").read_bytes()
+    os.makedirs(root / "truncated")
+    (root / "truncated" / "ckpt.pt").write_bytes(good[:len(good) // 2])
+    (root / "random.pt").write_bytes(np.random.default_rng(0).bytes(5000))
+    torch.save({"model_config": argparse.Namespace(pe="rope"), "model": {}}, root / "pickled.pt")  # not a tensor
+    (root / "a_file").write_text("I am not a directory\n")
+    (root / "syntax.py").write_text("max_iters = = 3\n")
+    for name, change in {"half": lambda b: b[:len(b) // 2], "odd": lambda b: b + b"\0"}.items():
+        shutil.copytree(tiny_data, root / name)
+        path = root / name / "train.bin"
+        path.write_bytes(change(path.read_bytes()))
+    return root
+
+
+def case(program, args, named):
+    return pytest.param(program, args, named, id=f"{program} {' '.join(args)}")
+
+
+W = "{w}"  # stands for the workspace directory in the cases below
+CASES = [
+    *(case("train.py", [f"--{name}", value], f"--{name} {value}")
+      for name in ("block_size", "eval_interval", "log_interval", "grad_accum", "batch_size", "max_iters")
+      for value in ("0", "-5")),
+    case("train.py", ["--config", "missing.py"], "missing.py"),
+    case("train.py", ["--config", f"{W}/syntax.py"], "syntax.py, line 1"),
+    case("train.py", ["--device", NO_SUCH_GPU], NO_SUCH_GPU),
+    case("train.py", ["--out_dir", f"{W}/a_file"], "a_file is a file"),
+    case("train.py", ["--out_dir", f"{W}/a_file/run"], "a_file/run cannot be written"),
+    case("train.py", ["--init_from", f"{W}/truncated/ckpt.pt", "--out_dir", f"{W}/new"], "not a valid checkpoint"),
+    case("train.py", ["--init_from", f"{W}/random.pt", "--out_dir", f"{W}/new"], "random.pt is not a valid"),
+    case("train.py", ["--init_from", f"{W}/pickled.pt", "--out_dir", f"{W}/new"], "pickled.pt is not a valid"),
+    case("train.py", ["--resume", "--out_dir", f"{W}/truncated"], "ckpt.pt is not a valid checkpoint"),
+    case("train.py", ["--resume", "--out_dir", f"{W}/empty"], "no checkpoint at"),
+    case("train.py", ["--data_dir", f"{W}/half", "--out_dir", f"{W}/new"], "half/train.bin has"),
+    case("train.py", ["--data_dir", f"{W}/odd", "--out_dir", f"{W}/new"], "odd/train.bin has"),
+    case("train.py", ["--block_size", "100000", "--out_dir", f"{W}/new"], "fewer than the 100,002 needed"),
+    case("train.py", ["--batch_size", "abc"], "'abc'"),
+    *(case("eval_niah.py", ["--ckpt", f"{W}/good/ckpt.pt", "--lengths", value], value) for value in ("abc", "0", "-1")),
+    case("eval_niah.py", ["--ckpt", f"{W}/good/ckpt.pt", "--iters", "x"], "--iters 'x'"),
+    *(case(program, ["--ckpt", f"{W}/{bad}"], f"{bad} is not a valid checkpoint")
+      for program in ("eval_niah.py", "drope.py", "repo.py") for bad in ("truncated/ckpt.pt", "random.pt", "pickled.pt")),
+    case("drope.py", ["--ckpt", f"{W}/good/ckpt.pt", "--betas", "abc"], "--betas 'abc'"),
+    case("drope.py", ["--ckpt", f"{W}/good/ckpt.pt", "--betas", "2,1,0.1"], "--betas '2,1,0.1'"),
+    case("repo.py", ["--ckpt", f"{W}/missing.pt"], "missing.pt"),
+    case("bench.py", ["--arms", "rope+n_layer=abc"], "n_layer='abc'"),
+]
+
+
+def snapshot(root):
+    return {os.path.relpath(os.path.join(d, f), root): hashlib.sha256(open(os.path.join(d, f), "rb").read()).digest()
+            for d, _, files in os.walk(root) for f in files}
+
+
+@pytest.mark.parametrize("program, args, named", CASES)
+def test_bad_input_is_one_line_and_changes_nothing(workspace, program, args, named, capsys):
+    args = [a.replace(W, str(workspace)) for a in args]
+    if program == "train.py" and "--data_dir" not in args:
+        args = ["--data_dir", str(workspace / "data"), *args]
+    if program == "train.py" and "--out_dir" not in args:
+        args += ["--out_dir", str(workspace / "new")]
+    before = snapshot(workspace)
+    with pytest.raises(SystemExit) as exit_:
+        PROGRAMS[program](args)
+    captured = capsys.readouterr()
+    code = exit_.value.code
+    message = (captured.err + (code if isinstance(code, str) else "")).strip()  # sys.exit(str) prints it and exits 1
+    assert code not in (0, None), message
+    assert captured.out == "" and len(message.splitlines()) == 1, captured.out + message
+    assert message.startswith("error:") and named.replace(W, str(workspace)) in message, message
+    assert snapshot(workspace) == before
+    assert not (workspace / "new").exists() or not os.listdir(workspace / "new")
+
+
+@pytest.mark.parametrize("argv", [["train.py", "--block_size", "0"], ["eval_niah.py", "--ckpt", "random.pt"],
+                                  ["drope.py", "--ckpt", "good/ckpt.pt", "--betas", "abc"]], ids=lambda a: a[0])
+def test_command_line_prints_one_line_without_traceback(workspace, argv):
+    done = subprocess.run([sys.executable, os.path.join(ROOT, argv[0]), *argv[1:]], cwd=workspace,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith("error:"), done.stderr
+
+
+def test_stale_temp_files_of_dead_writers_are_removed(tmp_path):
+    path = str(tmp_path / "ckpt.pt")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    live = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        for pid in (int(dead.stdout), live.pid):
+            open(f"{path}.{pid}.tmp", "wb").write(b"half a checkpoint")
+        write_atomic(path, lambda tmp: open(tmp, "wb").write(b"whole"))
+        assert sorted(os.listdir(tmp_path)) == sorted(["ckpt.pt", f"ckpt.pt.{live.pid}.tmp"])
+    finally:
+        live.communicate(b"")
