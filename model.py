@@ -42,8 +42,10 @@ sublayer before the layer's attention:
 A module may set `self.health` (a dict of floats) to report on itself; GPT.health_reports() collects them.
 
 Sliding-window attention (FwPKM trains with it) is a forward() option: `window=W` lets each token see itself and
-the W−1 tokens before it.
+the W−1 tokens before it. The plain path builds a dense [T, T] mask for SDPA; on CUDA, FlexAttention with a block
+mask computes only the blocks inside the window (tests check that both agree).
 """
+import functools
 import importlib
 import math
 from dataclasses import dataclass, asdict
@@ -51,6 +53,7 @@ from dataclasses import dataclass, asdict
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 METHOD_FILES = ("rope", "drope", "repo", "fwpkm")  # modules that call register_positional when imported
 _POSITIONAL = {}                  # name -> factory(config, layer_idx) -> nn.Module
@@ -188,6 +191,25 @@ def attention_mask(n_new, n_past, window, device):
     return allowed
 
 
+@functools.lru_cache(maxsize=16)
+def window_block_mask(T, window, device):
+    """FlexAttention's block mask of causal attention within `window` tokens, for T queries and keys (cached: it
+    depends on the shape only)."""
+    return create_block_mask(lambda b, h, q, k: (k <= q) & (k > q - window), None, None, T, T, device=device)
+
+
+@functools.lru_cache(maxsize=1)
+def compiled_flex_attention():
+    return torch.compile(flex_attention, dynamic=False)  # FlexAttention is fast only when compiled
+
+
+def window_attention(q, k, v, window, attend=None):
+    """Causal attention of q, k, v [B, H, T, D] within `window` tokens, without a dense [T, T] mask. attend: the
+    FlexAttention function (default: compiled; tests pass the eager one to run on the CPU)."""
+    attend = attend or compiled_flex_attention()
+    return attend(q, k, v, block_mask=window_block_mask(q.shape[2], window, str(q.device)))
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config, layer_idx):
         super().__init__()
@@ -207,8 +229,11 @@ class CausalSelfAttention(nn.Module):
         q, k = self.positional(q, k, h, pos)
         if cache is not None:
             k, v = cache.extend(self.layer_idx, k, v)  # [B, H, n_past + T, D]
-        mask = attention_mask(T, k.shape[2] - T, window, h.device)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)  # [B, H, T, D]
+        if window is not None and cache is None and h.is_cuda:
+            y = window_attention(q, k, v, window)                                # [B, H, T, D]
+        else:
+            mask = attention_mask(T, k.shape[2] - T, window, h.device)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)  # [B, H, T, D]
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 

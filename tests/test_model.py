@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 import model as model_module
 from model import GPT, GPTConfig, KVCache
@@ -104,3 +105,20 @@ def test_tied_embeddings_and_size():
     model = tiny_model()
     assert model.lm_head.weight is model.tok_emb.weight
     assert model.num_params() == sum(p.numel() for p in model.parameters())
+
+
+def test_flex_window_attention_equals_the_dense_mask():
+    """The CUDA path of sliding-window attention (FlexAttention, block mask) against the plain dense mask; here with
+    the eager FlexAttention, which runs on the CPU."""
+    import warnings
+
+    from torch.nn.attention.flex_attention import flex_attention
+
+    from model import attention_mask, window_attention
+    q, k, v = (torch.randn(2, 3, 200, 16) for _ in range(3))  # T not a multiple of FlexAttention's 128-token blocks
+    for window in (1, 8, 130, 400):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the eager FlexAttention warns that it is slow
+            flex = window_attention(q, k, v, window, attend=flex_attention)
+        dense = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask(200, 0, window, q.device))
+        torch.testing.assert_close(flex, dense, atol=1e-5, rtol=1e-5)
