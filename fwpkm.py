@@ -94,6 +94,37 @@ def product_topk(s1, s2, k):
     return scores, i1.gather(-1, j // k) * n + i2.gather(-1, j % k)
 
 
+def addressing_gradient(q, keys, group, topk):
+    """∂L_addr/∂K of L_addr = −H(p̄¹) − H(p̄²), the negative entropies of each half's mean top-k usage over a chunk's
+    tokens; q [B, T, d_k] the chunk's queries, keys [G, 2, n, d_k/2] the sub-keys, group [B] the memory of each row.
+    Returns [G, 2, n, d_k/2].
+
+    In closed form, because torch.autograd.grad inside the forward would break torch.compile's graph. For one half,
+    with s_{t,i} = −log(eps + ‖q_t − K_i‖²), w_t the softmax over token t's top-k scores, u_{t,i} = w_{t,i} on the
+    top-k (0 elsewhere), p̄_i = (1/M)·Σ_t u_{t,i} over the M tokens of a memory, and −H(p̄) = Σ_i p̄_i·log p̄_i:
+
+        ∂(−H)/∂u_{t,i} = (log p̄_i + 1) / M                                   =: a_{t,i}
+        ∂(−H)/∂s_{t,i} = w_{t,i}·(a_{t,i} − Σ_j w_{t,j}·a_{t,j})  on the top-k  (softmax backward; 0 elsewhere)
+        ∂(−H)/∂K_i     = Σ_t ∂(−H)/∂s_{t,i} · 2·(q_t − K_i) / (eps + ‖q_t − K_i‖²),  where 1 / (eps + ‖·‖²) = e^{s_{t,i}}
+    """
+    G, B, T = keys.shape[0], q.shape[0], q.shape[1]
+    grads = []
+    for m, q_m in enumerate(q.chunk(2, dim=-1)):                                  # q_m [B, T, d_k/2]
+        k_m = keys[group, m]                                                      # [B, n, d_k/2]
+        s = idw_scores(q_m, k_m)                                                  # [B, T, n]
+        top, idx = s.topk(topk, dim=-1)
+        w = F.softmax(top, dim=-1)                                                # [B, T, k]
+        usage = torch.zeros_like(s).scatter(-1, idx, w)                           # u [B, T, n]
+        p = usage.mean(1, keepdim=True) if G > 1 else usage.mean((0, 1), keepdim=True)  # p̄ [G, 1, n]
+        a = (p.clamp_min(1e-12).log() + 1) / (T if G > 1 else B * T)              # the clamp: unused slots, p̄ = 0
+        a = a.expand_as(s).gather(-1, idx)                                        # [B, T, k]
+        ds = w * (a - (w * a).sum(-1, keepdim=True))                              # ∂(−H)/∂s on the top-k
+        coeff = torch.zeros_like(s).scatter(-1, idx, 2 * ds * top.exp())         # [B, T, n]
+        grad = coeff.transpose(1, 2) @ q_m - coeff.sum(1)[..., None] * k_m        # [B, n, d_k/2]
+        grads.append(grad if G > 1 else grad.sum(0, keepdim=True))                # a shared memory sums its rows
+    return torch.stack(grads, dim=1)
+
+
 def slot_health(slots, n_slots):
     """Coverage (% of slots read at least once) and collisions (% of tokens sharing their top-1 slot with another
     token of the same row); slots [B, T, k] of one chunk."""
@@ -131,7 +162,7 @@ class ProductKeyMemory(nn.Module):
 class FastWeights:
     """One FwPKM layer's fast weights for a batch: values [G, N, d_v] and sub-keys [G, 2, n, d_k/2] (G = B: a memory
     per sequence, or 1: shared), the write chunk C, and the inputs of the chunk being read ([B, t < C, C_model]),
-    which are written when the chunk completes."""
+    which are written when the chunk completes; their count t is where the next token falls in its chunk."""
 
     def __init__(self, values, keys, chunk):
         self.values, self.keys, self.chunk, self.pending = values, keys, chunk, None
@@ -189,19 +220,9 @@ class FastWeightProductKeyMemory(nn.Module):
             0, flat, (weight[..., None] * err[:, :, None, :]).flatten(0, 2))
         reads = torch.zeros(G * N, device=err.device).index_add(0, flat, torch.ones_like(flat, dtype=torch.float))
         values = state.values - (self.topk / reads.clamp_min(1))[:, None].view(G, N, 1) * grad.view(G, N, d_v)
-        # L_addr on the keys: spread each half's chunk-mean top-k usage (taken on detached queries)
-        with torch.enable_grad():
-            keys = state.keys.detach().requires_grad_()
-            q_halves = r["q"].detach().chunk(2, dim=-1)
-            neg_entropy = 0.0
-            for m in range(2):
-                s = idw_scores(q_halves[m], keys[r["group"], m])                      # [B, T, n]
-                top, idx = s.topk(self.topk, dim=-1)
-                usage = torch.zeros_like(s).scatter(-1, idx, F.softmax(top, dim=-1))  # [B, T, n]
-                p = usage.mean(1) if G > 1 else usage.mean((0, 1))[None]              # p̄ [G, n]
-                neg_entropy = neg_entropy + (p * p.clamp_min(1e-12).log()).sum()      # −H(p̄), summed over groups
-            key_grad, = torch.autograd.grad(neg_entropy, keys)
-        state.values, state.keys = values, (state.keys - key_grad).detach()
+        # L_addr on the keys, taken on detached queries
+        state.values, state.keys = values, state.keys - addressing_gradient(r["q"].detach(), state.keys,
+                                                                            r["group"], self.topk)
 
     def forward(self, x, pos, cache=None):
         B, T, _ = x.shape
@@ -212,10 +233,13 @@ class FastWeightProductKeyMemory(nn.Module):
         outs, stats = [], []
         start = 0
         while start < T:
-            # the tokens up to the next chunk boundary (boundaries at multiples of the chunk, in absolute positions)
-            end = min(T, start + state.chunk - int(pos[start]) % state.chunk)
+            # the tokens up to the next chunk boundary. Boundaries fall at multiples of the chunk in absolute
+            # positions; the tokens of the current chunk read by earlier calls (generation) wait in state.pending,
+            # so their count, a Python int, says where the boundary is without reading pos (a host sync)
+            done = 0 if state.pending is None else state.pending.shape[1]
+            end = min(T, start + state.chunk - done)
             h = x[:, start:end]
-            if state.pending is not None:  # the chunk began in an earlier call (generation): read it whole again
+            if state.pending is not None:  # the chunk began in an earlier call: read it whole again
                 h = torch.cat((state.pending, h), dim=1)
             r = self.read(h, state)
             new = end - start
@@ -223,7 +247,7 @@ class FastWeightProductKeyMemory(nn.Module):
             outs.append(out)
             if not self.training:  # health costs host syncs, so it is measured in evaluation only
                 stats.append((r["g"].mean().item(), *slot_health(r["slots"], state.values.shape[1])))
-            if (int(pos[end - 1]) + 1) % state.chunk == 0:
+            if h.shape[1] == state.chunk:  # the chunk is complete
                 self.write(r, state)
                 state.pending = None
             else:

@@ -80,14 +80,18 @@ def yarn_attention_factor(factor):
 def rope_frequencies(head_dim, base=10000.0, scaling=None, factor=1.0, train_len=None, cur_len=None):
     """Returns (inv_freq [D/2] fp32, attention factor) for plain RoPE or one of its scalings.
 
-    factor is s = target length / train_len; cur_len (dyn_ntk only) is the length of the sequence being run.
+    factor is s = target length / train_len; cur_len (dyn_ntk only) is the length l of the sequence being run: an
+    int, or a tensor on the model's device (RotaryEmbedding passes pos[-1] + 1, so reading l costs no host sync).
     """
     check_scaling(scaling, factor)
-    half = torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim  # 2i/D, i = 0..D/2-1
+    device = cur_len.device if torch.is_tensor(cur_len) else None
+    half = torch.arange(0, head_dim, 2, dtype=torch.float64, device=device) / head_dim  # 2i/D, i = 0..D/2-1
     if scaling == "ntk":
         base = base * factor ** (head_dim / (head_dim - 2))               # b' = b·s^(D/(D−2))
-    elif scaling == "dyn_ntk" and cur_len > train_len:
-        base = base * (factor * cur_len / train_len - (factor - 1)) ** (head_dim / (head_dim - 2))
+    elif scaling == "dyn_ntk":
+        # b' = b·(s·l/L − (s − 1))^(D/(D−2)); the stretch is ≤ 1 exactly when l ≤ L, where the clamp keeps b
+        stretch = (factor * torch.as_tensor(cur_len, dtype=torch.float64) / train_len - (factor - 1)).clamp_min(1.0)
+        base = base * stretch ** (head_dim / (head_dim - 2))
     inv_freq = base ** -half                                               # θ_i = b^(−2i/D)
     attention_factor = 1.0
     if scaling == "pi":
@@ -106,7 +110,7 @@ def rope_frequencies(head_dim, base=10000.0, scaling=None, factor=1.0, train_len
 def rotation(pos, inv_freq, attention_factor=1.0):
     """cos and sin of the angles m·θ_i, times the attention factor: [T, D/2] for pos [T] (shared by all heads),
     [B, H, T, D/2] for pos [B, H, T] (a position per head, RePo). Positions may be any real values."""
-    angle = pos.float()[..., None] * inv_freq.to(pos.device)  # fp32 always
+    angle = pos.float()[..., None] * inv_freq  # fp32 always
     return angle.cos() * attention_factor, angle.sin() * attention_factor
 
 
@@ -132,18 +136,25 @@ class RotaryEmbedding(nn.Module):
         self.train_len = config.block_size
         self.scaling = config.rope_scaling
         self.factor = config.rope_factor
-        check_scaling(self.scaling, self.factor)
+        # θ_i and the attention factor do not depend on the length (except θ_i with dyn_ntk, which forward
+        # recomputes), so they are computed once; a non-persistent buffer follows .to(device) and stays out of the
+        # state dict (checkpoints are unchanged)
+        inv_freq, self.attention_factor = rope_frequencies(self.head_dim, self.base, self.scaling, self.factor,
+                                                           self.train_len, cur_len=self.train_len)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)  # [D/2] fp32
 
     def positions(self, h, pos):
         return pos  # [T] token indices; h [B, T, C] is unused by plain RoPE
 
     def forward(self, q, k, h, pos):
         # q, k: [B, H, T, D]; h: [B, T, C]; pos: [T] absolute token indices
-        inv_freq, attention_factor = rope_frequencies(
-            self.head_dim, self.base, self.scaling, self.factor, self.train_len, cur_len=int(pos[-1]) + 1)
+        inv_freq = self.inv_freq
+        if self.scaling == "dyn_ntk":  # the base follows the current length l = pos[-1] + 1, read on the device
+            inv_freq, _ = rope_frequencies(self.head_dim, self.base, self.scaling, self.factor, self.train_len,
+                                           cur_len=pos[-1] + 1)
         # cos and sin are computed once for q and k; the attention factor goes on both, so logits scale by
         # mscale², as YaRN prescribes
-        cos, sin = rotation(self.positions(h, pos), inv_freq.to(q.device), attention_factor)
+        cos, sin = rotation(self.positions(h, pos), inv_freq, self.attention_factor)
         return apply_rotation(q, cos, sin), apply_rotation(k, cos, sin)
 
 

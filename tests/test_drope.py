@@ -39,8 +39,8 @@ def test_beta_scales_q_exactly_and_is_one_within_the_training_length():
     q, k = torch.randn(2, 2, 5, 16), torch.randn(2, 2, 5, 16)
     q_out, k_out = module(q, k, None, torch.arange(59, 64))  # context length 64 = 4x block_size
     assert torch.equal(q_out, q * (1 + 0.5 * math.log(4))) and torch.equal(k_out, k)
-    q_out, k_out = module(q, k, None, torch.arange(11, 16))  # within block_size: the identity
-    assert q_out is q and k_out is k
+    q_out, k_out = module(q, k, None, torch.arange(11, 16))  # within block_size: the identity (beta is a tensor, 1)
+    assert torch.equal(q_out, q) and k_out is k
 
 
 def test_beta_scales_every_attention_logit(monkeypatch):

@@ -119,6 +119,23 @@ def test_one_addressing_step_raises_the_usage_entropy():
     assert after > before
 
 
+@pytest.mark.parametrize("groups", [3, 1])  # a memory per sequence; one memory shared by the batch (persistent)
+def test_addressing_gradient_equals_autograd(groups):
+    q = torch.randn(3, 16, 8, dtype=torch.float64)
+    keys = torch.randn(groups, 2, 6, 4, dtype=torch.float64, requires_grad=True)
+    group = torch.arange(3) if groups > 1 else torch.zeros(3, dtype=torch.long)
+    neg_entropy = 0.0
+    for m, q_m in enumerate(q.chunk(2, dim=-1)):  # L_addr = −H(p̄¹) − H(p̄²), differentiated by autograd
+        s = fwpkm.idw_scores(q_m, keys[group, m])
+        top, idx = s.topk(3, dim=-1)
+        usage = torch.zeros_like(s).scatter(-1, idx, F.softmax(top, dim=-1))
+        p = usage.mean(1) if groups > 1 else usage.mean((0, 1))[None]
+        neg_entropy = neg_entropy + (p * p.clamp_min(1e-12).log()).sum()
+    expected, = torch.autograd.grad(neg_entropy, keys)
+    got = fwpkm.addressing_gradient(q, keys.detach(), group, 3)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+
+
 def test_each_sequence_starts_from_the_initial_memory():
     model = memory_model().eval()
     layer = fw_layer(model)

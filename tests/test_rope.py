@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from model import GPT, GPTConfig
 from rope import SCALINGS, rope_frequencies, rotate, yarn_attention_factor, yarn_correction_range
 
 D = 64
@@ -90,6 +91,28 @@ def test_dynamic_ntk_is_plain_within_training_length():
     torch.testing.assert_close(within, plain)
     beyond, _ = rope_frequencies(D, scaling="dyn_ntk", factor=1.0, train_len=256, cur_len=1024)
     torch.testing.assert_close(beyond, rope_frequencies(D, scaling="ntk", factor=4.0)[0])  # factor 1: NTK at l/L
+
+
+@pytest.mark.parametrize("cur_len", [1, 200, 256, 257, 300, 1024, 5000])
+def test_dynamic_ntk_from_a_position_tensor_equals_the_int_length(cur_len):
+    # RotaryEmbedding passes l = pos[-1] + 1 as a tensor (no host sync); the base must come out the same
+    model = GPT(GPTConfig(vocab_size=64, block_size=256, n_layer=1, n_head=1, n_embd=D, rope_scaling="dyn_ntk",
+                          rope_factor=2.0))
+    module = model.blocks[0].attn.positional
+    expected, _ = rope_frequencies(D, scaling="dyn_ntk", factor=2.0, train_len=256, cur_len=cur_len)
+    for pos in (torch.arange(cur_len), torch.tensor([cur_len - 1])):  # a whole sequence; one token with a cache
+        got, _ = rope_frequencies(D, scaling="dyn_ntk", factor=2.0, train_len=256, cur_len=pos[-1] + 1)
+        assert torch.equal(got, expected)
+        q = torch.randn(1, 1, len(pos), D)
+        torch.testing.assert_close(module(q, q, None, pos)[0], rotate(q, pos, expected), rtol=0, atol=0)
+
+
+def test_cached_frequencies_stay_out_of_the_state_dict():
+    # θ_i is a non-persistent buffer: checkpoints keep their keys, and those written before it existed load strictly
+    config = dict(vocab_size=64, block_size=32, n_layer=1, n_head=2, n_embd=32)
+    rope, nope = GPT(GPTConfig(**config)), GPT(GPTConfig(**config, pe="nope"))
+    assert rope.state_dict().keys() == nope.state_dict().keys()
+    rope.load_state_dict(nope.state_dict())
 
 
 def test_bad_scaling_names_the_choices():

@@ -1,0 +1,30 @@
+"""The training forward of every method runs as one torch.compile graph: no graph breaks, so no host syncs either
+(a .item() or int() of a tensor is a break)."""
+import pytest
+import torch
+
+from model import GPT, GPTConfig
+
+TINY = dict(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embd=32,
+            memory_n_sub=8, memory_topk=4, memory_key_dim=16, memory_value_dim=16, memory_chunk=8)
+
+
+@pytest.mark.parametrize("config,window", [
+    (dict(pe="rope"), None),
+    (dict(pe="nope"), None),
+    (dict(pe="drope"), None),
+    (dict(pe="repo", n_layer=4), None),                                   # 4 layers: RoPE below, RePo from layer 1
+    (dict(pe="rope_nope", n_layer=4), None),
+    (dict(pe="rope", pkm_layers="1"), None),
+    (dict(pe="rope", fwpkm_layers="1"), None),
+    (dict(pe="rope", fwpkm_layers="1"), 8),                               # FwPKM trains with sliding windows
+    (dict(pe="rope", fwpkm_layers="1", memory_lifetime="persistent"), None),
+    (dict(pe="drope", logit_scale_c=0.4), None),                          # beta from the length on the device
+    (dict(pe="rope", rope_scaling="dyn_ntk", rope_factor=2.0), None),     # the base from the length on the device
+])
+def test_training_forward_has_no_graph_breaks(config, window):
+    torch._dynamo.reset()
+    model = GPT(GPTConfig(**{**TINY, **config})).train()
+    x = torch.randint(64, (2, 36))  # longer than block_size (beta, dyn_ntk act) and not a multiple of the chunk
+    explained = torch._dynamo.explain(lambda idx: model(idx, idx, window=window)[1])(x)
+    assert explained.graph_break_count == 0, explained.break_reasons
