@@ -27,7 +27,7 @@ scale of the logits (DroPE's β, YaRN's attention factor: multiply q, or q and k
 own parameters (RePo's position network); they are part of the model's state dict.
 
 Method files register themselves on import: rope.py registers "rope", drope.py "drope", repo.py "repo" and
-"rope_nope", and this file "nope". The files listed in
+"rope_nope", and this file "nope" and "abs" (learned absolute positions, the classic baseline). The files listed in
 METHOD_FILES are imported when a model is built.
 
 The sublayer interface, for memories (fwpkm.py: static PKM and FwPKM). A factory registered with
@@ -98,6 +98,23 @@ class NoPositionalEncoding(nn.Module):
 
 
 register_positional("nope", lambda config, layer_idx: NoPositionalEncoding())
+
+
+class LearnedPositions(nn.Module):
+    """"abs": GPT-2's learned absolute position table, added to the residual stream before the first block (a
+    sublayer of layer 0; attention itself is NoPE). The classic baseline, and the reference of bench.py's speed
+    comparison. It has no row beyond block_size: later positions all get the last row, so it cannot extrapolate."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.table = nn.Embedding(config.block_size, config.n_embd)
+
+    def forward(self, x, pos, cache=None):
+        return self.table(pos.clamp_max(self.table.num_embeddings - 1))  # [T, C], the same for every row
+
+
+register_positional("abs", lambda config, layer_idx: NoPositionalEncoding())
+register_sublayer(lambda config, layer_idx: LearnedPositions(config) if config.pe == "abs" and layer_idx == 0 else None)
 
 
 @dataclass

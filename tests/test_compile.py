@@ -12,6 +12,7 @@ TINY = dict(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embd=32,
 @pytest.mark.parametrize("config,window", [
     (dict(pe="rope"), None),
     (dict(pe="nope"), None),
+    (dict(pe="abs"), None),
     (dict(pe="drope"), None),
     (dict(pe="repo", n_layer=4), None),                                   # 4 layers: RoPE below, RePo from layer 1
     (dict(pe="rope_nope", n_layer=4), None),

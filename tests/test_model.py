@@ -78,7 +78,7 @@ def test_sliding_window():
 
 
 def test_unknown_pe_names_choices():
-    with pytest.raises(ValueError, match="'alibi'.*valid choices: drope, nope, repo, rope, rope_nope"):
+    with pytest.raises(ValueError, match="'alibi'.*valid choices: abs, drope, nope, repo, rope, rope_nope"):
         tiny_model(pe="alibi")
 
 
@@ -122,3 +122,17 @@ def test_flex_window_attention_equals_the_dense_mask():
             flex = window_attention(q, k, v, window, attend=flex_attention)
         dense = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask(200, 0, window, q.device))
         torch.testing.assert_close(flex, dense, atol=1e-5, rtol=1e-5)
+
+
+def test_learned_absolute_positions():
+    """'abs': one table row per position, added before the first block; beyond block_size the last row repeats."""
+    config = GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32, pe="abs")
+    model = GPT(config).eval()
+    assert model.num_params() - GPT(GPTConfig(**{**config.to_dict(), "pe": "nope"})).num_params() == 16 * 32
+    x = torch.randint(64, (1, 16))
+    with torch.no_grad():
+        before = model(x)[0]
+        model.blocks[0].sublayers[0].table.weight[3] += 1.0  # position 3 only: earlier outputs cannot change
+        after = model(x)[0]
+        assert torch.equal(before[:, :3], after[:, :3]) and not torch.allclose(before[:, 3:], after[:, 3:])
+        assert model(torch.randint(64, (1, 40)))[0].shape == (1, 40, 64)  # runs beyond block_size

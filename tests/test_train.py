@@ -117,7 +117,7 @@ def test_init_from_starts_a_new_stage_with_another_pe(tmp_path, tiny_data, capsy
 def test_bad_options_name_the_valid_choices(tmp_path, tiny_data, capsys):
     with pytest.raises(SystemExit):
         run(tmp_path, tiny_data, "--pe", "alibi")
-    assert "unknown --pe 'alibi'; valid choices: drope, nope, repo, rope, rope_nope" in capsys.readouterr().err
+    assert "unknown --pe 'alibi'; valid choices: abs, drope, nope, repo, rope, rope_nope" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="unknown dataset 'wiki'; valid choices: embedded"):
         train.main(["--dataset", "wiki"])
     config = tmp_path / "bad.py"
