@@ -93,7 +93,7 @@ def build(args, overrides, arm):
     torch.manual_seed(0)
     try:
         config = GPTConfig(vocab_size=args.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
-                           n_head=args.n_head, n_embd=args.n_embd, **overrides)
+                           n_head=args.n_head, n_embd=args.n_embd, **{"kernels": args.kernels, **overrides})
     except (TypeError, ValueError) as e:
         raise SystemExit(f"error: --arms {arm!r}: {e}")
     model = GPT(config).to(args.device)
@@ -131,6 +131,8 @@ def main(argv=None):
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
                    help="auto: bfloat16 autocast on cuda, float32 elsewhere")
     p.add_argument("--compile", action="store_true", help="torch.compile every arm")
+    p.add_argument("--kernels", default="auto", choices=("auto", "on", "off"),
+                   help="fused Triton fast paths (kernels/) of every arm, unless the arm sets +kernels=...")
     args = p.parse_args(argv)
     arms = {arm: parse_arm(arm) for arm in args.arms}
     for name in ("n_layer", "n_head", "n_embd", "batch_size", "block_size", "rounds"):

@@ -152,7 +152,7 @@ def evaluate(ckpt_path, ckpt, args, device):
     for label, changes, iters in settings(ckpt, name, args):
         for mult in args.lengths:
             length = int(mult * config["block_size"])
-            model = load_model(ckpt, changes, length, device)
+            model = load_model(ckpt, {**changes, "kernels": args.kernels}, length, device)
             t0, health = time.time(), []
             for variant, haystack, depth in itertools.product(args.variants, args.haystacks, depths):
                 samples = [make_sample(random.Random(f"{args.seed}/{variant}/{haystack}/{length}/{depth}/{i}"),
@@ -273,6 +273,8 @@ def main(argv=None):
     p.add_argument("--out_dir", default="out/niah")
     p.add_argument("--batch_size", type=int, default=10, help="samples per forward pass")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, mps")
+    p.add_argument("--kernels", default="auto", choices=("auto", "on", "off"),
+                   help="fused Triton fast paths (kernels/): auto (on CUDA when triton is installed), on, off")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     lengths = args.lengths

@@ -55,6 +55,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
+import kernels
+
 METHOD_FILES = ("rope", "drope", "repo", "fwpkm")  # modules that call register_positional when imported
 _POSITIONAL = {}                  # name -> factory(config, layer_idx) -> nn.Module
 _STAGE_DEFAULTS = {}              # name -> stage_defaults(init_ckpt) -> dict of train.py option defaults
@@ -139,6 +141,7 @@ class GPTConfig:
     memory_value_dim: int = 128    # value size d_v
     memory_chunk: int = 32         # FwPKM: tokens per write; also the sliding window of training
     memory_lifetime: str = "sequence"  # FwPKM: "sequence" (fresh per sequence) or "persistent" (fwpkm.py)
+    kernels: str = "auto"          # Triton fast paths (kernels/): auto (on CUDA), on, off; the same weights either way
 
     # what changes the weights' meaning; resuming with a different value here is refused
     ARCHITECTURE = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "pe", "rope_base", "qk_norm",
@@ -159,6 +162,8 @@ class GPTConfig:
             setattr(self, name, layers)
         if self.memory_lifetime not in ("sequence", "persistent"):
             raise ValueError(f"unknown memory_lifetime {self.memory_lifetime!r}; valid choices: sequence, persistent")
+        if self.kernels not in kernels.MODES:
+            raise ValueError(f"unknown kernels {self.kernels!r}; valid choices: {', '.join(kernels.MODES)}")
 
     def to_dict(self):
         return asdict(self)

@@ -50,6 +50,7 @@ import math
 import torch
 import torch.nn as nn
 
+from kernels import use_kernels
 from model import register_positional
 
 SCALINGS = ("pi", "ntk", "dyn_ntk", "yarn")  # the context-extension methods; None = plain RoPE
@@ -136,6 +137,7 @@ class RotaryEmbedding(nn.Module):
         self.train_len = config.block_size
         self.scaling = config.rope_scaling
         self.factor = config.rope_factor
+        self.kernels = config.kernels
         # θ_i and the attention factor do not depend on the length (except θ_i with dyn_ntk, which forward
         # recomputes), so they are computed once; a non-persistent buffer follows .to(device) and stays out of the
         # state dict (checkpoints are unchanged)
@@ -152,9 +154,13 @@ class RotaryEmbedding(nn.Module):
         if self.scaling == "dyn_ntk":  # the base follows the current length l = pos[-1] + 1, read on the device
             inv_freq, _ = rope_frequencies(self.head_dim, self.base, self.scaling, self.factor, self.train_len,
                                            cur_len=pos[-1] + 1)
+        pos = self.positions(h, pos)  # [T], or [B, H, T] with RePo
+        if use_kernels(self.kernels, q):  # the same rotation as below in one fused Triton launch (kernels/rotary.py)
+            from kernels.rotary import rotary  # imports triton, which CPU-only installs may lack
+            return rotary(q, k, pos, inv_freq, self.attention_factor)
         # cos and sin are computed once for q and k; the attention factor goes on both, so logits scale by
         # mscale², as YaRN prescribes
-        cos, sin = rotation(self.positions(h, pos), inv_freq, self.attention_factor)
+        cos, sin = rotation(pos, inv_freq, self.attention_factor)
         return apply_rotation(q, cos, sin), apply_rotation(k, cos, sin)
 
 

@@ -88,6 +88,7 @@ OPTIONS = {  # name: (default, help); the defaults are the CPU default run
     "device": ("auto", "auto (cuda if available), cpu, cuda, cuda:1, mps"),
     "dtype": ("auto", "auto (bfloat16 on cuda, float32 elsewhere), float32, bfloat16"),
     "compile": (False, "torch.compile the model"),
+    "kernels": ("auto", "fused Triton fast paths (kernels/): auto (on CUDA when triton is installed), on, off"),
     "seed": (1337, "seeds the initialisation and the batch stream"),
 }
 DEFAULTS = {name: default for name, (default, _) in OPTIONS.items()}
@@ -209,7 +210,8 @@ def model_config_for(o, explicit, vocab_size, init=None):
     """The model config of this run: from the options, or from the --init_from checkpoint `init` with a new pe
     (and QK-norm, if asked for)."""
     try:
-        arch = GPTConfig(**{k: o[k] for k in (*GPTConfig.ARCHITECTURE, "memory_chunk", "memory_lifetime") if k in o},
+        arch = GPTConfig(**{k: o[k] for k in (*GPTConfig.ARCHITECTURE, "memory_chunk", "memory_lifetime", "kernels")
+                            if k in o},
                          vocab_size=vocab_size).to_dict()
     except ValueError as e:
         sys.exit(f"error: {e}")

@@ -1,0 +1,23 @@
+"""
+Fused Triton fast paths of the model's hot spots. The plain PyTorch code they replace stays the readable reference
+and the CPU default; tests/test_kernels.py checks every kernel against it (values and gradients), under Triton's
+CPU interpreter and, where there is a GPU, on it.
+
+    rotary.py   RoPE's rotation of q and k by real-valued positions (RoPE, RePo, every scaling), one launch
+    bench.py    plain vs fast, side by side (needs CUDA)
+
+The switch is GPTConfig.kernels (train.py --kernels, eval_niah.py and bench.py --kernels):
+    auto   the fast path when the tensors are on CUDA and triton is installed (the default)
+    on     always; without a GPU this is Triton's CPU interpreter, which TRITON_INTERPRET=1 in the environment
+           turns on (slow: for tests)
+    off    the plain PyTorch code
+"""
+import importlib.util
+
+MODES = ("auto", "on", "off")
+TRITON = importlib.util.find_spec("triton") is not None  # torch's CUDA builds bring it
+
+
+def use_kernels(mode, x):
+    """Whether the switch `mode` sends the tensor x down the fast path."""
+    return mode == "on" or (mode == "auto" and x.is_cuda and TRITON)
