@@ -23,6 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from cli import ArgumentParser, resolve_device
 from data.format import dataset_dir, load_meta
+from kernels import why_unavailable
 from model import GPT, GPTConfig, positional_choices
 
 
@@ -143,6 +144,9 @@ def main(argv=None):
         from data.embedded import prepare
         args.vocab_size = load_meta(prepare(dataset_dir("embedded")))["vocab_size"]
     device_type = torch.device(args.device).type
+    for mode in {overrides.get("kernels", args.kernels) for overrides in arms.values()}:
+        if why_unavailable(mode, device_type):
+            raise SystemExit(f"error: {why_unavailable(mode, device_type)}")
     bf16 = args.dtype == "bfloat16" or (args.dtype == "auto" and device_type == "cuda")
     ctx = torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16)
 

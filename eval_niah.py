@@ -46,6 +46,7 @@ from data.format import checkpoint_data_dir, load_tokenizer, load_tokens, write_
 from data.niah import HAYSTACKS, VARIANTS, make_sample
 from model import GPT, GPTConfig, format_health
 from fwpkm import read_iteratively
+from kernels import why_unavailable
 from rope import SCALINGS, RotaryEmbedding
 
 
@@ -294,6 +295,8 @@ def main(argv=None):
     if args.depths < 1 or args.samples < 1:
         raise SystemExit(f"error: --depths ({args.depths}) and --samples ({args.samples}) must be at least 1")
     args.device = resolve_device(args.device)
+    if why_unavailable(args.kernels, torch.device(args.device).type):
+        raise SystemExit(f"error: {why_unavailable(args.kernels, torch.device(args.device).type)}")
     ckpts = {path: load_checkpoint(path) for path in args.ckpt}  # every one is checked before any work
     check_writable_dir(args.out_dir, "--out_dir")
     torch.manual_seed(args.seed)

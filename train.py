@@ -38,6 +38,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from cli import ArgumentParser, check_writable_dir, load_checkpoint, resolve_device
 from data.format import dataset_dir, get_batch, load_meta, load_tokenizer, load_tokens, write_atomic
 from data.niah import make_drill
+from kernels import why_unavailable
 from model import GPT, GPTConfig, format_health, positional_choices, stage_defaults
 
 OPTIONS = {  # name: (default, help); the defaults are the CPU default run
@@ -318,6 +319,8 @@ def main(argv=None):
             torch.cuda.set_device(device)
         dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
     device_type = torch.device(device).type
+    if why_unavailable(o["kernels"], device_type):
+        sys.exit(f"error: {why_unavailable(o['kernels'], device_type)}")
     if o["grad_accum"] % world:
         sys.exit(f"error: --grad_accum {o['grad_accum']} must be a multiple of the number of processes ({world})")
     accum_here = o["grad_accum"] // world
@@ -392,8 +395,9 @@ def main(argv=None):
 
     def checkpoint(it, path=ckpt_path):  # and the loss curve beside it
         save_checkpoint(path, {
-            "model_config": config.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "iter": it, "options": o, "history": history, "seconds": seconds_before + time.time() - t_start,
+            # the kernel switch is a choice of the machine that runs the model, not of the model: stored as "auto"
+            "model_config": {**config.to_dict(), "kernels": "auto"}, "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "iter": it, "options": o, "history": history, "seconds": seconds_before + time.time() - t_start,
             "data_rng": data_state, "torch_rng": torch.get_rng_state()})
         plot_losses(history, os.path.join(o["out_dir"], "loss.png"), f"{config.pe}, {o['dataset']}")
 

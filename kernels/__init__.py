@@ -13,9 +13,22 @@ The switch is GPTConfig.kernels (train.py --kernels, eval_niah.py and bench.py -
     off    the plain PyTorch code
 """
 import importlib.util
+import os
 
 MODES = ("auto", "on", "off")
 TRITON = importlib.util.find_spec("triton") is not None  # torch's CUDA builds bring it
+
+
+def why_unavailable(mode, device_type):
+    """None if the switch `mode` can run on a device of this type, else the reason in one line."""
+    if mode != "on":
+        return None
+    if not TRITON:
+        return "--kernels on needs triton (pip install triton); use --kernels auto or off"
+    if device_type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return ("--kernels on without a GPU runs Triton's CPU interpreter, which needs TRITON_INTERPRET=1 in the "
+                "environment (slow; for tests); use --kernels auto or off")
+    return None
 
 
 def use_kernels(mode, x):

@@ -68,6 +68,7 @@ CASES = [
     case("train.py", ["--data_dir", f"{W}/odd", "--out_dir", f"{W}/new"], "odd/train.bin has"),
     case("train.py", ["--block_size", "100000", "--out_dir", f"{W}/new"], "fewer than the 100,002 needed"),
     case("train.py", ["--batch_size", "abc"], "'abc'"),
+    case("train.py", ["--kernels", "fast"], "unknown kernels 'fast'; valid choices: auto, on, off"),
     *(case("eval_niah.py", ["--ckpt", f"{W}/good/ckpt.pt", "--lengths", value], value) for value in ("abc", "0", "-1")),
     case("eval_niah.py", ["--ckpt", f"{W}/good/ckpt.pt", "--iters", "x"], "--iters 'x'"),
     *(case(program, ["--ckpt", f"{W}/{bad}"], f"{bad} is not a valid checkpoint")
@@ -124,3 +125,13 @@ def test_stale_temp_files_of_dead_writers_are_removed(tmp_path):
         assert sorted(os.listdir(tmp_path)) == sorted(["ckpt.pt", f"ckpt.pt.{live.pid}.tmp"])
     finally:
         live.communicate(b"")
+
+
+def test_kernels_on_without_a_gpu_or_interpreter_is_one_line(workspace, monkeypatch):
+    """--kernels on on a CPU needs Triton's interpreter, chosen in the environment before Python starts."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    if torch.cuda.is_available():
+        pytest.skip("a GPU runs --kernels on")
+    with pytest.raises(SystemExit, match="--kernels on"):
+        train.main(["--data_dir", str(workspace / "data"), "--out_dir", str(workspace / "new"), "--kernels", "on"])
+    assert not (workspace / "new").exists() or not os.listdir(workspace / "new")

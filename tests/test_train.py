@@ -50,7 +50,8 @@ def test_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path, tiny_data,
     monkeypatch.setattr(train, "lr_at", real_lr_at)
     assert load(tmp_path, "b")["iter"] == 8
     resumed = run(tmp_path, tiny_data, "--max_iters", "14", "--resume", out="b")
-    assert "resuming" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "resuming" in out and "in all," in out and "since the resume" in out  # the whole run's time, and this one's
     assert resumed["train_loss"] == uninterrupted["train_loss"]  # bit-exact on CPU
     assert resumed["val_loss"] == uninterrupted["val_loss"]
     for name, tensor in load(tmp_path, "a")["model"].items():
