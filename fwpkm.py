@@ -68,6 +68,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from kernels import use_kernels
 from model import KVCache, register_sublayer
 
 IDW_EPS = 1e-3  # s = −log(eps + distance²): a slot at distance 0 scores −log(eps) ≈ 6.9, not infinity
@@ -146,13 +147,18 @@ class ProductKeyMemory(nn.Module):
         self.sub_keys = nn.Parameter(torch.randn(2, n, d_k // 2) / math.sqrt(d_k // 2))
         self.values = nn.Embedding(n * n, config.memory_value_dim)
         self.out_proj = nn.Linear(config.memory_value_dim, config.n_embd, bias=False)
+        self.kernels = config.kernels
 
     def forward(self, x, pos, cache=None):
         q = self.query_norm(self.query(self.in_norm(x)))                   # [B, T, d_k]
         q1, q2 = q.chunk(2, dim=-1)
         scores, slots = product_topk(dot_scores(q1, self.sub_keys[0]), dot_scores(q2, self.sub_keys[1]), self.topk)
         w = F.softmax(scores.float(), dim=-1).type_as(q)                   # [B, T, k]
-        read = (w[..., None] * self.values(slots)).sum(-2)                 # v̂ = Σ w_i V_i   [B, T, d_v]
+        if use_kernels(self.kernels, x):  # the same read without the gathered rows in memory (kernels/pkm.py)
+            from kernels import pkm  # imports triton, which CPU-only installs may lack
+            read = pkm.read(self.values.weight, slots, w)
+        else:
+            read = (w[..., None] * self.values(slots)).sum(-2)             # v̂ = Σ w_i V_i   [B, T, d_v]
         if not self.training:
             coverage, collisions = slot_health(slots, self.values.num_embeddings)
             self.health = {"coverage": coverage, "collisions": collisions}
@@ -183,6 +189,7 @@ class FastWeightProductKeyMemory(nn.Module):
         self.v_norm, self.value = nn.RMSNorm(C), nn.Linear(C, d_v, bias=False)
         self.g_norm, self.gate = nn.RMSNorm(C), nn.Linear(C, 1, bias=False)
         self.out_norm, self.out_proj = nn.RMSNorm(d_v), nn.Linear(d_v, C, bias=False)
+        self.kernels = config.kernels
         # the initial fast weights: keys on the scale of the initial queries (0.02·sqrt(C) per feature), values 0
         self.register_buffer("initial_keys", torch.randn(2, n, d_k // 2) * 0.02 * math.sqrt(C))
         self.register_buffer("initial_values", torch.zeros(n * n, d_v))
@@ -205,13 +212,29 @@ class FastWeightProductKeyMemory(nn.Module):
         keys = state.keys[group]                                                      # [B, 2, n, d_k/2]
         scores, slots = product_topk(idw_scores(q1, keys[:, 0]), idw_scores(q2, keys[:, 1]), self.topk)
         w = F.softmax(scores, dim=-1)                                                 # [B, T, k]
-        rows = state.values[group[:, None, None], slots]                              # [B, T, k, d_v]
-        v_hat = (w[..., None] * rows).sum(-2)                                         # v̂_t = Σ w V   [B, T, d_v]
+        if use_kernels(self.kernels, h):  # the same read, memory [G, N, d_v] as rows group·N + slot (kernels/pkm.py)
+            from kernels import pkm
+            v_hat = pkm.read(state.values.flatten(0, 1), group[:, None, None] * state.values.shape[1] + slots, w)
+        else:
+            rows = state.values[group[:, None, None], slots]                          # [B, T, k, d_v]
+            v_hat = (w[..., None] * rows).sum(-2)                                     # v̂_t = Σ w V   [B, T, d_v]
         return {"q": q, "v": v, "g": g, "w": w, "slots": slots, "v_hat": v_hat, "group": group}
 
     def write(self, r, state):
         """One SGD step (lr 1) of L_mem on the values and of L_addr on the keys, from the reads r of one chunk."""
         G, N, d_v = state.values.shape
+        # L_addr on the keys, taken on detached queries (it does not depend on the values)
+        state.keys = state.keys - addressing_gradient(r["q"].detach(), state.keys, r["group"], self.topk)
+        needs_graph = torch.is_grad_enabled() and any(
+            t.requires_grad for t in (state.values, r["v_hat"], r["v"], r["g"], r["w"]))
+        if use_kernels(self.kernels, state.values) and not needs_graph:
+            # the same value step as one fused scatter into state.values, in place (kernels/pkm.py). Only where no
+            # graph is needed (evaluation, read_iteratively, generation): training differentiates through the
+            # write (the LM loss of later chunks reaches W_v, W_q and the gate), so it takes the plain code below
+            from kernels import pkm
+            pkm.write_values(state.values, r["group"][:, None, None] * N + r["slots"], r["w"], r["g"], r["v_hat"],
+                             r["v"], self.topk)
+            return
         # L_mem with lookahead: token t's read is pulled towards v_{t+1}; ∂L_mem/∂V_i = Σ_t g_t w_{t,i} (v̂_t − v_{t+1})
         err = r["v_hat"][:, :-1] - r["v"][:, 1:]                                     # [B, T-1, d_v]
         weight = r["g"][:, :-1] * r["w"][:, :-1]                                      # [B, T-1, k]
@@ -219,10 +242,7 @@ class FastWeightProductKeyMemory(nn.Module):
         grad = torch.zeros(G * N, d_v, device=err.device).index_add(
             0, flat, (weight[..., None] * err[:, :, None, :]).flatten(0, 2))
         reads = torch.zeros(G * N, device=err.device).index_add(0, flat, torch.ones_like(flat, dtype=torch.float))
-        values = state.values - (self.topk / reads.clamp_min(1))[:, None].view(G, N, 1) * grad.view(G, N, d_v)
-        # L_addr on the keys, taken on detached queries
-        state.values, state.keys = values, state.keys - addressing_gradient(r["q"].detach(), state.keys,
-                                                                            r["group"], self.topk)
+        state.values = state.values - (self.topk / reads.clamp_min(1))[:, None].view(G, N, 1) * grad.view(G, N, d_v)
 
     def forward(self, x, pos, cache=None):
         B, T, _ = x.shape

@@ -1,9 +1,10 @@
 """
 Fused Triton fast paths of the model's hot spots. The plain PyTorch code they replace stays the readable reference
-and the CPU default; tests/test_kernels.py checks every kernel against it (values and gradients), under Triton's
-CPU interpreter and, where there is a GPU, on it.
+and the CPU default; tests/test_kernels.py and tests/test_kernels_pkm.py check every kernel against it (values and
+gradients), under Triton's CPU interpreter and, where there is a GPU, on it.
 
     rotary.py   RoPE's rotation of q and k by real-valued positions (RoPE, RePo, every scaling), one launch
+    pkm.py      the memories' top-k read of value rows (forward, backward) and FwPKM's value write (no graph)
     bench.py    plain vs fast, side by side (needs CUDA)
 
 The switch is GPTConfig.kernels (train.py --kernels, eval_niah.py and bench.py --kernels):
