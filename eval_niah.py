@@ -91,13 +91,15 @@ def captured_qk(model):
             hook.remove()
 
 
-def attention_stats(qk, samples):
+def attention_stats(qk, samples, window=None):
     """Where the answer's first query (the last prompt token) attends, per layer, mean over heads and samples:
     [mass on the asked needle's tokens, mass on as many tokens right before the query, entropy in nats]."""
     at = samples[0]["prompt_len"] - 1
     stats = {}
     for layer, (q, k) in qk.items():
         scores = torch.einsum("bhd,bhtd->bht", q[:, :, at].float(), k[:, :, :at + 1].float()) / math.sqrt(q.shape[-1])
+        if window is not None:  # keys before the window get no attention
+            scores[..., :max(0, at + 1 - window)] = float("-inf")
         w = torch.softmax(scores, dim=-1)                                  # [B, H, at + 1]
         needle = torch.zeros_like(w[:, 0], dtype=torch.bool)              # [B, at + 1]
         nearby = torch.zeros_like(needle)
@@ -119,7 +121,7 @@ def start_cache(model, tokens, samples, iters):
 
 
 @torch.no_grad()
-def score_batch(model, samples, enc, device, iters=1):
+def score_batch(model, samples, enc, device, iters=1, window=None):
     """Greedy exact match and teacher-forced value-token accuracy for samples of equal length and answer length,
     and attention_stats() of the teacher-forced pass; with iters > 1, both passes start from the fast weights of
     iters − 1 extra reads (fwpkm.py)."""
@@ -128,13 +130,14 @@ def score_batch(model, samples, enc, device, iters=1):
     answer_len = tokens.shape[1] - prompt_len
     cache = start_cache(model, tokens, samples, iters)
     with captured_qk(model) as qk:
-        logits, _ = model(tokens[:, :-1], cache=cache and cache.copy())
-    attention = attention_stats(qk, samples)
+        logits, _ = model(tokens[:, :-1], cache=cache and cache.copy(), window=window)
+    attention = attention_stats(qk, samples, window)
     health = model.health_reports() if isinstance(model, GPT) else {}  # of this teacher-forced pass
     predicted = logits[:, prompt_len - 1:].argmax(-1)                  # [B, answer_len]
     mask = torch.tensor([s["value_mask"] for s in samples], device=device)
     token_acc = ((predicted == tokens[:, prompt_len:]) & mask).sum(1) / mask.sum(1)
-    generated = model.generate(tokens[:, :prompt_len], answer_len, temperature=0, cache=cache)[:, prompt_len:]
+    generated = model.generate(tokens[:, :prompt_len], answer_len, temperature=0, cache=cache,
+                               window=window)[:, prompt_len:]
     exact = []
     for s, out in zip(samples, generated.tolist()):
         found = set(re.findall(r"\d+", enc.decode(out)))
@@ -161,12 +164,13 @@ def evaluate(ckpt_path, ckpt, args, device):
                            for i in range(args.samples)]
                 exact, token, attention = [], [], []
                 for b in range(0, len(samples), args.batch_size):
-                    e, t, a, h = score_batch(model, samples[b:b + args.batch_size], enc, device, iters)
+                    e, t, a, h = score_batch(model, samples[b:b + args.batch_size], enc, device, iters,
+                                             args.window or None)
                     health.append(h)
                     exact += e
                     token += t
                     attention += [a] * len(e)
-                yield {"label": label, "ckpt": ckpt_path, "pe": config["pe"], **changes,
+                yield {"label": label, "ckpt": ckpt_path, "pe": config["pe"], **changes, "window": args.window,
                        "variant": variant, "haystack": haystack, "multiple": mult, "length": length,
                        "depth": depth, "exact": float(np.mean(exact)), "token": float(np.mean(token)),
                        "attention": {layer: np.mean([a[layer] for a in attention], axis=0).tolist()
@@ -187,7 +191,9 @@ def print_tables(results, lengths):
     for variant in sorted({r["variant"] for r in results}):
         for haystack in sorted({r["haystack"] for r in results}):
             rows = [r for r in results if r["variant"] == variant and r["haystack"] == haystack]
-            print(f"\n{variant} needle, {haystack} haystack: exact match % (teacher-forced value-token accuracy %)")
+            window = f", attention window {rows[0]['window']}" if rows[0]["window"] else ""
+            print(f"\n{variant} needle, {haystack} haystack{window}: exact match % (teacher-forced value-token "
+                  f"accuracy %)")
             print(f"{'':{width}s}" + "".join(f"{f'{m}x':>16s}" for m in lengths))
             for label in dict.fromkeys(r["label"] for r in rows):
                 cells = []
@@ -270,6 +276,8 @@ def main(argv=None):
                         "python drope.py; 0 if none)")
     p.add_argument("--iters", default="1", help="comma list of reading passes for models with FwPKM layers: n > 1 "
                    "reads the haystack n − 1 extra times first, carrying only the fast weights (fwpkm.py)")
+    p.add_argument("--window", type=int, default=0, help="sliding-window attention of this many tokens in the "
+                   "answering passes (0: full attention), for models whose attention must not reach the needle")
     p.add_argument("--data_dir", default=None, help="haystack data; default: the checkpoint's dataset")
     p.add_argument("--out_dir", default="out/niah")
     p.add_argument("--batch_size", type=int, default=10, help="samples per forward pass")
@@ -292,6 +300,8 @@ def main(argv=None):
         args.logit_scale_c = [c if c == "fitted" else float(c) for c in args.logit_scale_c.split(",") if c]
     except ValueError:
         raise SystemExit(f"error: --logit_scale_c {args.logit_scale_c!r}: give numbers or 'fitted', e.g. fitted,0")
+    if args.window < 0:
+        raise SystemExit(f"error: --window {args.window} must be a number of tokens >= 1, or 0 for full attention")
     if args.depths < 1 or args.samples < 1:
         raise SystemExit(f"error: --depths ({args.depths}) and --samples ({args.samples}) must be at least 1")
     args.device = resolve_device(args.device)

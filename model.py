@@ -326,12 +326,13 @@ class GPT(nn.Module):
         return logits, loss
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None, cache=None):
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None, cache=None, window=None):
         """Continues idx [B, T] by max_new_tokens tokens with a KV cache. The prompt is never cropped to the
         training length: running beyond it is what this project studies. temperature=0 means greedy. cache: an
-        empty KVCache to start from, e.g. one whose state holds FwPKM fast weights from earlier reading passes."""
+        empty KVCache to start from, e.g. one whose state holds FwPKM fast weights from earlier reading passes.
+        window: sliding-window attention, as in forward()."""
         cache = KVCache(self.config.n_layer) if cache is None else cache
-        logits, _ = self(idx, cache=cache)
+        logits, _ = self(idx, cache=cache, window=window)
         out = [idx]
         for step in range(max_new_tokens):
             next_logits = logits[:, -1, :].float()
@@ -345,5 +346,5 @@ class GPT(nn.Module):
                 next_token = torch.multinomial(F.softmax(next_logits, dim=-1), 1, generator=generator)
             out.append(next_token)
             if step + 1 < max_new_tokens:
-                logits, _ = self(next_token, cache=cache)
+                logits, _ = self(next_token, cache=cache, window=window)
         return torch.cat(out, dim=1)

@@ -66,7 +66,8 @@ OPTIONS = {  # name: (default, help); the defaults are the CPU default run
     "memory_value_dim": (128, "memory value size"),
     "memory_chunk": (32, "FwPKM tokens per write, and the sliding window of --swa_prob steps"),
     "memory_lifetime": ("sequence", "FwPKM memory: sequence (fresh per sequence) or persistent (fwpkm.py)"),
-    "swa_prob": (0.0, "probability of a step with sliding-window attention (window = memory_chunk; FwPKM's trick)"),
+    "swa_prob": (0.0, "probability of a step with sliding-window attention (FwPKM's trick; 1: every step)"),
+    "swa_window": (0, "tokens each query sees on --swa_prob steps, itself included (0: memory_chunk)"),
     # data
     "niah_mix": (0.0, "fraction of training rows replaced by needle-in-a-haystack documents (data/niah.py)"),
     # optimisation
@@ -96,7 +97,7 @@ DEFAULTS = {name: default for name, (default, _) in OPTIONS.items()}
 AT_LEAST_ONE = ("n_layer", "n_head", "n_embd", "block_size", "memory_n_sub", "memory_topk", "memory_key_dim",
                 "memory_value_dim", "memory_chunk", "batch_size", "grad_accum", "max_iters", "eval_interval",
                 "eval_iters", "log_interval")
-AT_LEAST_ZERO = ("warmup_iters", "lr", "min_lr", "weight_decay", "grad_clip")
+AT_LEAST_ZERO = ("warmup_iters", "lr", "min_lr", "weight_decay", "grad_clip", "swa_window")
 FRACTIONS = ("niah_mix", "swa_prob")
 
 
@@ -410,7 +411,8 @@ def main(argv=None):
         if device_type == "cuda":  # page-locked, so the copy to the GPU does not wait for the host
             rows = [(x.pin_memory(), y.pin_memory()) for x, y in rows]
         # FwPKM's trick: some steps attend only within a sliding window, so lookups further back need the memory
-        window = o["memory_chunk"] if o["swa_prob"] > 0 and torch.rand(1, generator=data_gen) < o["swa_prob"] else None
+        swa = o["swa_prob"] > 0 and torch.rand(1, generator=data_gen) < o["swa_prob"]
+        window = (o["swa_window"] or o["memory_chunk"]) if swa else None
         return rows, window
 
     tokens_per_iter = o["batch_size"] * o["grad_accum"] * config.block_size

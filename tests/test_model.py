@@ -136,3 +136,14 @@ def test_learned_absolute_positions():
         after = model(x)[0]
         assert torch.equal(before[:, :3], after[:, :3]) and not torch.allclose(before[:, 3:], after[:, 3:])
         assert model(torch.randint(64, (1, 40)))[0].shape == (1, 40, 64)  # runs beyond block_size
+
+
+def test_generation_with_a_window_equals_the_windowed_forward():
+    model = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32)).eval()
+    prompt = torch.randint(64, (2, 20))
+    with torch.no_grad():
+        out = model.generate(prompt, 6, temperature=0, window=5)
+        expected = prompt
+        for _ in range(6):  # greedy, each token from a full windowed forward without a cache
+            expected = torch.cat((expected, model(expected, window=5)[0][:, -1:].argmax(-1)), dim=1)
+    assert torch.equal(out, expected)

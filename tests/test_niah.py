@@ -71,7 +71,7 @@ class Oracle(torch.nn.Module):
         super().__init__()
         self.sequence, self.vocab, self.wrong_at = sequence, vocab, wrong_at
 
-    def forward(self, idx, targets=None, cache=None):
+    def forward(self, idx, targets=None, cache=None, window=None):
         logits = torch.zeros(idx.shape[0], idx.shape[1], self.vocab)
         for b in range(idx.shape[0]):
             for t in range(idx.shape[1]):
@@ -146,3 +146,17 @@ def test_attention_stats_on_hand_made_queries(enc_and_val):
     assert needle_mass == pytest.approx((1 + uniform) / 2, abs=1e-4)
     assert nearby_mass == pytest.approx(uniform / 2, abs=1e-4)
     assert entropy == pytest.approx((math.log(s["needle_len"]) + math.log(at + 1)) / 2, abs=1e-3)
+
+
+def test_window_keeps_the_needle_out_of_attention(tmp_path, tiny_data):
+    """--window W: the answering passes attend to the last W tokens only, so a needle further back gets no attention
+    (the testbed where only a memory can answer)."""
+    model = GPT(GPTConfig(vocab_size=load_tokenizer(tiny_data).n_vocab, block_size=64, n_layer=2, n_head=2,
+                          n_embd=16))
+    torch.save({"model_config": model.config.to_dict(), "model": model.state_dict(),
+                "options": {"data_dir": tiny_data}}, tmp_path / "ckpt.pt")
+    results = eval_niah.main(["--ckpt", str(tmp_path / "ckpt.pt"), "--lengths", "2", "--depths", "1",
+                              "--samples", "2", "--window", "8", "--out_dir", str(tmp_path / "niah")])
+    assert results and all(r["window"] == 8 for r in results)
+    for r in results:  # depth 0: the needle opens the 128-token sample, far outside the last 8 tokens
+        assert all(needle == 0.0 for needle, _, _ in r["attention"].values())

@@ -166,3 +166,17 @@ def test_retrieval_mix_rows(tiny_data):
         numbers = [w.strip('.,"?') for w in text.split() if w.strip('.,"?').isdigit() and len(w.strip('.,"?')) == 4]
         asked = text.rsplit("What", 1)[1]  # the question and the answer: values of the training half only
         assert all(split_of(v) == "train" for v in numbers if v in asked)
+
+
+def test_sliding_window_steps_use_swa_window(tmp_path, tiny_data, monkeypatch):
+    seen, real_forward = [], model_module.GPT.forward
+
+    def recording_forward(self, idx, targets=None, cache=None, window=None):
+        if self.training:
+            seen.append(window)
+        return real_forward(self, idx, targets, cache, window)
+    monkeypatch.setattr(model_module.GPT, "forward", recording_forward)
+    run(tmp_path, tiny_data, "--max_iters", "2", "--swa_prob", "1", "--swa_window", "5", out="swa")
+    run(tmp_path, tiny_data, "--max_iters", "2", "--swa_prob", "1", "--memory_chunk", "7", out="chunk")
+    run(tmp_path, tiny_data, "--max_iters", "2", out="full")
+    assert seen == [5] * 2 + [7] * 2 + [None] * 2
