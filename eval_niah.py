@@ -112,12 +112,12 @@ def attention_stats(qk, samples, window=None):
     return stats
 
 
-def start_cache(model, tokens, samples, iters):
+def start_cache(model, tokens, samples, iters, window=None):
     """None for a single pass; for iters = n > 1, a KVCache holding the FwPKM fast weights after n − 1 extra reads
-    of the haystack (every token before the earliest question of the batch)."""
+    of the haystack (every token before the earliest question of the batch), with the same attention window."""
     if iters == 1:
         return None
-    return read_iteratively(model, tokens[:, :min(s["question_at"] for s in samples)], iters - 1)
+    return read_iteratively(model, tokens[:, :min(s["question_at"] for s in samples)], iters - 1, window)
 
 
 @torch.no_grad()
@@ -128,7 +128,7 @@ def score_batch(model, samples, enc, device, iters=1, window=None):
     tokens = torch.tensor([s["tokens"] for s in samples], device=device)
     prompt_len = samples[0]["prompt_len"]
     answer_len = tokens.shape[1] - prompt_len
-    cache = start_cache(model, tokens, samples, iters)
+    cache = start_cache(model, tokens, samples, iters, window)
     with captured_qk(model) as qk:
         logits, _ = model(tokens[:, :-1], cache=cache and cache.copy(), window=window)
     attention = attention_stats(qk, samples, window)
@@ -276,8 +276,8 @@ def main(argv=None):
                         "python drope.py; 0 if none)")
     p.add_argument("--iters", default="1", help="comma list of reading passes for models with FwPKM layers: n > 1 "
                    "reads the haystack n − 1 extra times first, carrying only the fast weights (fwpkm.py)")
-    p.add_argument("--window", type=int, default=0, help="sliding-window attention of this many tokens in the "
-                   "answering passes (0: full attention), for models whose attention must not reach the needle")
+    p.add_argument("--window", type=int, default=0, help="sliding-window attention of this many tokens in every "
+                   "pass (0: full attention), for models whose attention must not reach the needle")
     p.add_argument("--data_dir", default=None, help="haystack data; default: the checkpoint's dataset")
     p.add_argument("--out_dir", default="out/niah")
     p.add_argument("--batch_size", type=int, default=10, help="samples per forward pass")

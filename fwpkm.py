@@ -297,13 +297,14 @@ register_sublayer(memory_layer)
 
 
 @torch.no_grad()
-def read_iteratively(model, context, passes):
+def read_iteratively(model, context, passes, window=None):
     """Reads context [B, T] `passes` times, each pass one write of the whole context (write chunk = T), carrying only
-    the fast weights from pass to pass. Returns an empty KVCache holding them, to answer from."""
+    the fast weights from pass to pass; window: the attention's sliding window while reading, as in forward().
+    Returns an empty KVCache holding them, to answer from."""
     memories = [m for m in model.modules() if isinstance(m, FastWeightProductKeyMemory)]
     state = {m.name: m.fresh_state(context.shape[0], chunk=context.shape[1]) for m in memories}
     for _ in range(passes):
-        model(context, cache=KVCache(model.config.n_layer, state=state))  # a fresh attention cache every pass
+        model(context, cache=KVCache(model.config.n_layer, state=state), window=window)  # a fresh attention cache
     for m in memories:
         state[m.name].chunk = m.chunk
     return KVCache(model.config.n_layer, state=state)

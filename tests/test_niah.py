@@ -160,3 +160,14 @@ def test_window_keeps_the_needle_out_of_attention(tmp_path, tiny_data):
     assert results and all(r["window"] == 8 for r in results)
     for r in results:  # depth 0: the needle opens the 128-token sample, far outside the last 8 tokens
         assert all(needle == 0.0 for needle, _, _ in r["attention"].values())
+
+
+def test_reading_passes_use_the_window():
+    """The extra reading passes (--iters) attend through the answering pass's window: the fast weights they leave
+    depend on it, and a window as long as the context is full attention."""
+    from fwpkm import read_iteratively
+    model = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32, fwpkm_layers=(1,),
+                          memory_n_sub=4, memory_topk=2, memory_key_dim=8, memory_value_dim=8)).eval()
+    context = torch.randint(64, (2, 40))
+    values = {w: read_iteratively(model, context, 2, w).state["fwpkm1"].values for w in (None, 4, 40)}
+    assert torch.equal(values[None], values[40]) and not torch.allclose(values[None], values[4])
