@@ -23,7 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from cli import ArgumentParser, resolve_device
 from data.format import dataset_dir, load_meta
-from kernels import why_unavailable
+from kernels import MODES as KERNEL_MODES, check_available
 from model import GPT, GPTConfig, positional_choices
 
 
@@ -132,7 +132,7 @@ def main(argv=None):
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
                    help="auto: bfloat16 autocast on cuda, float32 elsewhere")
     p.add_argument("--compile", action="store_true", help="torch.compile every arm")
-    p.add_argument("--kernels", default="auto", choices=("auto", "on", "off"),
+    p.add_argument("--kernels", default="auto", choices=KERNEL_MODES,
                    help="fused Triton fast paths (kernels/) of every arm, unless the arm sets +kernels=...")
     args = p.parse_args(argv)
     arms = {arm: parse_arm(arm) for arm in args.arms}
@@ -145,8 +145,7 @@ def main(argv=None):
         args.vocab_size = load_meta(prepare(dataset_dir("embedded")))["vocab_size"]
     device_type = torch.device(args.device).type
     for mode in {overrides.get("kernels", args.kernels) for overrides in arms.values()}:
-        if why_unavailable(mode, device_type):
-            raise SystemExit(f"error: {why_unavailable(mode, device_type)}")
+        check_available(mode, device_type)
     bf16 = args.dtype == "bfloat16" or (args.dtype == "auto" and device_type == "cuda")
     ctx = torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16)
 

@@ -46,7 +46,7 @@ from data.format import checkpoint_data_dir, load_tokenizer, load_tokens, write_
 from data.niah import HAYSTACKS, VARIANTS, make_sample
 from model import GPT, GPTConfig, format_health
 from fwpkm import read_iteratively
-from kernels import why_unavailable
+from kernels import MODES as KERNEL_MODES, check_available
 from rope import SCALINGS, RotaryEmbedding
 
 
@@ -282,7 +282,7 @@ def main(argv=None):
     p.add_argument("--out_dir", default="out/niah")
     p.add_argument("--batch_size", type=int, default=10, help="samples per forward pass")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, mps")
-    p.add_argument("--kernels", default="auto", choices=("auto", "on", "off"),
+    p.add_argument("--kernels", default="auto", choices=KERNEL_MODES,
                    help="fused Triton fast paths (kernels/): auto (on CUDA when triton is installed), on, off")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -305,8 +305,7 @@ def main(argv=None):
     if args.depths < 1 or args.samples < 1:
         raise SystemExit(f"error: --depths ({args.depths}) and --samples ({args.samples}) must be at least 1")
     args.device = resolve_device(args.device)
-    if why_unavailable(args.kernels, torch.device(args.device).type):
-        raise SystemExit(f"error: {why_unavailable(args.kernels, torch.device(args.device).type)}")
+    check_available(args.kernels, torch.device(args.device).type)
     ckpts = {path: load_checkpoint(path) for path in args.ckpt}  # every one is checked before any work
     check_writable_dir(args.out_dir, "--out_dir")
     torch.manual_seed(args.seed)

@@ -38,7 +38,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from cli import ArgumentParser, check_writable_dir, load_checkpoint, resolve_device
 from data.format import dataset_dir, get_batch, load_meta, load_tokenizer, load_tokens, write_atomic
 from data.niah import make_drill
-from kernels import why_unavailable
+from kernels import check_available
 from model import GPT, GPTConfig, format_health, positional_choices, stage_defaults
 
 OPTIONS = {  # name: (default, help); the defaults are the CPU default run
@@ -320,8 +320,7 @@ def main(argv=None):
             torch.cuda.set_device(device)
         dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
     device_type = torch.device(device).type
-    if why_unavailable(o["kernels"], device_type):
-        sys.exit(f"error: {why_unavailable(o['kernels'], device_type)}")
+    check_available(o["kernels"], device_type)
     if o["grad_accum"] % world:
         sys.exit(f"error: --grad_accum {o['grad_accum']} must be a multiple of the number of processes ({world})")
     accum_here = o["grad_accum"] // world

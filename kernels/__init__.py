@@ -20,16 +20,15 @@ MODES = ("auto", "on", "off")
 TRITON = importlib.util.find_spec("triton") is not None  # torch's CUDA builds bring it
 
 
-def why_unavailable(mode, device_type):
-    """None if the switch `mode` can run on a device of this type, else the reason in one line."""
+def check_available(mode, device_type):
+    """Ends the program with one line when the switch `mode` cannot run on a device of this type."""
     if mode != "on":
-        return None
+        return
     if not TRITON:
-        return "--kernels on needs triton (pip install triton); use --kernels auto or off"
+        raise SystemExit("error: --kernels on needs triton (pip install triton); use --kernels auto or off")
     if device_type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        return ("--kernels on without a GPU runs Triton's CPU interpreter, which needs TRITON_INTERPRET=1 in the "
-                "environment (slow; for tests); use --kernels auto or off")
-    return None
+        raise SystemExit("error: --kernels on without a GPU runs Triton's CPU interpreter, which needs "
+                         "TRITON_INTERPRET=1 in the environment (slow; for tests); use --kernels auto or off")
 
 
 def use_kernels(mode, x):
