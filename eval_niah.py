@@ -45,7 +45,7 @@ from cli import ArgumentParser, check_writable_dir, load_checkpoint, parse_list,
 from data.format import checkpoint_data_dir, load_tokenizer, load_tokens, write_atomic, write_json
 from data.niah import HAYSTACKS, VARIANTS, make_sample
 from model import GPT, GPTConfig, format_health
-from fwpkm import read_iteratively
+from fwpkm import needle_trace, read_iteratively
 from kernels import MODES as KERNEL_MODES, check_available
 from rope import SCALINGS, RotaryEmbedding
 
@@ -133,6 +133,8 @@ def score_batch(model, samples, enc, device, iters=1, window=None):
         logits, _ = model(tokens[:, :-1], cache=cache and cache.copy(), window=window)
     attention = attention_stats(qk, samples, window)
     health = model.health_reports() if isinstance(model, GPT) else {}  # of this teacher-forced pass
+    for name, trace in needle_trace(model, samples).items():           # the needle's write and read (fwpkm.py)
+        health[name] = {**health[name], **trace}
     predicted = logits[:, prompt_len - 1:].argmax(-1)                  # [B, answer_len]
     mask = torch.tensor([s["value_mask"] for s in samples], device=device)
     token_acc = ((predicted == tokens[:, prompt_len:]) & mask).sum(1) / mask.sum(1)
@@ -157,12 +159,12 @@ def evaluate(ckpt_path, ckpt, args, device):
         for mult in args.lengths:
             length = int(mult * config["block_size"])
             model = load_model(ckpt, {**changes, "kernels": args.kernels}, length, device)
-            t0, health = time.time(), []
+            t0, length_health = time.time(), []
             for variant, haystack, depth in itertools.product(args.variants, args.haystacks, depths):
                 samples = [make_sample(random.Random(f"{args.seed}/{variant}/{haystack}/{length}/{depth}/{i}"),
                                        enc, val if haystack == "val" else None, length, depth, variant, "eval")
                            for i in range(args.samples)]
-                exact, token, attention = [], [], []
+                exact, token, attention, health = [], [], [], []
                 for b in range(0, len(samples), args.batch_size):
                     e, t, a, h = score_batch(model, samples[b:b + args.batch_size], enc, device, iters,
                                              args.window or None)
@@ -175,9 +177,10 @@ def evaluate(ckpt_path, ckpt, args, device):
                        "depth": depth, "exact": float(np.mean(exact)), "token": float(np.mean(token)),
                        "attention": {layer: np.mean([a[layer] for a in attention], axis=0).tolist()
                                      for layer in attention[0]},
-                       "n": len(samples)}
+                       "health": mean_health(health), "n": len(samples)}
+                length_health += health
             print(f"{label} at {length} tokens ({mult}x): {time.time() - t0:.1f}s"
-                  f"{format_health(mean_health(health))}", flush=True)
+                  f"{format_health(mean_health(length_health))}", flush=True)
 
 
 def mean_health(reports):

@@ -250,7 +250,7 @@ class FastWeightProductKeyMemory(nn.Module):
             state = cache.state.setdefault(self.name, self.fresh_state(B))
         else:
             state = self.fresh_state(B)
-        outs, stats = [], []
+        outs, stats, reads = [], [], []
         start = 0
         while start < T:
             # the tokens up to the next chunk boundary. Boundaries fall at multiples of the chunk in absolute
@@ -267,6 +267,7 @@ class FastWeightProductKeyMemory(nn.Module):
             outs.append(out)
             if not self.training:  # health costs host syncs, so it is measured in evaluation only
                 stats.append((r["g"].mean().item(), *slot_health(r["slots"], state.values.shape[1])))
+                reads.append({k: r[k][:, -new:] for k in ("slots", "w", "g", "v", "v_hat")})
             if h.shape[1] == state.chunk:  # the chunk is complete
                 self.write(r, state)
                 state.pending = None
@@ -279,8 +280,40 @@ class FastWeightProductKeyMemory(nn.Module):
         if stats:
             gate, coverage, collisions = (sum(s[i] for s in stats) / len(stats) for i in range(3))
             self.health = {"gate": gate, "coverage": coverage, "collisions": collisions}
+            self.last_reads = {k: torch.cat([r[k] for r in reads], dim=1) for k in reads[0]}  # for needle_trace
         out = torch.cat(outs, dim=1).type_as(x)                                       # [B, T, d_v]
         return self.out_proj(self.out_norm(out))
+
+
+def needle_trace(model, samples):
+    """Where each FwPKM layer wrote a NIAH sample's value and what the answer read back, from the last evaluation
+    forward of model over the samples' tokens (teacher-forced, so the answer's tokens are in it too).
+
+    With the lookahead, value token j of the needle (at position n_j) is stored by the token before it (n_j − 1)
+    under that token's query, and read back at the answer by the token before answer token j (prompt_len + j − 1),
+    which is the same token with the same local context ("... of Mia is" -> " ", "4" -> "8"). Per value token:
+      overlap     the answer's read weight on the slots the needle's token read (and so wrote) in this pass
+      gate_write  g at the needle's token (how strongly it wrote)    gate_read  g at the answer's token
+      recall      cos(v̂ read at the answer, v_{n_j} written at the needle): 1 = the value came back
+    Returns {layer name: {metric: mean}} over the samples whose answer occurs in their needle (not multivalue)."""
+    report = {}
+    for name, m in model.named_modules():
+        if not isinstance(m, FastWeightProductKeyMemory) or not hasattr(m, "last_reads"):
+            continue
+        r, rows = m.last_reads, []
+        for b, s in enumerate(samples):
+            answer, needle = s["tokens"][s["prompt_len"]:], s["tokens"][s["needle_at"]:s["needle_at"] + s["needle_len"]]
+            found = [o for o in range(len(needle) - len(answer) + 1) if needle[o:o + len(answer)] == answer]
+            if not found:
+                continue
+            for j in (j for j, is_value in enumerate(s["value_mask"]) if is_value):
+                written, w_at, r_at = s["needle_at"] + found[0] + j, s["needle_at"] + found[0] + j - 1, s["prompt_len"] + j - 1
+                hit = torch.isin(r["slots"][b, r_at], r["slots"][b, w_at])
+                rows.append([(r["w"][b, r_at] * hit).sum().item(), r["g"][b, w_at].item(), r["g"][b, r_at].item(),
+                             F.cosine_similarity(r["v_hat"][b, r_at], r["v"][b, written], dim=0).item()])
+        if rows:
+            report[name] = dict(zip(("overlap", "gate_write", "gate_read", "recall"), torch.tensor(rows).mean(0).tolist()))
+    return report
 
 
 def memory_layer(config, layer_idx):

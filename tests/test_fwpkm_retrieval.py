@@ -79,3 +79,21 @@ def test_without_the_write_there_is_nothing_to_read():
     tokens[5:7] = [FILLER[0], FILLER[1]]  # no needle
     out = memory(embed([tokens]), torch.arange(len(tokens)))[0, -1]
     assert out.abs().max() < 1e-3  # V_i = 0 never written: v̂ = 0
+
+
+def test_needle_trace_sees_the_write_and_the_read_back():
+    """needle_trace (eval_niah.py's memory diagnostics) on the hand-built layer: the question reads exactly the
+    slots the needle's key wrote, at gate 1, and gets the needle's value back; a question with another key reads
+    none of them and gets nothing back."""
+    from fwpkm import needle_trace
+    memory, _ = hand_built_memory()
+    for same_key, expected in ((True, 1.0), (False, 0.0)):
+        tokens, value = needle_sequence(random.Random(2), 4)
+        if not same_key:
+            tokens[-1] = next(k for k in KEYS if k != tokens[5])
+        sample = {"tokens": tokens + [value], "prompt_len": len(tokens), "needle_at": 5, "needle_len": 2,
+                  "value_mask": [True]}
+        memory(embed([tokens]), torch.arange(len(tokens)))
+        got = needle_trace(memory, [sample])[""]
+        assert abs(got["gate_write"] - 1) < 1e-5, got
+        assert abs(got["overlap"] - expected) < 1e-5 and abs(got["recall"] - expected) < 1e-4, got
