@@ -237,7 +237,7 @@ class FastWeightProductKeyMemory(nn.Module):
             pkm.write_values(state.values, r["group"][:, None, None] * N + r["slots"], r["w"], r["g"], r["v_hat"],
                              r["v"], self.topk)
             return
-        # --- solution: fwpkm write | V_i −= (k / N_i)·Σ_t g_t·w_{t,i}·(v̂_t − v_{t+1}), N_i: reads of row i ---
+        # --- solution: fwpkm write | V_i −= (k / N_i)·Σ_{t<T−1} g_t·w_{t,i}·(v̂_t − v_{t+1}), N_i: reads of row i ---
         # L_mem with lookahead: token t's read is pulled towards v_{t+1}; ∂L_mem/∂V_i = Σ_t g_t w_{t,i} (v̂_t − v_{t+1})
         err = r["v_hat"][:, :-1] - r["v"][:, 1:]                                     # [B, T-1, d_v]
         weight = r["g"][:, :-1] * r["w"][:, :-1]                                      # [B, T-1, k]
