@@ -24,8 +24,9 @@ land inside a function. Part names are unique: one region per part.
 
 Grading: PARTS maps each part to its points and the pytest node ids that check it (fast CPU tests; a node id
 without a [parameter] counts each of its parameters as a test). `grade` runs them all in one pytest process in DIR
-and gives a part points × passed / total; each failure is listed with its first line. It runs DIR's own tests:
-to grade a submission, copy the instructor's tests/ over it first.
+and gives a part points × passed / total; under the table each failure is listed with its message on one line
+(the exception; expected vs got). It runs DIR's own tests: to grade a submission, copy the instructor's tests/
+over it first. Later parts build on earlier ones (the RePo and FwPKM tests run RoPE and the product top-k).
 """
 import argparse
 import ast
@@ -116,19 +117,19 @@ def parse_regions(path, lines):
         if end and open_at is None:
             fail(i, "an end marker without a start")
         if start:
-            open_at, m = i, start
+            open_at, opened = i, start
             continue
-        hints = [m["hint"]] if m["hint"] else []
+        hints = [opened["hint"]] if opened["hint"] else []
         first = open_at + 1
         while first < i and HINT.fullmatch(lines[first]):
             hints.append(HINT.fullmatch(lines[first])["hint"] or "")
             first += 1
-        hint, part = " ".join(h.strip() for h in hints).strip(), m["part"].strip()
+        hint, part = " ".join(h.strip() for h in hints).strip(), opened["part"].strip()
         if not part or not hint:
             fail(open_at, "a region needs a part name and a hint")
         if not any(line.strip() for line in lines[first:i]):
             fail(open_at, f"region {part!r} has no statements")
-        regions.append(Region(path, part, hint, m["indent"], range(first, i)))
+        regions.append(Region(path, part, hint, opened["indent"], range(first, i)))
         open_at = None
     if open_at is not None:
         fail(open_at, "a region without an end marker")
