@@ -72,6 +72,9 @@ class DroppedPositionalEncoding(nn.Module):
 
     def forward(self, q, k, h, pos):
         # q, k: [B, H, T, D], returned unrotated; h is unused; pos: [T], only its end matters (the context length)
+        # --- solution: drope drop and beta ---
+        # | the drop: q and k are returned unrotated; beyond the training length L, q is scaled by
+        # | beta = 1 + c·ln(T / L) (in fp32), T = pos[-1] + 1 the context length; beta = 1 for T <= L
         if self.c == 0:  # beta = 1 at every length: all of the recalibration, which trains without beta
             return q, k
         # logit_scale() on the device: the length pos[-1] + 1 stays a tensor, so reading it costs no host sync
@@ -79,6 +82,7 @@ class DroppedPositionalEncoding(nn.Module):
         # softmax(beta·q·k/sqrt(D)): scaling q alone scales every logit by beta, and keeps the cached keys unscaled;
         # the product in fp32, as with a Python-float beta, so bf16 q is rounded once
         return (q.float() * beta).type_as(q), k
+        # --- end ---
 
 
 def recalibration_defaults(init_ckpt):

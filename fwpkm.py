@@ -87,12 +87,14 @@ def dot_scores(q, keys):
 def product_topk(s1, s2, k):
     """The top-k of s1_i + s2_j over all n² slots i·n + j, from the top-k of each half. s1, s2: [..., n].
     Returns (scores [..., k], slots [..., k])."""
+    # --- solution: product topk | top-k of each half; top-k of the k·k sums s1_a + s2_b; slot = i1_a·n + i2_b ---
     n = s1.shape[-1]
     top1, i1 = s1.topk(k, dim=-1)
     top2, i2 = s2.topk(k, dim=-1)
     pairs = (top1[..., :, None] + top2[..., None, :]).flatten(-2)          # [..., k·k]
     scores, j = pairs.topk(k, dim=-1)
     return scores, i1.gather(-1, j // k) * n + i2.gather(-1, j % k)
+    # --- end ---
 
 
 def addressing_gradient(q, keys, group, topk):
@@ -235,6 +237,7 @@ class FastWeightProductKeyMemory(nn.Module):
             pkm.write_values(state.values, r["group"][:, None, None] * N + r["slots"], r["w"], r["g"], r["v_hat"],
                              r["v"], self.topk)
             return
+        # --- solution: fwpkm write | V_i −= (k / N_i)·Σ_{t<T−1} g_t·w_{t,i}·(v̂_t − v_{t+1}), N_i: reads of row i ---
         # L_mem with lookahead: token t's read is pulled towards v_{t+1}; ∂L_mem/∂V_i = Σ_t g_t w_{t,i} (v̂_t − v_{t+1})
         err = r["v_hat"][:, :-1] - r["v"][:, 1:]                                     # [B, T-1, d_v]
         weight = r["g"][:, :-1] * r["w"][:, :-1]                                      # [B, T-1, k]
@@ -243,6 +246,7 @@ class FastWeightProductKeyMemory(nn.Module):
             0, flat, (weight[..., None] * err[:, :, None, :]).flatten(0, 2))
         reads = torch.zeros(G * N, device=err.device).index_add(0, flat, torch.ones_like(flat, dtype=torch.float))
         state.values = state.values - (self.topk / reads.clamp_min(1))[:, None].view(G, N, 1) * grad.view(G, N, d_v)
+        # --- end ---
 
     def forward(self, x, pos, cache=None):
         B, T, _ = x.shape

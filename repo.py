@@ -70,11 +70,15 @@ class PositionNetwork(nn.Module):
         self.to_position = nn.Linear(d_p, config.n_head, bias=False)     # W_z
 
     def forward(self, h):
+        # --- solution: repo position network ---
+        # | r = SiLU(h W_g) ⊙ (h W_c) (self.gate, self.content): [B, T, d_p];
+        # | z = r W_z (self.to_position) in fp32 with autocast off: [B, T, H]; return z as [B, H, T]
         r = F.silu(self.gate(h)) * self.content(h)                       # r = SiLU(h W_g) ⊙ (h W_c)  [B, T, d_p]
         # z in fp32 even under bf16 autocast: RoPE multiplies it by θ_k, and a bf16 z of ~100 is off by ~0.5
         with torch.autocast(h.device.type, enabled=False):
             z = self.to_position(r.float())                              # z = r W_z                  [B, T, H]
         return z.transpose(1, 2)                                         # [B, H, T]
+        # --- end ---
 
 
 class RePo(RotaryEmbedding):

@@ -98,6 +98,10 @@ def rope_frequencies(head_dim, base=10000.0, scaling=None, factor=1.0, train_len
     if scaling == "pi":
         inv_freq = inv_freq / factor                                       # θ_i / s  ==  positions m / s
     elif scaling == "yarn":
+        # --- solution: yarn frequencies ---
+        # | ramp_i = clamp((i − low) / (high − low), 0, 1) over the pairs i, (low, high) = yarn_correction_range()
+        # | (high += 0.001 if they are equal); θ'_i = θ_i / s · ramp_i + θ_i · (1 − ramp_i);
+        # | attention_factor = 0.1·ln(s) + 1 (yarn_attention_factor)
         low, high = yarn_correction_range(head_dim, base, train_len)
         if low == high:
             high += 0.001  # avoid a division by zero in the ramp
@@ -105,20 +109,29 @@ def rope_frequencies(head_dim, base=10000.0, scaling=None, factor=1.0, train_len
         ramp = ((i - low) / (high - low)).clamp(0, 1)                      # 0: fast, untouched; 1: slow, PI
         inv_freq = inv_freq / factor * ramp + inv_freq * (1 - ramp)
         attention_factor = yarn_attention_factor(factor)                   # mscale = 0.1·ln(s) + 1
+        # --- end ---
     return inv_freq.float(), attention_factor
 
 
 def rotation(pos, inv_freq, attention_factor=1.0):
     """cos and sin of the angles m·θ_i, times the attention factor: [T, D/2] for pos [T] (shared by all heads),
     [B, H, T, D/2] for pos [B, H, T] (a position per head, RePo). Positions may be any real values."""
+    # --- solution: rope angles ---
+    # | angle = m·θ_i for every position m, in fp32 (pos[..., None] · inv_freq);
+    # | return cos(angle)·attention_factor, sin(angle)·attention_factor
     angle = pos.float()[..., None] * inv_freq  # fp32 always
     return angle.cos() * attention_factor, angle.sin() * attention_factor
+    # --- end ---
 
 
 def apply_rotation(x, cos, sin):
     """Rotates pair i of x [B, H, T, D] by the angles whose cos and sin are given (rotation())."""
+    # --- solution: rope rotation ---
+    # | in fp32, pair i = (x1_i, x2_i) = (x[i], x[i + D/2]) rotated by the angle whose cos and sin are given:
+    # | return cat(x1·cos − x2·sin, x1·sin + x2·cos) in x's dtype
     x1, x2 = x.float().chunk(2, dim=-1)  # rotate-half layout: pair i = (x[i], x[i + D/2])
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
+    # --- end ---
 
 
 def rotate(x, pos, inv_freq, attention_factor=1.0):

@@ -31,16 +31,21 @@ def test_after_the_drop_the_last_output_ignores_the_order_of_earlier_tokens():
     shuffled = torch.cat((x[:, :-1][:, torch.randperm(11)], x[:, -1:]), dim=1)
     with torch.no_grad():
         torch.testing.assert_close(model(x)[0][:, -1], model(shuffled)[0][:, -1])
-        assert not torch.allclose(rope(x)[0][:, -1], rope(shuffled)[0][:, -1], atol=1e-4)  # RoPE sees the order
+        assert not torch.allclose(rope(x)[0][:, -1], rope(shuffled)[0][:, -1], atol=1e-4), \
+            "the RoPE model before the drop must see the order of the tokens"
 
 
 def test_beta_scales_q_exactly_and_is_one_within_the_training_length():
     module = drope.DroppedPositionalEncoding(GPTConfig(**SMALL, pe="drope", logit_scale_c=0.5))
     q, k = torch.randn(2, 2, 5, 16), torch.randn(2, 2, 5, 16)
     q_out, k_out = module(q, k, None, torch.arange(59, 64))  # context length 64 = 4x block_size
-    assert torch.equal(q_out, q * (1 + 0.5 * math.log(4))) and torch.equal(k_out, k)
-    q_out, k_out = module(q, k, None, torch.arange(11, 16))  # within block_size: the identity (beta is a tensor, 1)
-    assert torch.equal(q_out, q) and k_out is k
+    torch.testing.assert_close(q_out, q * (1 + 0.5 * math.log(4)), msg=lambda m: f"q·beta at 4x: {m}")
+    torch.testing.assert_close(k_out, k, rtol=0, atol=0, msg=lambda m: f"k must stay unscaled: {m}")
+    for pos in (torch.arange(11, 16), torch.arange(5)):  # within block_size (16): the identity, beta = 1
+        q_out, k_out = module(q, k, None, pos)
+        torch.testing.assert_close(q_out, q, rtol=0, atol=0,
+                                   msg=lambda m: f"beta = 1 at length {int(pos[-1]) + 1} <= the training length 16: {m}")
+        torch.testing.assert_close(k_out, k, rtol=0, atol=0, msg=lambda m: f"k must stay unscaled: {m}")
 
 
 def test_beta_scales_every_attention_logit(monkeypatch):
@@ -56,16 +61,17 @@ def test_beta_scales_every_attention_logit(monkeypatch):
                             lambda q, k, v, **kw: sdpa(q, k, v, scale=beta / math.sqrt(q.shape[-1]), **kw))
         reference = dropped(rope)(x)[0]
     torch.testing.assert_close(scaled, reference)
-    assert not torch.allclose(scaled, plain, atol=1e-4)
+    assert not torch.allclose(scaled, plain, atol=1e-4), "beta = 1 + 0.3·ln 3 at 3x must change the outputs"
 
 
 def test_beta_one_reproduces_the_unscaled_model():
     rope = GPT(GPTConfig(**SMALL)).eval()
     x = torch.randint(64, (2, 16))  # within the training length beta is 1 whatever c is
     with torch.no_grad():
-        assert torch.equal(dropped(rope, logit_scale_c=0.7)(x)[0], dropped(rope)(x)[0])
-        long = torch.randint(64, (2, 40))
-        assert torch.equal(dropped(rope, logit_scale_c=0.0)(long)[0], dropped(rope, pe="nope")(long)[0])
+        torch.testing.assert_close(dropped(rope, logit_scale_c=0.7)(x)[0], dropped(rope)(x)[0], rtol=0, atol=0)
+        long = torch.randint(64, (2, 40))  # and c = 0 is NoPE at every length
+        torch.testing.assert_close(dropped(rope, logit_scale_c=0.0)(long)[0], dropped(rope, pe="nope")(long)[0],
+                                   rtol=0, atol=0)
 
 
 def test_fit_c_recovers_a_known_c():

@@ -31,7 +31,7 @@ def test_product_topk_equals_brute_force(scores):
     brute = (s1[..., :, None] + s2[..., None, :]).flatten(-2)  # all n² slots, slot i·n + j
     brute_top, brute_slots = brute.topk(k, dim=-1)
     torch.testing.assert_close(top, brute_top)
-    assert torch.equal(slots, brute_slots)
+    torch.testing.assert_close(slots, brute_slots, msg=lambda m: f"slot i·n + j of each of the top-k: {m}")
 
 
 def test_idw_scores_are_minus_log_distance():
@@ -52,7 +52,8 @@ def test_one_write_lowers_the_memorisation_loss_of_its_chunk():
         before = layer.read(h, state)
         layer.write(before, state)
         after = layer.read(h, state)
-    assert memorisation_loss(after) < 0.9 * memorisation_loss(before)
+    assert memorisation_loss(after) < 0.9 * memorisation_loss(before), \
+        f"L_mem {memorisation_loss(before):.4f} before the write, {memorisation_loss(after):.4f} after"
 
 
 def test_a_single_token_with_gate_one_is_rewritten_exactly(monkeypatch):
@@ -91,7 +92,8 @@ def test_lm_gradients_reach_value_projection_and_gate_through_the_writes():
     layer.write(layer.read(h[:, :8], state), state)
     later = layer.read(h[:, 8:], state)["v_hat"]  # chunk 1's reads: W_v and the gate act on them only by the write
     grads = torch.autograd.grad(later.pow(2).sum(), [layer.value.weight, layer.gate.weight, layer.query.weight])
-    assert all(g.abs().sum() > 0 for g in grads)
+    for name, g in zip(("W_v", "the gate", "W_q"), grads):
+        assert g.abs().sum() > 0, f"no gradient reaches {name} through the write"
     model = memory_model()
     x = torch.randint(64, (2, 24))
     model(x, x)[1].backward()

@@ -4,6 +4,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import eval_niah
 import repo
@@ -39,11 +40,22 @@ def test_layer_split_follows_the_paper():
     assert kinds == ["RotaryEmbedding", "NoPositionalEncoding", "NoPositionalEncoding", "NoPositionalEncoding"]
 
 
+def test_position_network_is_a_gated_projection_to_one_position_per_head():
+    net = repo.PositionNetwork(GPTConfig(**TINY))
+    h = torch.randn(2, 5, 32)
+    r = F.silu(h @ net.gate.weight.T) * (h @ net.content.weight.T)                 # r = SiLU(h W_g) ⊙ (h W_c)
+    expected = (r @ net.to_position.weight.T).transpose(1, 2)                      # z = r W_z as [B, H, T]
+    torch.testing.assert_close(net(h), expected)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z = net(h)
+    assert z.dtype == torch.float32, f"z must be fp32 under bf16 autocast (RoPE multiplies it by θ), got {z.dtype}"
+
+
 def test_positions_are_per_head_and_move(monkeypatch):
     model = repo_model()
     z = repo.learned_positions(model, torch.randint(64, (20,)).tolist())
-    assert sorted(z) == [0, 1, 2] and z[0].shape == (2, 20)
-    assert z[0].std() > 1  # content-dependent, not constant
+    assert sorted(z) == [0, 1, 2] and z[0].shape == (2, 20), f"layers {sorted(z)}, z[0] of shape {z[0].shape}"
+    assert z[0].std() > 1, f"positions must depend on the content: std {z[0].std():.4f} over tokens and heads"
 
 
 def test_a_constant_shift_of_one_heads_positions_changes_nothing(monkeypatch):
@@ -60,7 +72,8 @@ def test_a_constant_shift_of_one_heads_positions_changes_nothing(monkeypatch):
         monkeypatch.setattr(repo.PositionNetwork, "forward", shifted)
         torch.testing.assert_close(model(x)[0], base, rtol=1e-4, atol=1e-4)
         monkeypatch.setattr(repo.PositionNetwork, "forward", lambda self, h: shifted(self, h, scale=2.0))
-        assert not torch.allclose(model(x)[0], base, atol=1e-3)  # a stretch, unlike a shift, is seen
+        assert not torch.allclose(model(x)[0], base, atol=1e-3), "a stretch of the positions, unlike a shift, " \
+            "must change the outputs"
 
 
 def test_index_positions_give_exactly_the_rope_model(monkeypatch):

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from model import GPT, GPTConfig
-from rope import SCALINGS, rope_frequencies, rotate, yarn_attention_factor, yarn_correction_range
+from rope import (SCALINGS, apply_rotation, rope_frequencies, rotate, rotation, yarn_attention_factor,
+                  yarn_correction_range)
 
 D = 64
 
@@ -23,7 +24,36 @@ def test_score_depends_only_on_position_difference(scaling):
     base = dot_at(q, k, 10, 3, inv_freq)
     for shift in (1, 57, 900, 12.5):
         torch.testing.assert_close(dot_at(q, k, 10 + shift, 3 + shift, inv_freq), base, rtol=1e-4, atol=1e-4)
-    assert not torch.allclose(dot_at(q, k, 10, 4, inv_freq), base, atol=1e-3)  # but it does depend on m - n
+    moved = dot_at(q, k, 10, 4, inv_freq)
+    assert not torch.allclose(moved, base, atol=1e-3), f"the score must change with m − n: {moved} at 10 − 4, " \
+        f"{base} at 10 − 3"
+
+
+def test_angles_are_position_times_frequency_in_fp32():
+    inv_freq, _ = rope_frequencies(D)
+    pos = torch.tensor([0.0, 1.0, 100.5, 4096.0])
+    angle = pos.double()[:, None] * inv_freq.double()                                # m·θ_i  [T, D/2]
+    cos, sin = rotation(pos, inv_freq, attention_factor=1.5)
+    assert cos.dtype == sin.dtype == torch.float32, f"cos and sin must be fp32, got {cos.dtype}, {sin.dtype}"
+    torch.testing.assert_close(cos, 1.5 * angle.cos().float(), rtol=0, atol=5e-4, msg=lambda m: f"cos: {m}")
+    torch.testing.assert_close(sin, 1.5 * angle.sin().float(), rtol=0, atol=5e-4, msg=lambda m: f"sin: {m}")
+    per_head = torch.randn(2, 3, 5) * 50                                           # RePo: [B, H, T] positions
+    cos, sin = rotation(per_head.bfloat16(), inv_freq)
+    assert cos.shape == (2, 3, 5, D // 2), f"cos for [B, H, T] positions must be [B, H, T, D/2], got {cos.shape}"
+    assert cos.dtype == torch.float32, f"angles of bf16 positions must be computed in fp32, got {cos.dtype}"
+
+
+def test_rotation_multiplies_each_pair_by_a_unit_complex_number():
+    # pair i = (x_i, x_{i + D/2}) is the complex number x_i + j·x_{i + D/2}; rotating it by the angle a multiplies
+    # it by e^{j·a}
+    x = torch.randn(2, 3, 7, D)
+    angle = torch.rand(7, D // 2, dtype=torch.float64) * 100
+    z = torch.complex(*x.double().chunk(2, dim=-1)) * torch.polar(torch.ones_like(angle), angle)
+    expected = torch.cat((z.real, z.imag), dim=-1).float()
+    got = apply_rotation(x, angle.cos().float(), angle.sin().float())
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    got = apply_rotation(x.bfloat16(), angle.cos().float(), angle.sin().float())
+    assert got.dtype == torch.bfloat16, f"the rotation must return x's dtype (bfloat16), got {got.dtype}"
 
 
 def test_rotation_preserves_norms():
@@ -75,7 +105,8 @@ def test_yarn_bands_and_attention_factor(dim, train_len, factor, low, high, msca
     torch.testing.assert_close(yarn[:low + 1], plain[:low + 1])                 # fast band untouched
     torch.testing.assert_close(yarn[high:], plain[high:] / factor)              # slow band interpolated as PI
     middle = yarn[low + 1:high] / plain[low + 1:high]
-    assert ((middle < 1) & (middle > 1 / factor)).all()                         # blended in between
+    assert ((middle < 1) & (middle > 1 / factor)).all(), \
+        f"pairs {low + 1}..{high - 1} must be blended, θ'/θ strictly between {1 / factor} and 1: got {middle}"
 
 
 def test_ntk_base():
