@@ -172,13 +172,18 @@ class FastWeights:
     per sequence, or 1: shared), the write chunk C, and the inputs of the chunk being read ([B, t < C, C_model]),
     which are written when the chunk completes; their count t is where the next token falls in its chunk."""
 
-    def __init__(self, values, keys, chunk):
+    def __init__(self, values, keys, chunk, before):
         self.values, self.keys, self.chunk, self.pending = values, keys, chunk, None
+        self.before = before  # [B, span − 1, C]: the inputs of the tokens before the chunk (zeros at the start)
 
     def clone(self):
-        state = FastWeights(self.values.clone(), self.keys.clone(), self.chunk)
+        state = FastWeights(self.values.clone(), self.keys.clone(), self.chunk, self.before.clone())
         state.pending = None if self.pending is None else self.pending.clone()
         return state
+
+    def restart(self):
+        """A new reading of the sequence from its first token (read_iteratively): the fast weights stay."""
+        self.before, self.pending = torch.zeros_like(self.before), None
 
 
 class FastWeightProductKeyMemory(nn.Module):
@@ -187,26 +192,31 @@ class FastWeightProductKeyMemory(nn.Module):
         self.name = f"fwpkm{layer_idx}"  # its key in KVCache.state
         self.topk, self.chunk, self.lifetime = config.memory_topk, config.memory_chunk, config.memory_lifetime
         C, n, d_k, d_v = config.n_embd, config.memory_n_sub, config.memory_key_dim, config.memory_value_dim
-        self.q_norm, self.query = nn.RMSNorm(C), nn.Linear(C, d_k, bias=False)
+        self.span = config.memory_query_span
+        self.q_norm, self.query = nn.RMSNorm(C), nn.Linear(self.span * C, d_k, bias=False)
         self.v_norm, self.value = nn.RMSNorm(C), nn.Linear(C, d_v, bias=False)
         self.g_norm, self.gate = nn.RMSNorm(C), nn.Linear(C, 1, bias=False)
         self.out_norm, self.out_proj = nn.RMSNorm(d_v), nn.Linear(d_v, C, bias=False)
         self.kernels = config.kernels
-        # the initial fast weights: keys on the scale of the initial queries (0.02·sqrt(C) per feature), values 0
-        self.register_buffer("initial_keys", torch.randn(2, n, d_k // 2) * 0.02 * math.sqrt(C))
+        # the initial fast weights: keys on the scale of the initial queries (0.02·sqrt(span·C) per feature), values 0
+        self.register_buffer("initial_keys", torch.randn(2, n, d_k // 2) * 0.02 * math.sqrt(self.span * C))
         self.register_buffer("initial_values", torch.zeros(n * n, d_v))
 
     def fresh_state(self, batch_size, chunk=None):
         groups = batch_size if self.lifetime == "sequence" else 1
         return FastWeights(self.initial_values.float().expand(groups, -1, -1).clone(),
-                           self.initial_keys.float().expand(groups, -1, -1, -1).clone(), chunk or self.chunk)
+                           self.initial_keys.float().expand(groups, -1, -1, -1).clone(), chunk or self.chunk,
+                           torch.zeros(batch_size, self.span - 1, self.q_norm.normalized_shape[0],
+                                       device=self.initial_keys.device))
 
     def read(self, h, state):
         """Reads tokens h [B, T, C] with the memory of `state`; returns the per-token tensors the write needs."""
         B = h.shape[0]
         group = torch.arange(B, device=h.device) if state.values.shape[0] == B else torch.zeros(B, dtype=torch.long,
                                                                                                device=h.device)
-        q = self.query(self.q_norm(h)).float()                                        # [B, T, d_k]
+        # the query of token t from the inputs of tokens t − span + 1 .. t (the span before the chunk in state.before)
+        spans = self.q_norm(torch.cat((state.before.type_as(h), h), dim=1)).unfold(1, self.span, 1)  # [B, T, C, span]
+        q = self.query(spans.flatten(2)).float()                                     # [B, T, d_k]
         v = self.value(self.v_norm(h)).float()
         v = (v - v.mean(-1, keepdim=True)) / (v.std(-1, keepdim=True) + 1e-5)          # z-scored target [B, T, d_v]
         g = torch.sigmoid(self.gate(self.g_norm(h)).float())                          # [B, T, 1]
@@ -275,6 +285,7 @@ class FastWeightProductKeyMemory(nn.Module):
             if h.shape[1] == state.chunk:  # the chunk is complete
                 self.write(r, state)
                 state.pending = None
+                state.before = torch.cat((state.before, h.float()), dim=1)[:, h.shape[1]:]
             else:
                 state.pending = h
             start = end
@@ -342,6 +353,8 @@ def read_iteratively(model, context, passes, window=None):
     state = {m.name: m.fresh_state(context.shape[0], chunk=context.shape[1]) for m in memories}
     for _ in range(passes):
         model(context, cache=KVCache(model.config.n_layer, state=state), window=window)  # a fresh attention cache
+        for m in memories:
+            state[m.name].restart()
     for m in memories:
         state[m.name].chunk = m.chunk
     return KVCache(model.config.n_layer, state=state)

@@ -139,13 +139,15 @@ class GPTConfig:
     memory_topk: int = 8           # slots read per token
     memory_key_dim: int = 64       # query / key size d_k (two halves of d_k/2)
     memory_value_dim: int = 128    # value size d_v
+    memory_query_span: int = 1     # FwPKM: tokens whose hidden states form the query (1: the paper's, this token)
     memory_chunk: int = 32         # FwPKM: tokens per write; also the sliding window of training
     memory_lifetime: str = "sequence"  # FwPKM: "sequence" (fresh per sequence) or "persistent" (fwpkm.py)
     kernels: str = "auto"          # Triton fast paths (kernels/): auto (on CUDA), on, off; the same weights either way
 
     # what changes the weights' meaning; resuming with a different value here is refused
     ARCHITECTURE = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "pe", "rope_base", "qk_norm",
-                    "pkm_layers", "fwpkm_layers", "memory_n_sub", "memory_topk", "memory_key_dim", "memory_value_dim")
+                    "pkm_layers", "fwpkm_layers", "memory_n_sub", "memory_topk", "memory_key_dim", "memory_value_dim",
+                    "memory_query_span")
 
     def __post_init__(self):
         if self.n_embd % self.n_head or (self.n_embd // self.n_head) % 2:

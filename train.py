@@ -64,6 +64,7 @@ OPTIONS = {  # name: (default, help); the defaults are the CPU default run
     "memory_topk": (8, "slots read per token"),
     "memory_key_dim": (64, "memory query/key size"),
     "memory_value_dim": (128, "memory value size"),
+    "memory_query_span": (1, "FwPKM query from this many tokens' hidden states (1: the paper's; fwpkm.py)"),
     "memory_chunk": (32, "FwPKM tokens per write, and the sliding window of --swa_prob steps"),
     "memory_lifetime": ("sequence", "FwPKM memory: sequence (fresh per sequence) or persistent (fwpkm.py)"),
     "swa_prob": (0.0, "probability of a step with sliding-window attention (FwPKM's trick; 1: every step)"),
@@ -95,7 +96,7 @@ OPTIONS = {  # name: (default, help); the defaults are the CPU default run
 }
 DEFAULTS = {name: default for name, (default, _) in OPTIONS.items()}
 AT_LEAST_ONE = ("n_layer", "n_head", "n_embd", "block_size", "memory_n_sub", "memory_topk", "memory_key_dim",
-                "memory_value_dim", "memory_chunk", "batch_size", "grad_accum", "max_iters", "eval_interval",
+                "memory_value_dim", "memory_query_span", "memory_chunk", "batch_size", "grad_accum", "max_iters", "eval_interval",
                 "eval_iters", "log_interval")
 AT_LEAST_ZERO = ("warmup_iters", "lr", "min_lr", "weight_decay", "grad_clip", "swa_window")
 FRACTIONS = ("niah_mix", "swa_prob")
@@ -202,7 +203,7 @@ def save_checkpoint(path, state):
 
 def architecture_diff(saved, current):
     return [f"{k}: checkpoint {saved.get(k)!r} vs now {current[k]!r}"
-            for k in GPTConfig.ARCHITECTURE if saved.get(k) != current[k]]
+            for k in GPTConfig.ARCHITECTURE if saved.get(k, getattr(GPTConfig, k)) != current[k]]  # older: defaults
 
 
 STAGE_CHANGES = ("pe", "qk_norm")  # what a stage started with --init_from may change about the architecture

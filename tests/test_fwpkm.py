@@ -72,8 +72,9 @@ def test_a_single_token_with_gate_one_is_rewritten_exactly(monkeypatch):
     torch.testing.assert_close(read_back, r["v"][0, 1], rtol=1e-5, atol=1e-5)
 
 
-def test_outputs_do_not_depend_on_later_tokens():
-    model = memory_model().eval()
+@pytest.mark.parametrize("span", [1, 4])  # the query of one token (the paper's), of the last 4 tokens
+def test_outputs_do_not_depend_on_later_tokens(span):
+    model = memory_model(memory_query_span=span).eval()
     x = torch.randint(64, (2, 40))
     with torch.no_grad():
         base = model(x)[0]
@@ -164,8 +165,9 @@ def test_persistent_memory_carries_over_in_training_only():
         memory_model(memory_lifetime="forever")
 
 
-def test_kv_cache_generation_equals_full_forward():
-    check_kv_cache(memory_model(pkm_layers=(0,)).eval())
+@pytest.mark.parametrize("span", [1, 4])  # span 4: the query's earlier tokens carry over chunk boundaries and calls
+def test_kv_cache_generation_equals_full_forward(span):
+    check_kv_cache(memory_model(pkm_layers=(0,), memory_query_span=span).eval())
 
 
 def test_iterative_reading_changes_only_the_fast_weights():
