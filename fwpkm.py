@@ -46,6 +46,17 @@ when few queries pull on small keys.
 In training the value step is part of the graph: the LM loss of later chunks reaches W_v, W_q and the gate through
 the writes (that is how the slow weights learn what to write). The key step is taken on detached inputs.
 
+The query's span (`--memory_query_span S`, this project's addition; 1 is the paper's). With the lookahead, the
+token before a value writes it and the same token reads it back, so that token's query must name the key: for
+"... of Mia is 4821" the query at " is" must hold "Mia", and the query at "8" must hold "Mia ... 4". With S = 1 the
+query sees one token's hidden state, so the key has to come from attention in the layers below. Training does not
+find that composition at our scale: the queries of all answer tokens fall onto the same few slots, the read returns
+the average of every value written, and the loss settles at "some value" (README: the testbed and
+tests/test_fwpkm_retrieval.py, where the same memory with S = 2 learns a recall task in 40 steps and S = 1 stays
+near chance). With S > 1 the query is a linear map of the last S tokens' normalised inputs,
+q_t = W_q [RMSNorm(h_{t−S+1}); …; RMSNorm(h_t)], so the local context that names the key is in the query from
+the first step (a short causal convolution, as in the recurrent layers FwPKM is paired with in the paper).
+
 Sliding-window attention (window = C) on a fraction of training steps (`train.py --swa_prob 0.9`, the paper's
 trick): with full attention always available, the model learns to ignore the memory (gate → 0).
 
