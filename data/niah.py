@@ -89,6 +89,7 @@ def split_of(text):
 
 
 def check_choice(kind, value, valid):
+    """Raises a one-line ValueError naming a value that is not one of `valid`, and the choices."""
     if value not in valid:
         raise ValueError(f"unknown {kind} {value!r}; valid choices: {', '.join(valid)}")
 
