@@ -44,6 +44,7 @@ N_QUERIES = 2      # multiquery: keys asked at once
 EVAL_DIGITS = 4          # evaluation values: one length, so a batch's answers are equally long
 DRILL_DIGITS = (3, 4, 5)
 DRILL_NOISE = 0.25       # the share of drills whose haystack is the noise sentences
+MIN_HAYSTACK = 8         # tokens of haystack a sample or drill keeps at least
 
 Wording = namedtuple("Wording", "needle question prefix")
 WORDINGS = {
@@ -170,7 +171,7 @@ def make_sample(rng, enc, source, length, depth, variant, split, wording):
     needle_ids = [enc.encode_ordinary(t) for t in needles]
     question_ids, answer_ids = enc.encode_ordinary(question), enc.encode_ordinary(answer)
     n_haystack = length - sum(map(len, needle_ids)) - len(question_ids) - len(answer_ids)
-    if n_haystack < 8:
+    if n_haystack < MIN_HAYSTACK:
         raise ValueError(f"length {length} is too short for the {variant!r} needles and question")
     haystack = pool[:n_haystack]
     starts = sentence_starts(enc, haystack)
@@ -191,23 +192,27 @@ def make_sample(rng, enc, source, length, depth, variant, split, wording):
 
 def make_drill(rng, enc, source, length, split, max_needles=3):
     """A training document of exactly `length` tokens that asks for every needle it holds: 1 to max_needles
-    needles, each in its own seen wording with a value of 3 to 5 digits, at random sentence starts of a haystack
-    (the noise sentences in a DRILL_NOISE share of drills, else source), then one question and answer per needle,
-    in random order. Several answers per row is what lets a small model leave the long plateau before lookups are
-    learned (README, "Needle in a haystack")."""
+    needles (fewer when long wordings would leave less than MIN_HAYSTACK tokens of haystack), each in its own seen
+    wording with a value of 3 to 5 digits, at random sentence starts of a haystack (the noise sentences in a
+    DRILL_NOISE share of drills, else source), then one question and answer per needle, in random order. Several
+    answers per row is what lets a small model leave the long plateau before lookups are learned (README, "Needle
+    in a haystack")."""
     pool = haystack_tokens(rng, enc, None if rng.random() < DRILL_NOISE else source, length)
     free = unused_keys(split, enc.decode(pool))
     keys = rng.sample(free, min(rng.randint(1, max_needles), len(free)))
     taken = set()
     drawn = [(k, draw_value(rng, split, taken, rng.choice(DRILL_DIGITS)), rng.choice(WORDINGS["seen"])) for k in keys]
-    needle_ids = [enc.encode_ordinary(w.needle.format(name=k, value=v)) for k, v, w in drawn]
-    qa_ids = [t for k, v, w in rng.sample(drawn, len(drawn))
-              for t in enc.encode_ordinary("".join(question_and_answer("single", w, [k], [v])))]
-    n_haystack = length - sum(map(len, needle_ids)) - len(qa_ids)
-    if n_haystack < 8:
-        raise ValueError(f"length {length} is too short for a drill of {len(keys)} needles")
+    needles = [enc.encode_ordinary(w.needle.format(name=k, value=v)) for k, v, w in drawn]
+    answers = [enc.encode_ordinary("".join(question_and_answer("single", w, [k], [v]))) for k, v, w in drawn]
+    while len(needles) > 1 and sum(map(len, needles + answers)) > length - MIN_HAYSTACK:
+        needles.pop()
+        answers.pop()
+    n_haystack = length - sum(map(len, needles + answers))
+    if n_haystack < MIN_HAYSTACK:
+        raise ValueError(f"drill length {length} is too short: {length - n_haystack} tokens of needle and question "
+                         f"leave fewer than {MIN_HAYSTACK} of haystack")
     tokens = pool[:n_haystack]
     starts = sentence_starts(enc, tokens)
-    for at, ids in sorted(zip(rng.choices(starts, k=len(keys)), needle_ids), reverse=True):
+    for at, ids in sorted(zip(rng.choices(starts, k=len(needles)), needles), reverse=True):
         tokens[at:at] = ids
-    return tokens + qa_ids
+    return tokens + [t for i in rng.sample(range(len(answers)), len(answers)) for t in answers[i]]

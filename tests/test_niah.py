@@ -212,6 +212,16 @@ def test_drills_ask_in_seen_wordings_only(enc_and_val):
     assert used == set(WORDINGS["seen"]) and digits == set(DRILL_DIGITS) and 30 < noise < 120
 
 
+def test_drills_fit_short_lengths(enc_and_val):
+    """Three needles in long wordings do not fit 64 tokens: a drill holds fewer instead of failing, and a length
+    that not even one needle fits is a clear error."""
+    enc, val = enc_and_val
+    counts = [len(drill_answers(enc.decode(make_drill(random.Random(i), enc, val, 64, "train")))) for i in range(200)]
+    assert set(counts) == {1, 2}
+    with pytest.raises(ValueError, match="drill length 20 is too short: .* fewer than 8 of haystack"):
+        make_drill(random.Random(0), enc, val, 20, "train")
+
+
 def test_eval_reports_seen_and_heldout_wordings(tiny_data, tmp_path, monkeypatch, capsys):
     """Every cell is measured on both wording sets (by default), each result and table row says which, and the
     samples of a cell ask every wording of its set."""
