@@ -104,12 +104,10 @@ def draw_value(rng, split, taken, digits):
             return value
 
 
-def question_and_answer(variant, wording, keys, values):
+def question_and_answer(wording, keys, values):
     """The end of the prompt (question and answer prefix) and the expected continuation, for the queried keys and
     their values. Several keys are asked as one name ("Mia and Tom"), several values answered as "1, 2 and 3"."""
     name = " and ".join(keys)
-    if variant == "passkey":
-        wording = PASSKEY
     answer = " " + ", ".join(values[:-1]) + " and " + values[-1] if len(values) > 1 else " " + values[0]
     return wording.question.format(name=name) + wording.prefix.format(name=name), answer
 
@@ -129,9 +127,9 @@ def plan_needles(rng, variant, wording, split, haystack_text):
     taken = set()
     if variant == "passkey":
         value = draw_value(rng, split, taken, EVAL_DIGITS)
-        return [PASSKEY.needle.format(value=value)], [], [value]
+        return [wording.needle.format(value=value)], [], [value]
     if variant == "multivalue":
-        keys *= N_VALUES
+        keys *= N_VALUES  # one key, a needle per value
     values = [draw_value(rng, split, taken, EVAL_DIGITS) for _ in keys]
     needles = [wording.needle.format(name=k, value=v) for k, v in zip(keys, values)]
     if variant == "multikey":
@@ -165,9 +163,10 @@ def make_sample(rng, enc, source, length, depth, variant, split, wording):
     question starts), depth (requested)."""
     check_choice("variant", variant, VARIANTS)
     check_choice("split", split, SPLITS)
+    wording = PASSKEY if variant == "passkey" else wording
     pool = haystack_tokens(rng, enc, source, length)  # at least as long as the final haystack
     needles, asked, values = plan_needles(rng, variant, wording, split, enc.decode(pool))
-    question, answer = question_and_answer(variant, wording, asked, values)
+    question, answer = question_and_answer(wording, asked, values)
     needle_ids = [enc.encode_ordinary(t) for t in needles]
     question_ids, answer_ids = enc.encode_ordinary(question), enc.encode_ordinary(answer)
     n_haystack = length - sum(map(len, needle_ids)) - len(question_ids) - len(answer_ids)
@@ -203,7 +202,7 @@ def make_drill(rng, enc, source, length, split, max_needles=3):
     taken = set()
     drawn = [(k, draw_value(rng, split, taken, rng.choice(DRILL_DIGITS)), rng.choice(WORDINGS["seen"])) for k in keys]
     needles = [enc.encode_ordinary(w.needle.format(name=k, value=v)) for k, v, w in drawn]
-    answers = [enc.encode_ordinary("".join(question_and_answer("single", w, [k], [v]))) for k, v, w in drawn]
+    answers = [enc.encode_ordinary("".join(question_and_answer(w, [k], [v]))) for k, v, w in drawn]
     while len(needles) > 1 and sum(map(len, needles + answers)) > length - MIN_HAYSTACK:
         needles.pop()
         answers.pop()
