@@ -5,7 +5,8 @@ Needle-in-a-haystack (NIAH) evaluation at and beyond the training length.
 
 For every checkpoint (and, for checkpoints with RoPE layers, every --scaling) and every context length (multiples
 of the checkpoint's training length) and needle depth, it builds --samples needle samples (data/niah.py: the
-needle, the question and the answer fill exactly the context length) and scores two things:
+needle, the question and the answer fill exactly the context length) in each of --wordings: "seen" (the
+wordings of the training drills) and "heldout" (wordings no drill uses), and scores two things:
 
 - exact: greedy decoding of the answer; the fraction of expected values found in the output (RULER's score;
   1 or 0 for one value).
@@ -16,15 +17,17 @@ and, from the same forward pass, where the answer's first query (the last prompt
 the attention mass on the asked needle's tokens, on as many tokens right before the query, and the entropy of its
 attention (computed from the q and k the positional modules return, so RoPE scalings and DroPE's beta count).
 
-It prints a table per variant (rows: checkpoint[+scaling], columns: length, cells: mean exact match over depths)
-and writes to --out_dir: results.json (every cell), heatmaps_<label>.png (depth x length per variant) and
-accuracy_vs_length.png (one line per row, one panel per variant).
+It prints a table per variant and haystack (rows: checkpoint[+scaling] [wordings], columns: length, cells: mean
+exact match over depths) and writes to --out_dir: results.json (every cell), heatmaps_<label>_<wordings>.png
+(depth x length per variant) and accuracy_vs_length.png (one line per row, one panel per variant).
 
 RoPE scalings (rope.py) are applied with factor s = length / training length (at least 1), as one would configure
 them for each target length; dyn_ntk uses factor 1, so it is NTK-aware scaling computed from the current length.
 DroPE checkpoints are evaluated with each --logit_scale_c: "fitted" is the c that `python drope.py` stored in the
 checkpoint, 0 turns the logit scale off.
-Samples depend only on --seed, the length, depth, variant and haystack, so every row sees the same samples.
+Samples depend only on --seed, the wordings, length, depth, variant and haystack, so every checkpoint sees the same
+samples. The k-th sample of a (variant, haystack, length) uses wording k mod the set's size, so every wording is
+asked; a seen and a held-out sample with the same k share the haystack, keys and values.
 """
 import argparse
 import itertools
@@ -43,7 +46,7 @@ import torch
 
 from cli import ArgumentParser, check_writable_dir, load_checkpoint, parse_list, resolve_device
 from data.format import checkpoint_data_dir, load_tokenizer, load_tokens, write_atomic, write_json
-from data.niah import HAYSTACKS, VARIANTS, make_sample
+from data.niah import HAYSTACKS, VARIANTS, WORDINGS, make_sample
 from model import GPT, GPTConfig, format_health
 from fwpkm import needle_trace, read_iteratively
 from kernels import MODES as KERNEL_MODES, check_available
@@ -148,7 +151,7 @@ def score_batch(model, samples, enc, device, iters=1, window=None):
 
 
 def evaluate(ckpt_path, ckpt, args, device):
-    """Yields one result dict per (scaling, variant, haystack, length, depth) for the checkpoint ckpt."""
+    """Yields one result dict per (scaling, variant, haystack, wordings, length, depth) for the checkpoint ckpt."""
     config = ckpt["model_config"]
     data_dir = checkpoint_data_dir(ckpt, args.data_dir)
     enc = load_tokenizer(data_dir)
@@ -160,9 +163,12 @@ def evaluate(ckpt_path, ckpt, args, device):
             length = int(mult * config["block_size"])
             model = load_model(ckpt, {**changes, "kernels": args.kernels}, length, device)
             t0, length_health = time.time(), []
-            for variant, haystack, depth in itertools.product(args.variants, args.haystacks, depths):
+            for variant, haystack, wordings, (d, depth) in itertools.product(
+                    args.variants, args.haystacks, args.wordings, enumerate(depths)):
+                choices = WORDINGS[wordings]
                 samples = [make_sample(random.Random(f"{args.seed}/{variant}/{haystack}/{length}/{depth}/{i}"),
-                                       enc, val if haystack == "val" else None, length, depth, variant, "eval")
+                                       enc, val if haystack == "val" else None, length, depth, variant, "eval",
+                                       choices[(d * args.samples + i) % len(choices)])  # every wording gets asked
                            for i in range(args.samples)]
                 exact, token, attention, health = [], [], [], []
                 for b in range(0, len(samples), args.batch_size):
@@ -173,8 +179,8 @@ def evaluate(ckpt_path, ckpt, args, device):
                     token += t
                     attention += [a] * len(e)
                 yield {"label": label, "ckpt": ckpt_path, "pe": config["pe"], **changes, "window": args.window,
-                       "variant": variant, "haystack": haystack, "multiple": mult, "length": length,
-                       "depth": depth, "exact": float(np.mean(exact)), "token": float(np.mean(token)),
+                       "variant": variant, "haystack": haystack, "wordings": wordings, "multiple": mult,
+                       "length": length, "depth": depth, "exact": float(np.mean(exact)), "token": float(np.mean(token)),
                        "attention": {layer: np.mean([a[layer] for a in attention], axis=0).tolist()
                                      for layer in attention[0]},
                        "health": mean_health(health), "n": len(samples)}
@@ -189,8 +195,13 @@ def mean_health(reports):
             for name in (reports[0] if reports else {})}
 
 
+def row_of(r):
+    """A table row or plot line: the checkpoint[+setting] and which wordings its samples use."""
+    return f"{r['label']} [{r['wordings']}]"
+
+
 def print_tables(results, lengths):
-    width = max(24, *(len(r["label"]) + 5 for r in results))
+    width = max(24, *(len(row_of(r)) + 5 for r in results))
     for variant in sorted({r["variant"] for r in results}):
         for haystack in sorted({r["haystack"] for r in results}):
             rows = [r for r in results if r["variant"] == variant and r["haystack"] == haystack]
@@ -198,22 +209,22 @@ def print_tables(results, lengths):
             print(f"\n{variant} needle, {haystack} haystack{window}: exact match % (teacher-forced value-token "
                   f"accuracy %)")
             print(f"{'':{width}s}" + "".join(f"{f'{m}x':>16s}" for m in lengths))
-            for label in dict.fromkeys(r["label"] for r in rows):
+            for label in dict.fromkeys(map(row_of, rows)):
                 cells = []
                 for m in lengths:
-                    cell = [r for r in rows if r["label"] == label and r["multiple"] == m]
+                    cell = [r for r in rows if row_of(r) == label and r["multiple"] == m]
                     cells.append(f"{100 * np.mean([r['exact'] for r in cell]):5.1f} "
                                  f"({100 * np.mean([r['token'] for r in cell]):5.1f})")
                 print(f"{label:{width}s}" + "".join(f"{c:>16s}" for c in cells))
             print(f"\n{variant} needle, {haystack} haystack: attention of the last prompt token per layer, mean over "
                   f"heads: % on the needle / % on as many tokens before the query / entropy (nats)")
             print(f"{'':{width}s}" + "".join(f"{f'{m}x':>18s}" for m in lengths))
-            for label in dict.fromkeys(r["label"] for r in rows):
+            for label in dict.fromkeys(map(row_of, rows)):
                 for layer in rows[0]["attention"]:
                     cells = []
                     for m in lengths:
                         needle, nearby, entropy = np.mean([r["attention"][layer] for r in rows
-                                                           if r["label"] == label and r["multiple"] == m], axis=0)
+                                                           if row_of(r) == label and r["multiple"] == m], axis=0)
                         cells.append(f"{100 * needle:4.0f} /{100 * nearby:4.0f} /{entropy:4.1f}")
                     print(f"{f'{label} L{layer}':{width}s}" + "".join(f"{c:>18s}" for c in cells))
 
@@ -227,13 +238,13 @@ def plot(results, lengths, out_dir):
     variants = list(dict.fromkeys(r["variant"] for r in results))
     haystack = results[0]["haystack"]  # figures show the first haystack; results.json has all
     results = [r for r in results if r["haystack"] == haystack]
-    labels = list(dict.fromkeys(r["label"] for r in results))
+    files = {row_of(r): f"heatmaps_{r['label']}_{r['wordings']}.png" for r in results}
     depths = sorted({r["depth"] for r in results})
-    for label in labels:
+    for label in files:
         fig, axes = plt.subplots(1, len(variants), figsize=(4 * len(variants) + 1, 3.5), squeeze=False,
                                  layout="constrained")
         for ax, variant in zip(axes[0], variants):
-            grid = np.array([[np.mean([r["exact"] for r in results if r["label"] == label and r["variant"] == variant
+            grid = np.array([[np.mean([r["exact"] for r in results if row_of(r) == label and r["variant"] == variant
                                        and r["depth"] == d and r["multiple"] == m]) for m in lengths] for d in depths])
             im = ax.imshow(100 * grid, vmin=0, vmax=100, cmap="RdYlGn", aspect="auto", origin="upper")
             ax.set_xticks(range(len(lengths)), [f"{m}x" for m in lengths])
@@ -245,12 +256,12 @@ def plot(results, lengths, out_dir):
                 for j in range(len(lengths)):
                     ax.text(j, i, f"{100 * grid[i, j]:.0f}", ha="center", va="center", fontsize=8)
         fig.colorbar(im, ax=axes[0].tolist(), label="exact match %")
-        save_figure(fig, os.path.join(out_dir, f"heatmaps_{label}.png"))
+        save_figure(fig, os.path.join(out_dir, files[label]))
     fig, axes = plt.subplots(1, len(variants), figsize=(4.5 * len(variants), 3.5), squeeze=False,
                              layout="constrained")
     for ax, variant in zip(axes[0], variants):
-        for label in labels:
-            acc = [100 * np.mean([r["exact"] for r in results if r["label"] == label and r["variant"] == variant
+        for label in files:
+            acc = [100 * np.mean([r["exact"] for r in results if row_of(r) == label and r["variant"] == variant
                                   and r["multiple"] == m]) for m in lengths]
             ax.plot(lengths, acc, "o-", label=label)
         ax.set_xscale("log", base=2)
@@ -272,6 +283,8 @@ def main(argv=None):
     p.add_argument("--samples", type=int, default=10, help="samples per (length, depth) cell")
     p.add_argument("--variants", default="single", help=f"comma list of {', '.join(VARIANTS)}")
     p.add_argument("--haystacks", default="val", help=f"comma list of {', '.join(HAYSTACKS)}")
+    p.add_argument("--wordings", default=",".join(WORDINGS),
+                   help="comma list of seen (the training drills' wordings), heldout (wordings never trained)")
     p.add_argument("--scaling", default="none",
                    help=f"comma list of none, {', '.join(SCALINGS)} (models with RoPE layers: rope, repo, rope_nope)")
     p.add_argument("--logit_scale_c", default="fitted",
@@ -297,6 +310,7 @@ def main(argv=None):
     args.iters = parse_list(args.iters, int, "iters", minimum=1)
     args.variants = parse_list(args.variants, str, "variants", valid=VARIANTS)
     args.haystacks = parse_list(args.haystacks, str, "haystacks", valid=HAYSTACKS)
+    args.wordings = parse_list(args.wordings, str, "wordings", valid=tuple(WORDINGS))
     args.scaling = [None if s == "none" else s
                     for s in parse_list(args.scaling, str, "scaling", valid=("none", *SCALINGS))]
     try:

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 
 from cli import ArgumentParser, load_checkpoint, parse_list, resolve_device
 from data.format import checkpoint_data_dir, load_tokenizer, load_tokens, write_atomic
-from data.niah import VARIANTS, make_sample
+from data.niah import VARIANTS, WORDINGS, make_sample
 from model import GPT, GPTConfig, NoPositionalEncoding, register_positional
 from rope import RotaryEmbedding
 
@@ -116,8 +116,10 @@ def load(path, device):
 
 
 def needle_prompt(enc, data_dir, length, variant, seed):
-    """A NIAH sample (data/niah.py) from the validation haystack: a needle among distractors, then the question."""
-    return make_sample(random.Random(seed), enc, load_tokens(data_dir, "val"), length, 0.5, variant, "eval")
+    """A NIAH sample (data/niah.py) from the validation haystack, in the first seen wording: a needle among
+    distractors, then the question."""
+    return make_sample(random.Random(seed), enc, load_tokens(data_dir, "val"), length, 0.5, variant, "eval",
+                       WORDINGS["seen"][0])
 
 
 @torch.no_grad()

@@ -1,6 +1,6 @@
 # The CPU retrieval setup of the NIAH comparison (README, "Needle in a haystack"): every row of training is a
-# retrieval drill (1-3 needles inside training text, each asked at the end; data/niah.py make_drill), at a
-# 128-token context so that 8x is 1,024 tokens. Measured on 2 cores: 14 minutes alone, 19-21 minutes with two
+# retrieval drill (1-3 needles in seen wordings inside training text or noise, each asked at the end;
+# data/niah.py make_drill), at a 128-token context so that 8x is 1,024 tokens. Measured on 2 cores: 14 minutes alone, 19-21 minutes with two
 # runs side by side (OMP_NUM_THREADS=1 each).
 #   python train.py --config config/niah_cpu.py --pe rope --out_dir out/niah_rope
 #   python train.py --config config/niah_cpu.py --pe nope --out_dir out/niah_nope

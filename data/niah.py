@@ -1,26 +1,35 @@
 """
-Needle-in-a-haystack samples, shared by eval_niah.py (evaluation) and train.py (the retrieval mix in training).
+Needle-in-a-haystack samples, shared by eval_niah.py (evaluation) and train.py (the retrieval drills in training).
 
 A sample is a token sequence of exactly the requested length: a haystack with one or more needles inserted at
 sentence boundaries, a question, and the answer. Formats follow RULER (Hsieh et al. 2024) and passkey retrieval
-(Mohtashami & Jaggi 2023), worded like the embedded stories so that the task is in distribution for them:
+(Mohtashami & Jaggi 2023), worded like the embedded stories so that the task is in distribution for them. A wording
+is a Wording of three format strings with {name} (the key) and {value}, for example
 
-    needle    " The secret number of Mia is 4821."
-    question  ' "What is the secret number of Mia?" "The secret number of Mia is'
-    answer    " 4821"
+    needle    " The secret number of {name} is {value}."
+    question  ' "What is the secret number of {name}?"'
+    prefix    ' "The secret number of {name} is'          (ends the prompt; the answer " 4821" continues it)
+
+WORDINGS["seen"] are the wordings of the training drills, WORDINGS["heldout"] are never trained: other nouns,
+prepositions and verbs, plain questions, answers right after the "?", "is:", cloze prompts without a question, and
+the value before the key. Their needles and questions differ from every seen one, so a model that learned one
+template, not the lookup, fails on them. Every word is in the embedded tokenizer's vocabulary (tests check it).
 
 Variants: single (one needle); multikey (the needle among needles of other keys); multivalue (several needles for
-one key, all values must be returned); multiquery (several keys asked at once); passkey ("The pass key is 4821.
-Remember it. 4821 is the pass key." in the haystack, "What is the pass key? The pass key is" at the end).
+one key, all values must be returned); multiquery (several keys asked at once: the wording with {name} = "Mia and
+Tom", answered "4821 and 1234"); passkey (its one fixed wording, PASSKEY: "The pass key is 4821. Remember it. 4821
+is the pass key." in the haystack, "What is the pass key? The pass key is" at the end).
 Haystacks: "val", tokens of the model's own data (document separators removed, so the needle and the question
 are in one text), or "noise", RULER's repeated sentences.
 
-Keys are names and values 4-digit numbers. Both are split into two disjoint halves by a hash: training documents
-use the "train" half and evaluation the "eval" half, so a model cannot pass the evaluation by memorising pairs.
-A key that already occurs in the haystack is never used (the stories have secret numbers of their own).
+Keys are names and values digit strings (4 digits in evaluation, 3 to 5 in drills). Both are split into two
+disjoint halves by a hash: training documents use the "train" half and evaluation the "eval" half, so a model
+cannot pass the evaluation by memorising pairs. A key that already occurs in the haystack is never used (the
+stories have secret numbers of their own).
 """
 import re
 import zlib
+from collections import namedtuple
 
 from data.embedded import NAMES
 
@@ -32,6 +41,47 @@ NOISE = " The grass is green. The sky is blue. The sun is yellow. Here we go. Th
 N_DISTRACTORS = 3  # multikey: needles with other keys
 N_VALUES = 3       # multivalue: needles of the one key
 N_QUERIES = 2      # multiquery: keys asked at once
+EVAL_DIGITS = 4          # evaluation values: one length, so a batch's answers are equally long
+DRILL_DIGITS = (3, 4, 5)
+DRILL_NOISE = 0.25       # the share of drills whose haystack is the noise sentences
+MIN_HAYSTACK = 8         # tokens of haystack a sample or drill keeps at least
+
+Wording = namedtuple("Wording", "needle question prefix")
+WORDINGS = {
+    "seen": (
+        Wording(" The secret number of {name} is {value}.", ' "What is the secret number of {name}?"',
+                ' "The secret number of {name} is'),
+        Wording(" {name}'s secret number is {value}.", " What is the secret number of {name}?", " It is"),
+        Wording(" The number of {name} is {value}.", ' "What is the number of {name}?"', ' "The number of {name} is:'),
+        Wording(" The favourite number of {name} is {value}.", " What is the favourite number of {name}?", ""),
+        Wording(" The number for {name} is {value}.", "", " The number for {name} is"),
+        Wording(" {name} had a key with the number {value} on it.", " What number was on the key of {name}?",
+                " The number was"),
+        Wording(" {name} wrote the number {value} on a piece of paper.", " What number was on the paper of {name}?",
+                " It was:"),
+        Wording(" {name} had a golden box. The number on the box was {value}.",
+                " What was the number on the box of {name}?", " The number on the box of {name} was"),
+        Wording(" {value} is the secret number of {name}.", "", " The secret number of {name} is"),
+        Wording(" The number {value} was for {name}.", " What number was for {name}?", " The number for {name} was:"),
+        Wording(' {name} said, "My secret number is {value}."', ' "What is the secret number of {name}?"', ""),
+        Wording(" The train of {name} had the number {value}.", " What number was on the train of {name}?",
+                " The number on the train was"),
+        Wording(" {name} lived at number {value}.", ' "Where is the home of {name}?"',
+                ' "The home of {name} is at number'),
+        Wording(" The key for {name} was number {value}.", "", " The key for {name} was number"),
+    ),
+    "heldout": (
+        Wording(" The secret key of {name} is {value}.", " What is the secret key of {name}?",
+                " The secret key of {name} is:"),
+        Wording(" {name} had a map with the number {value} on it.", " What number was on the map of {name}?", ""),
+        Wording(" The favourite number for {name} was {value}.", ' "What was the favourite number for {name}?"',
+                ' "The favourite number for {name} was'),
+        Wording(" {value} was the number of {name}.", " What was the number of {name}?", " It was"),
+        Wording(" {name} found the number {value} under a chair.", "", " The number {name} found was"),
+    ),
+}
+PASSKEY = Wording(" The pass key is {value}. Remember it. {value} is the pass key.", " What is the pass key?",
+                  " The pass key is")
 
 
 def split_of(text):
@@ -39,31 +89,27 @@ def split_of(text):
     return SPLITS[zlib.crc32(text.encode()) % 2]
 
 
-def draw_value(rng, split, taken):
+def check_choice(kind, value, valid):
+    """Raises a one-line ValueError naming a value that is not one of `valid`, and the choices."""
+    if value not in valid:
+        raise ValueError(f"unknown {kind} {value!r}; valid choices: {', '.join(valid)}")
+
+
+def draw_value(rng, split, taken, digits):
+    """A value of `digits` digits from the split's half, not in `taken` (which it joins)."""
     while True:
-        value = str(rng.randint(1000, 9999))
+        value = str(rng.randint(10 ** (digits - 1), 10 ** digits - 1))
         if split_of(value) == split and value not in taken:
             taken.add(value)
             return value
 
 
-def needle_text(key, value):
-    return f" The secret number of {key} is {value}."
-
-
-def question_and_answer(variant, keys, values):
-    """The question (ends the prompt) and the expected continuation, for the queried keys and their values."""
-    if variant == "passkey":
-        return " What is the pass key? The pass key is", f" {values[0]}"
-    if variant == "multivalue":
-        return (f' "What are the secret numbers of {keys[0]}?" "The secret numbers of {keys[0]} are',
-                " " + ", ".join(values[:-1]) + f" and {values[-1]}")
-    if variant == "multiquery":
-        asked = " and ".join(keys)
-        answer = f" {values[0]}" + "".join(f" and the secret number of {k} is {v}"
-                                           for k, v in zip(keys[1:], values[1:]))
-        return f' "What are the secret numbers of {asked}?" "The secret number of {keys[0]} is', answer
-    return f' "What is the secret number of {keys[0]}?" "The secret number of {keys[0]} is', f" {values[0]}"
+def question_and_answer(wording, keys, values):
+    """The end of the prompt (question and answer prefix) and the expected continuation, for the queried keys and
+    their values. Several keys are asked as one name ("Mia and Tom"), several values answered as "1, 2 and 3"."""
+    name = " and ".join(keys)
+    answer = " " + ", ".join(values[:-1]) + " and " + values[-1] if len(values) > 1 else " " + values[0]
+    return wording.question.format(name=name) + wording.prefix.format(name=name), answer
 
 
 def unused_keys(split, haystack_text):
@@ -71,7 +117,7 @@ def unused_keys(split, haystack_text):
     return [k for k in KEYS if split_of(k) == split and not re.search(rf"\b{k}\b", haystack_text)]
 
 
-def plan_needles(rng, variant, split, haystack_text):
+def plan_needles(rng, variant, wording, split, haystack_text):
     """Returns (needle texts, queried keys, expected values); the first needle is the one placed at the depth."""
     free = unused_keys(split, haystack_text)
     n_keys = {"single": 1, "multikey": 1 + N_DISTRACTORS, "multivalue": 1, "multiquery": N_QUERIES, "passkey": 0}
@@ -80,16 +126,15 @@ def plan_needles(rng, variant, split, haystack_text):
     keys = rng.sample(free, n_keys[variant])
     taken = set()
     if variant == "passkey":
-        value = draw_value(rng, split, taken)
-        return [f" The pass key is {value}. Remember it. {value} is the pass key."], [], [value]
+        value = draw_value(rng, split, taken, EVAL_DIGITS)
+        return [wording.needle.format(value=value)], [], [value]
     if variant == "multivalue":
-        values = [draw_value(rng, split, taken) for _ in range(N_VALUES)]
-        return [needle_text(keys[0], v) for v in values], keys, values
-    values = [draw_value(rng, split, taken) for _ in keys]
-    needles = [needle_text(k, v) for k, v in zip(keys, values)]
+        keys *= N_VALUES  # one key, a needle per value
+    values = [draw_value(rng, split, taken, EVAL_DIGITS) for _ in keys]
+    needles = [wording.needle.format(name=k, value=v) for k, v in zip(keys, values)]
     if variant == "multikey":
         return needles, keys[:1], values[:1]
-    return needles, keys, values  # single, multiquery
+    return needles, list(dict.fromkeys(keys)), values  # single, multivalue, multiquery
 
 
 def haystack_tokens(rng, enc, source, n):
@@ -109,23 +154,23 @@ def sentence_starts(enc, tokens):
     return [0] + [i + 1 for i, t in enumerate(tokens) if enc.decode([t]).rstrip().endswith(".")]
 
 
-def make_sample(rng, enc, source, length, depth, variant, split):
-    """A sample of exactly `length` tokens. source: a token array for the "val" haystack, None for "noise".
+def make_sample(rng, enc, source, length, depth, variant, split, wording):
+    """A sample of exactly `length` tokens in the given Wording (one of WORDINGS; passkey samples use PASSKEY).
+    source: a token array for the "val" haystack, None for "noise".
 
     Returns a dict: tokens (list), prompt_len, values (expected strings), value_mask (True at answer tokens that
     hold digits), needle_at and needle_len (where the asked needle starts, and its tokens), question_at (where the
     question starts), depth (requested)."""
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; valid choices: {', '.join(VARIANTS)}")
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; valid choices: {', '.join(SPLITS)}")
+    check_choice("variant", variant, VARIANTS)
+    check_choice("split", split, SPLITS)
+    wording = PASSKEY if variant == "passkey" else wording
     pool = haystack_tokens(rng, enc, source, length)  # at least as long as the final haystack
-    needles, keys, values = plan_needles(rng, variant, split, enc.decode(pool))
-    question, answer = question_and_answer(variant, keys, values)
+    needles, asked, values = plan_needles(rng, variant, wording, split, enc.decode(pool))
+    question, answer = question_and_answer(wording, asked, values)
     needle_ids = [enc.encode_ordinary(t) for t in needles]
     question_ids, answer_ids = enc.encode_ordinary(question), enc.encode_ordinary(answer)
     n_haystack = length - sum(map(len, needle_ids)) - len(question_ids) - len(answer_ids)
-    if n_haystack < 8:
+    if n_haystack < MIN_HAYSTACK:
         raise ValueError(f"length {length} is too short for the {variant!r} needles and question")
     haystack = pool[:n_haystack]
     starts = sentence_starts(enc, haystack)
@@ -146,22 +191,27 @@ def make_sample(rng, enc, source, length, depth, variant, split):
 
 def make_drill(rng, enc, source, length, split, max_needles=3):
     """A training document of exactly `length` tokens that asks for every needle it holds: 1 to max_needles
-    needles at random sentence starts of a haystack, then one question and answer per needle, in random order.
-    Several answers per row is what lets a small model leave the long plateau before lookups are learned
-    (README, "Needle in a haystack")."""
-    pool = haystack_tokens(rng, enc, source, length)
+    needles (fewer when long wordings would leave less than MIN_HAYSTACK tokens of haystack), each in its own seen
+    wording with a value of 3 to 5 digits, at random sentence starts of a haystack (the noise sentences in a
+    DRILL_NOISE share of drills, else source), then one question and answer per needle, in random order. Several
+    answers per row is what lets a small model leave the long plateau before lookups are learned (README, "Needle
+    in a haystack")."""
+    pool = haystack_tokens(rng, enc, None if rng.random() < DRILL_NOISE else source, length)
     free = unused_keys(split, enc.decode(pool))
     keys = rng.sample(free, min(rng.randint(1, max_needles), len(free)))
     taken = set()
-    values = [draw_value(rng, split, taken) for _ in keys]
-    needle_ids = [enc.encode_ordinary(needle_text(k, v)) for k, v in zip(keys, values)]
-    qa_ids = [t for i in rng.sample(range(len(keys)), len(keys))
-              for t in enc.encode_ordinary("".join(question_and_answer("single", [keys[i]], [values[i]])))]
-    n_haystack = length - sum(map(len, needle_ids)) - len(qa_ids)
-    if n_haystack < 8:
-        raise ValueError(f"length {length} is too short for a drill of {len(keys)} needles")
+    drawn = [(k, draw_value(rng, split, taken, rng.choice(DRILL_DIGITS)), rng.choice(WORDINGS["seen"])) for k in keys]
+    needles = [enc.encode_ordinary(w.needle.format(name=k, value=v)) for k, v, w in drawn]
+    answers = [enc.encode_ordinary("".join(question_and_answer(w, [k], [v]))) for k, v, w in drawn]
+    while len(needles) > 1 and sum(map(len, needles + answers)) > length - MIN_HAYSTACK:
+        needles.pop()
+        answers.pop()
+    n_haystack = length - sum(map(len, needles + answers))
+    if n_haystack < MIN_HAYSTACK:
+        raise ValueError(f"drill length {length} is too short: {length - n_haystack} tokens of needle and question "
+                         f"leave fewer than {MIN_HAYSTACK} of haystack")
     tokens = pool[:n_haystack]
     starts = sentence_starts(enc, tokens)
-    for at, ids in sorted(zip(rng.choices(starts, k=len(keys)), needle_ids), reverse=True):
+    for at, ids in sorted(zip(rng.choices(starts, k=len(needles)), needles), reverse=True):
         tokens[at:at] = ids
-    return tokens + qa_ids
+    return tokens + [t for i in rng.sample(range(len(answers)), len(answers)) for t in answers[i]]

@@ -71,6 +71,8 @@ CASES = [
     case("train.py", ["--kernels", "fast"], "unknown kernels 'fast'; valid choices: auto, on, off"),
     *(case("eval_niah.py", ["--ckpt", f"{W}/good/ckpt.pt", "--lengths", value], value) for value in ("abc", "0", "-1")),
     case("eval_niah.py", ["--ckpt", f"{W}/good/ckpt.pt", "--iters", "x"], "--iters 'x'"),
+    case("eval_niah.py", ["--ckpt", f"{W}/good/ckpt.pt", "--wordings", "seen,all"],
+         "unknown --wordings ['all']; valid choices: seen, heldout"),
     *(case(program, ["--ckpt", f"{W}/{bad}"], f"{bad} is not a valid checkpoint")
       for program in ("eval_niah.py", "drope.py", "repo.py") for bad in ("truncated/ckpt.pt", "random.pt", "pickled.pt")),
     case("drope.py", ["--ckpt", f"{W}/good/ckpt.pt", "--betas", "abc"], "--betas 'abc'"),

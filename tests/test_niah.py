@@ -6,9 +6,13 @@ import pytest
 import torch
 
 import eval_niah
+from data.embedded import PAT_STR, generate_stories
 from data.format import load_tokenizer, load_tokens
-from data.niah import VARIANTS, make_sample, plan_needles, split_of
+from data.niah import DRILL_DIGITS, PASSKEY, VARIANTS, WORDINGS, make_drill, make_sample, plan_needles, split_of
 from model import GPT, GPTConfig
+
+EVERY_WORDING = WORDINGS["seen"] + WORDINGS["heldout"]
+GROUPS = {"name": r"\w+(?: and \w+)*", "value": r"\d+"}
 
 
 @pytest.fixture(scope="module")
@@ -16,51 +20,118 @@ def enc_and_val(tiny_data):
     return load_tokenizer(tiny_data), load_tokens(tiny_data, "val")
 
 
+def pattern(template):
+    """A regex for a wording's format string, with groups name (a key, or "Key and Key") and value (a number); a
+    placeholder's repeats must equal its first occurrence."""
+    regex, seen = "", set()
+    for part in re.split(r"\{(name|value)\}", template):  # text, placeholder, text, ...
+        if part in ("name", "value"):
+            regex += f"(?P={part})" if part in seen else f"(?P<{part}>{GROUPS[part]})"
+            seen.add(part)
+        else:
+            regex += re.escape(part)
+    return regex
+
+
+def asked_pattern(wording):
+    """The end of a prompt in this wording and its answer: (key, value)."""
+    return pattern(wording.question + wording.prefix + " {value}")
+
+
+def drill_answers(text):
+    """[(wording, key, value)] of the questions that end a drill's text, in order: repeatedly the longest seen
+    question and answer that ends the text and whose needle is in it (a cloze like " The secret number of Mia is 12"
+    also ends longer ones; a story cut off after "The secret number of Mia is 74" has no such needle)."""
+    found = []
+    while True:
+        ends = [(m, w) for w in WORDINGS["seen"] if (m := re.search(asked_pattern(w) + "$", text))
+                and w.needle.format(name=m["name"], value=m["value"]) in text]
+        if not ends:
+            return found[::-1]
+        m, w = max(ends, key=lambda e: e[0].end() - e[0].start())
+        found.append((w, m["name"], m["value"]))
+        text = text[:m.start()]
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("haystack", ["val", "noise"])
 def test_sample_has_exact_length_and_needle_at_depth(enc_and_val, variant, haystack):
     enc, val = enc_and_val
-    for length, depth in ((96, 0.75), (128, 0.0), (256, 0.5), (512, 1.0), (300, 0.25)):
-        s = make_sample(random.Random(7), enc, val if haystack == "val" else None, length, depth, variant, "eval")
-        tokens = s["tokens"]
-        assert len(tokens) == length
-        needle = enc.decode(tokens[s["needle_at"]:s["prompt_len"]])
-        first = " The pass key is" if variant == "passkey" else " The secret number of"
-        assert needle.startswith(first) and s["values"][0] in needle.split(".")[0]
-        span = enc.decode(tokens[s["needle_at"]:s["needle_at"] + s["needle_len"]])
-        assert span.startswith(first) and span.endswith(".") and s["values"][0] in span
-        if variant in ("single", "passkey"):  # the needle starts at the sentence start nearest the requested depth
-            assert abs(s["needle_at"] - depth * s["haystack_len"]) <= 25  # the longest generated sentence
-            assert s["needle_at"] == 0 or enc.decode([tokens[s["needle_at"] - 1]]).endswith(".")
-        answer = enc.decode(tokens[s["prompt_len"]:])
-        assert all(v in answer for v in s["values"])
-        assert sum(s["value_mask"]) == sum(len(v) for v in s["values"])  # one token per digit here
+    for wording in EVERY_WORDING:
+        for length, depth in ((160, 0.75), (128, 0.0), (256, 0.5), (512, 1.0), (300, 0.25)):
+            s = make_sample(random.Random(7), enc, val if haystack == "val" else None, length, depth, variant, "eval",
+                            wording)
+            tokens = s["tokens"]
+            assert len(tokens) == length
+            used = PASSKEY if variant == "passkey" else wording
+            span = enc.decode(tokens[s["needle_at"]:s["needle_at"] + s["needle_len"]])
+            match = re.fullmatch(pattern(used.needle), span)
+            assert match and match["value"] == s["values"][0], (span, s["values"])
+            if variant in ("single", "passkey"):  # the needle starts at the sentence start nearest the depth
+                assert abs(s["needle_at"] - depth * s["haystack_len"]) <= 25  # the longest generated sentence
+                assert s["needle_at"] == 0 or enc.decode([tokens[s["needle_at"] - 1]]).endswith(".")
+            asked = enc.decode(tokens[s["question_at"]:s["prompt_len"]])
+            assert re.fullmatch(pattern(used.question + used.prefix), asked), asked
+            answer = tokens[s["prompt_len"]:]  # the answer continues the prompt: one text, tokenized as one
+            assert enc.encode_ordinary(asked + enc.decode(answer)) == tokens[s["question_at"]:]
+            values = s["values"]
+            assert enc.decode(answer) == " " + (f"{', '.join(values[:-1])} and " if len(values) > 1 else "") + values[-1]
+            assert sum(s["value_mask"]) == sum(len(v) for v in values)  # one token per digit here
+
+
+def test_wording_sets_are_disjoint_and_new_to_the_stories():
+    """No held-out needle or question occurs in a seen wording or in the stories, and vice versa for the needles
+    and questions of the two sets: the held-out set tests wordings no training text had."""
+    stories = " ".join(generate_stories(300, seed=0))
+    for ours, theirs in ((WORDINGS["heldout"], WORDINGS["seen"]), (WORDINGS["seen"], WORDINGS["heldout"])):
+        texts = [w.needle.format(name="Mia", value="4821") + "|" + w.question.format(name="Mia") +
+                 w.prefix.format(name="Mia") + " 4821" for w in theirs]
+        for w in ours:
+            for regex in (pattern(w.needle), asked_pattern(w)):
+                assert not any(re.search(regex, t) for t in texts), (w, regex)
+    for w in WORDINGS["heldout"]:
+        assert not re.search(pattern(w.needle), stories) and not re.search(asked_pattern(w), stories), w
+    assert len(WORDINGS["seen"]) == len(set(WORDINGS["seen"])) >= 12 and len(WORDINGS["heldout"]) >= 4
+
+
+def test_wordings_use_the_vocabulary_and_ask_for_the_key(enc_and_val):
+    """Every word of every wording is one token of the embedded tokenizer (with or without its leading space: ' What'
+    after a space is ' ' and 'What'), and each wording names the key in its needle and in its question."""
+    enc, _ = enc_and_val
+    vocabulary = {enc.decode([i]) for i in range(enc.n_vocab - 1)}
+    for w in EVERY_WORDING:
+        assert "{name}" in w.needle and "{value}" in w.needle and "{name}" in w.question + w.prefix, w
+        text = w.needle.format(name="Mia", value="4821") + w.question.format(name="Mia") + w.prefix.format(name="Mia")
+        pieces = re.findall(PAT_STR, text)
+        assert all(p in vocabulary or p[1:] in vocabulary for p in pieces), (w, set(pieces) - vocabulary)
+        assert enc.decode(enc.encode_ordinary(text)) == text
 
 
 def test_keys_and_values_are_unique_and_split(enc_and_val):
     enc, val = enc_and_val
     for split in ("train", "eval"):
         for i in range(20):
-            s = make_sample(random.Random(i), enc, val, 256, 0.5, "multivalue", split)
+            wording = EVERY_WORDING[i % len(EVERY_WORDING)]
+            s = make_sample(random.Random(i), enc, val, 256, 0.5, "multivalue", split, wording)
             assert len(set(s["values"])) == len(s["values"]) and all(split_of(v) == split for v in s["values"])
             haystack = enc.decode([int(t) for t in val[i * 100:i * 100 + 256]])
-            needles, asked, values = plan_needles(random.Random(i), "multikey", split, haystack)
-            keys = [n.split(" of ")[1].split(" is")[0] for n in needles]
+            needles, asked, values = plan_needles(random.Random(i), "multikey", wording, split, haystack)
+            keys = [re.fullmatch(pattern(wording.needle), n)["name"] for n in needles]
             assert len(set(keys)) == 4 and asked == keys[:1] and all(split_of(k) == split for k in keys)
             assert not any(k in haystack for k in keys)  # the stories' own characters are never keys
 
 
 def test_samples_are_deterministic(enc_and_val):
     enc, val = enc_and_val
-    a = make_sample(random.Random("x"), enc, val, 256, 0.3, "single", "eval")
-    b = make_sample(random.Random("x"), enc, val, 256, 0.3, "single", "eval")
+    a = make_sample(random.Random("x"), enc, val, 256, 0.3, "single", "eval", WORDINGS["heldout"][0])
+    b = make_sample(random.Random("x"), enc, val, 256, 0.3, "single", "eval", WORDINGS["heldout"][0])
     assert a == b
 
 
 def test_bad_variant_names_choices(enc_and_val):
     enc, val = enc_and_val
     with pytest.raises(ValueError, match="'needle'; valid choices: single, multikey"):
-        make_sample(random.Random(0), enc, val, 256, 0.5, "needle", "eval")
+        make_sample(random.Random(0), enc, val, 256, 0.5, "needle", "eval", WORDINGS["seen"][0])
 
 
 class Oracle(torch.nn.Module):
@@ -87,7 +158,7 @@ class Oracle(torch.nn.Module):
 
 def test_scoring_on_hand_made_outputs(enc_and_val):
     enc, val = enc_and_val
-    s = make_sample(random.Random(3), enc, val, 200, 0.5, "single", "eval")
+    s = make_sample(random.Random(3), enc, val, 200, 0.5, "single", "eval", WORDINGS["seen"][0])
     class Generating(Oracle):
         config = GPTConfig(n_layer=1)
         generate = GPT.generate
@@ -120,22 +191,65 @@ def test_long_prompt_is_not_cropped(tiny_data, tmp_path, monkeypatch):
     assert (tmp_path / "niah" / "results.json").exists() and (tmp_path / "niah" / "accuracy_vs_length.png").exists()
 
 
-def test_drill_asks_every_needle(enc_and_val):
-    from data.niah import make_drill
+def test_drills_ask_in_seen_wordings_only(enc_and_val):
+    """Drills end with 1-3 questions, each in the wording of its needle (every seen wording is used), values of 3 to
+    5 digits from the training half, on both haystacks; no held-out needle or question ever occurs."""
     enc, val = enc_and_val
-    for i in range(10):
-        tokens = make_drill(random.Random(i), enc, val, 257, "train")
-        assert len(tokens) == 257
+    used, digits, noise = set(), set(), 0
+    for i in range(300):
+        tokens = make_drill(random.Random(i), enc, val, 129, "train")
+        assert len(tokens) == 129
         text = enc.decode(tokens)
-        needles = re.findall(r" The secret number of (\w+) is (\d+)\.", text)
-        answers = re.findall(r'"The secret number of (\w+) is (\d+)(?= "What|$)', text)  # not the stories' own
-        assert 1 <= len(answers) <= 3 and sorted(answers) == sorted(n for n in needles if n in answers)
-        assert all(split_of(k) == "train" and split_of(v) == "train" for k, v in answers)
+        answers = drill_answers(text)
+        assert 1 <= len(answers) <= 3 and len({k for _, k, _ in answers}) == len(answers), text
+        for wording, key, value in answers:
+            assert split_of(key) == "train" and split_of(value) == "train"
+            used.add(wording)
+            digits.add(len(value))
+        for wording in WORDINGS["heldout"]:
+            assert not re.search(pattern(wording.needle), text) and not re.search(asked_pattern(wording), text)
+        noise += text.startswith(" The grass is green.")
+    assert used == set(WORDINGS["seen"]) and digits == set(DRILL_DIGITS) and 30 < noise < 120
+
+
+def test_drills_fit_short_lengths(enc_and_val):
+    """Three needles in long wordings do not fit 64 tokens: a drill holds fewer instead of failing, and a length
+    that not even one needle fits is a clear error."""
+    enc, val = enc_and_val
+    counts = [len(drill_answers(enc.decode(make_drill(random.Random(i), enc, val, 64, "train")))) for i in range(200)]
+    assert set(counts) == {1, 2}
+    with pytest.raises(ValueError, match="drill length 20 is too short: .* fewer than 8 of haystack"):
+        make_drill(random.Random(0), enc, val, 20, "train")
+
+
+def test_eval_reports_seen_and_heldout_wordings(tiny_data, tmp_path, monkeypatch, capsys):
+    """Every cell is measured on both wording sets (by default), each result and table row says which, and the
+    samples of a cell ask every wording of its set."""
+    model = GPT(GPTConfig(vocab_size=load_tokenizer(tiny_data).n_vocab, block_size=96, n_layer=1, n_head=2,
+                          n_embd=16))
+    torch.save({"model_config": model.config.to_dict(), "model": model.state_dict(),
+                "options": {"data_dir": tiny_data}}, tmp_path / "ckpt.pt")
+    asked, real_make_sample = [], eval_niah.make_sample
+
+    def recording_make_sample(*args):
+        asked.append(args[-1])
+        return real_make_sample(*args)
+    monkeypatch.setattr(eval_niah, "make_sample", recording_make_sample)
+    results = eval_niah.main(["--ckpt", str(tmp_path / "ckpt.pt"), "--lengths", "1", "--depths", "5",
+                              "--samples", "3", "--out_dir", str(tmp_path / "niah")])
+    assert sorted(r["wordings"] for r in results) == ["heldout"] * 5 + ["seen"] * 5
+    assert set(asked) == set(EVERY_WORDING)  # 15 samples per set: at least one of each of its wordings
+    table = capsys.readouterr().out
+    assert f"{tmp_path.name} [seen]" in table and f"{tmp_path.name} [heldout]" in table
+    assert (tmp_path / "niah" / f"heatmaps_{tmp_path.name}_heldout.png").exists()
+    only = eval_niah.main(["--ckpt", str(tmp_path / "ckpt.pt"), "--lengths", "1", "--depths", "1", "--samples", "1",
+                           "--wordings", "heldout", "--out_dir", str(tmp_path / "niah")])
+    assert [r["wordings"] for r in only] == ["heldout"]
 
 
 def test_attention_stats_on_hand_made_queries(enc_and_val):
     enc, val = enc_and_val
-    s = make_sample(random.Random(3), enc, val, 200, 0.25, "single", "eval")
+    s = make_sample(random.Random(3), enc, val, 200, 0.25, "single", "eval", WORDINGS["seen"][0])
     at, needle = s["prompt_len"] - 1, range(s["needle_at"], s["needle_at"] + s["needle_len"])
     k = torch.zeros(1, 2, 200, 2)
     k[0, :, list(needle), 0] = 1.0  # needle keys point along x, the others are zero
