@@ -139,7 +139,7 @@ class GPTConfig:
     memory_topk: int = 8           # slots read per token
     memory_key_dim: int = 64       # query / key size d_k (two halves of d_k/2)
     memory_value_dim: int = 128    # value size d_v
-    memory_query_span: int = 1     # FwPKM: tokens whose hidden states form the query (1: the paper's, this token)
+    memory_query_span: int = 8     # FwPKM: tokens whose hidden states form the query (1: the paper's; fwpkm.py)
     memory_chunk: int = 32         # FwPKM: tokens per write; also the sliding window of training
     memory_lifetime: str = "sequence"  # FwPKM: "sequence" (fresh per sequence) or "persistent" (fwpkm.py)
     kernels: str = "auto"          # Triton fast paths (kernels/): auto (on CUDA), on, off; the same weights either way

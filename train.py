@@ -64,7 +64,7 @@ OPTIONS = {  # name: (default, help); the defaults are the CPU default run
     "memory_topk": (8, "slots read per token"),
     "memory_key_dim": (64, "memory query/key size"),
     "memory_value_dim": (128, "memory value size"),
-    "memory_query_span": (1, "FwPKM query from this many tokens' hidden states (1: the paper's; fwpkm.py)"),
+    "memory_query_span": (8, "FwPKM query from this many tokens' hidden states (1: the paper's; fwpkm.py)"),
     "memory_chunk": (32, "FwPKM tokens per write, and the sliding window of --swa_prob steps"),
     "memory_lifetime": ("sequence", "FwPKM memory: sequence (fresh per sequence) or persistent (fwpkm.py)"),
     "swa_prob": (0.0, "probability of a step with sliding-window attention (FwPKM's trick; 1: every step)"),

@@ -22,7 +22,7 @@ def hand_built_memory(seed=0):
     """top-1 product keys: token id a·n + b has query halves (K¹_a, K²_b), so every token reads its own slot with
     weight 1; the value is a random code of the token; the gate is 1; the output is RMSNorm(v̂) itself."""
     config = GPTConfig(vocab_size=VOCAB, n_layer=1, n_head=1, n_embd=C, fwpkm_layers=(0,), memory_n_sub=N_SUB,
-                       memory_topk=1, memory_key_dim=2 * N_SUB, memory_value_dim=C, memory_chunk=CHUNK)
+                       memory_topk=1, memory_key_dim=2 * N_SUB, memory_value_dim=C, memory_chunk=CHUNK, memory_query_span=1)
     memory = FastWeightProductKeyMemory(config, 0).eval()
     scale = (C / 2) ** 0.5  # RMSNorm of a one-hot plus the constant dimension multiplies it by sqrt(C/2)
     codes = torch.randn(VOCAB, C, generator=torch.Generator().manual_seed(seed))
