@@ -25,8 +25,9 @@ The recipe:
 
        beta = 1 + c·ln(s),   s = T / L   (T: the current context length; beta = 1 for T <= L)
 
-   and fit c on held-out text by minimising perplexity over a grid of beta at several lengths (`python drope.py`,
-   this file's command). The paper fits c = 0.412 (0.5B from scratch) and 0.103 (SmolLM-360M). Without position,
+   and fit c on held-out text by minimising perplexity over beta at several lengths (`python drope.py`, this
+   file's command: a grid, extended past an end while the best sits there, then refined; it says whether each
+   optimum is interior). The paper fits c = 0.412 (0.5B from scratch) and 0.103 (SmolLM-360M). Without position,
    the logits of a query spread over more keys as T grows, so attention gets flatter (its entropy grows ~ln T);
    beta > 1 sharpens it back, like YaRN's mscale or the log-length scaling of "scalable softmax".
 
@@ -115,16 +116,49 @@ def loss_at(model, x, y, beta, batch_size):
                           for i in range(0, len(x), batch_size)]))
 
 
+BETA_LIMITS = (0.05, 20.0)  # the search never leaves these: beta <= 0 flips attention, beyond 20 it is one-hot
+
+
+def search_beta(loss_of, betas, step, refinements=2):
+    """The beta of least loss_of(beta), from the grid `betas` (spaced `step`): while the best is at an end of the
+    points tried, 5 more steps past that end (within BETA_LIMITS); then, twice, 9 points around the best at a fifth
+    of the last spacing. Returns (best beta, {beta: loss} of every point tried, whether the best before refining was
+    interior: False means the optimum lies at or past BETA_LIMITS)."""
+    tried = {}
+
+    def try_all(points):
+        for b in (round(b, 6) for b in points):
+            if b not in tried and BETA_LIMITS[0] <= b <= BETA_LIMITS[1]:
+                tried[b] = loss_of(b)
+
+    try_all(betas)
+    while True:
+        best, low, high = min(tried, key=tried.get), min(tried), max(tried)
+        if best == high and high + step <= BETA_LIMITS[1]:
+            try_all(high + step * k for k in range(1, 6))
+        elif best == low and low - step >= BETA_LIMITS[0]:
+            try_all(low - step * k for k in range(1, 6))
+        else:
+            break
+    interior = low < best < high
+    for _ in range(refinements):
+        step /= 5
+        try_all(best + step * k for k in range(-4, 5))
+        best = min(tried, key=tried.get)
+    return best, tried, interior
+
+
 def fit_c(multiples, best_betas):
     """Least squares through the origin of beta - 1 = c·ln(s)."""
     ln_s = np.log(multiples)
     return float(np.sum(ln_s * (np.array(best_betas) - 1)) / np.sum(ln_s ** 2))
 
 
-def plot_fit(multiples, betas, losses, c, path):
+def plot_fit(multiples, curves, c, path):
+    """curves: per length, the [beta, loss] points search_beta tried."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    for m, row in zip(multiples, losses):
-        line, = ax.plot(betas, row, label=f"{m:g}x")
+    for m, curve in zip(multiples, curves):
+        line, = ax.plot(*zip(*sorted(curve)), marker=".", ms=3, label=f"{m:g}x")
         ax.axvline(logit_scale(c, m, 1), color=line.get_color(), ls=":", lw=1)
     ax.set_xlabel("beta (attention logits x beta)")
     ax.set_ylabel("held-out loss (nats/token)")
@@ -140,7 +174,8 @@ def main(argv=None):
     p = ArgumentParser(prog="drope.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, help="a DroPE checkpoint (train.py --pe drope); c is written into it")
     p.add_argument("--lengths", default="2,4,8", help="context lengths, as multiples (> 1) of the training length")
-    p.add_argument("--betas", default="0.8,2.5,0.05", help="the beta grid: start,stop,step (stop included)")
+    p.add_argument("--betas", default="0.8,2.5,0.05", help="the first beta grid: start,stop,step (stop included); "
+                   "extended past an end while the best is there, then refined around the best")
     p.add_argument("--rows", type=int, default=32, help="held-out sequences per length (the same for every beta)")
     p.add_argument("--batch_size", type=int, default=8, help="sequences per forward pass")
     p.add_argument("--data_dir", default=None, help="held-out data; default: the checkpoint's dataset")
@@ -169,25 +204,27 @@ def main(argv=None):
     batches = {m: [t.to(args.device) for t in get_batch(val, args.rows, int(m * train_len),
                                                          torch.Generator().manual_seed(args.seed))]
                for m in multiples}  # [rows, length] inputs and targets per length
-    losses, best = [], []
+    curves, best, interior = [], [], []
     for m in multiples:
-        row = [loss_at(model, *batches[m], beta, args.batch_size) for beta in betas]
-        losses.append(row)
-        best.append(betas[int(np.argmin(row))])
+        beta, tried, inside = search_beta(lambda b: loss_at(model, *batches[m], b, args.batch_size), betas, step)
+        curves.append(sorted(tried.items()))
+        best.append(beta)
+        interior.append(inside)
         unscaled = loss_at(model, *batches[m], 1.0, args.batch_size)
-        print(f"{m:g}x ({int(m * train_len)} tokens): loss {unscaled:.4f} at beta 1, best {min(row):.4f} at beta "
-              f"{best[-1]:.2f}", flush=True)
+        where = "interior" if inside else f"AT THE EDGE of the search ({BETA_LIMITS[0]}-{BETA_LIMITS[1]})"
+        print(f"{m:g}x ({int(m * train_len)} tokens): loss {unscaled:.4f} at beta 1, best {tried[beta]:.4f} at beta "
+              f"{beta:.3f} ({where}; {len(tried)} betas tried, {min(tried):g}-{max(tried):g})", flush=True)
     c = fit_c(multiples, best)
     fitted = [loss_at(model, *batches[m], logit_scale(c, m, 1), args.batch_size) for m in multiples]
     print(f"fitted c = {c:.4f}: beta = " + ", ".join(f"{logit_scale(c, m, 1):.3f} at {m:g}x (loss {f:.4f})"
                                                     for m, f in zip(multiples, fitted)))
 
     ckpt["model_config"]["logit_scale_c"] = c
-    ckpt["logit_scale_fit"] = {"multiples": multiples, "betas": betas, "losses": losses, "best_betas": best,
+    ckpt["logit_scale_fit"] = {"multiples": multiples, "curves": curves, "best_betas": best, "interior": interior,
                                "c": c, "rows": args.rows, "seed": args.seed}
     write_atomic(args.ckpt, lambda tmp: torch.save(ckpt, tmp))
     figure = os.path.join(os.path.dirname(args.ckpt), "beta_fit.png")
-    plot_fit(multiples, betas, losses, c, figure)
+    plot_fit(multiples, curves, c, figure)
     print(f"stored c in {args.ckpt}; wrote {figure}")
     return c
 

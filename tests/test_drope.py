@@ -74,6 +74,15 @@ def test_beta_one_reproduces_the_unscaled_model():
                                    rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("optimum", [1.37, 0.62, 4.1, 30.0])  # inside the first grid, below it, above it, past the limit
+def test_beta_search_finds_the_optimum_or_says_it_is_at_the_edge(optimum):
+    best, tried, interior = drope.search_beta(lambda b: (b - optimum) ** 2, [0.8, 1.2, 1.6, 2.0], 0.4)
+    if optimum <= drope.BETA_LIMITS[1]:
+        assert interior and abs(best - optimum) <= 0.4 / 25 / 2 + 1e-9, (best, optimum)
+    else:
+        assert not interior and best == drope.BETA_LIMITS[1] and max(tried) == drope.BETA_LIMITS[1]
+
+
 def test_fit_c_recovers_a_known_c():
     multiples = [2, 4, 8]
     assert drope.fit_c(multiples, [1 + 0.41 * math.log(m) for m in multiples]) == pytest.approx(0.41)
@@ -117,7 +126,9 @@ def test_fitted_c_is_stored_reloaded_and_overridable(tmp_path, tiny_data, rope_c
     ckpt = load(tmp_path)
     c = ckpt["logit_scale_fit"]["c"]
     assert ckpt["model_config"]["logit_scale_c"] == c and f"fitted c = {c:.4f}" in done.stdout
-    assert all(len(set(row)) == len(row) for row in ckpt["logit_scale_fit"]["losses"])  # beta changed every loss
+    for curve in ckpt["logit_scale_fit"]["curves"]:
+        losses = [loss for _, loss in curve]
+        assert len(set(losses)) == len(losses)  # beta changed every loss
     assert (tmp_path / "run" / "beta_fit.png").stat().st_size > 1000
     args = argparse.Namespace(logit_scale_c=["fitted", 0.0], scaling=[None], iters=[1])
     (label_fit, fit, _), (label_off, off, _) = eval_niah.settings(ckpt, "run", args)
