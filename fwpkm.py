@@ -56,6 +56,9 @@ tests/test_fwpkm_retrieval.py, where the same memory with S = 2 learns a recall 
 near chance). With S > 1 the query is a linear map of the last S tokens' normalised inputs,
 q_t = W_q [RMSNorm(h_{t−S+1}); …; RMSNorm(h_t)], so the local context that names the key is in the query from
 the first step (a short causal convolution, as in the recurrent layers FwPKM is paired with in the paper).
+Measured in the testbed (README: sliding-window attention of 16 in training and evaluation, so only the memory can
+answer; L = 128, 3,000 steps): span 1 at layer 1, 0% exact at every length and number of reads; span 8 at layer 0,
+66 / 90 / 94% at 1x with 1 / 2 / 3 reads, and 82 / 62 / 46% at 2x / 4x / 8x with 3 reads. Hence the default 8.
 
 Sliding-window attention (window = C) on a fraction of training steps (`train.py --swa_prob 0.9`, the paper's
 trick): with full attention always available, the model learns to ignore the memory (gate → 0).
