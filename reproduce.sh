@@ -94,7 +94,8 @@ arm rope_nope_cont $(( N - LATE )) "--pe rope_nope $(stage $LATE $(( N - LATE ))
 arm repo           $N             "--pe repo"                                  ""
 arm rope_nope      $N             "--pe rope_nope"                             ""
 arm pkm            $N             "--pe rope --pkm_layers 1"                   ""
-arm fwpkm          $N             "--pe rope --fwpkm_layers 0"                 "--iters 1,2,3"  # query span 8: the default
+# FwPKM at layer 0 with the default query span of 8 (README, FwPKM testbed), with full attention like every arm
+arm fwpkm          $N             "--pe rope --fwpkm_layers 0"                 "--iters 1,2,3"
 
 # ---------------------------------------------------------------------------------------------------------------
 # The plan and the time it should take: training steps at SEC_PER_STEP, evaluation settings (a RoPE scaling, a
@@ -114,8 +115,10 @@ for a in "${ARMS[@]}"; do
     commas=${list//[^,]/}
     settings=$(( settings + ${#commas} + 1 ))
 done
-estimate=$(awk "BEGIN { print int(($total_steps * $SEC_PER_STEP + $settings * $SEC_PER_EVAL + 10 * ${#ARMS[@]}) / $JOBS) }")
-echo "estimate: $(hms "$estimate") ($total_steps steps, $settings evaluation settings; $MODE timings above)"
+estimate=$(awk "BEGIN { print int(($total_steps * $SEC_PER_STEP + $settings * $SEC_PER_EVAL + 10 * ${#ARMS[@]}) \
+                               / $JOBS) }")
+echo "estimate: $(hms "$estimate") for $total_steps steps at $SEC_PER_STEP s and $settings evaluation settings at" \
+     "$SEC_PER_EVAL s, $JOBS at a time (see reproduce.sh for where these timings come from)"
 
 # ---------------------------------------------------------------------------------------------------------------
 # One arm: train (or resume, or skip), fit DroPE's beta, evaluate. Each command is printed before it runs.
