@@ -18,8 +18,9 @@ the attention mass on the asked needle's tokens, on as many tokens right before 
 attention (computed from the q and k the positional modules return, so RoPE scalings and DroPE's beta count).
 
 It prints a table per variant and haystack (rows: checkpoint[+scaling] [wordings], columns: length, cells: mean
-exact match over depths) and writes to --out_dir: results.json (every cell), heatmaps_<label>_<wordings>.png
-(depth x length per variant) and accuracy_vs_length.png (one line per row, one panel per variant).
+exact match over depths) and writes to --out_dir: results.json (every cell, and the date, machine, torch version
+and command), heatmaps_<label>_<wordings>.png (depth x length per variant) and accuracy_vs_length.png (one panel
+per variant and wordings, one line per checkpoint[+setting]).
 
 RoPE scalings (rope.py) are applied with factor s = length / training length (at least 1), as one would configure
 them for each target length; dyn_ntk uses factor 1, so it is NTK-aware scaling computed from the current length.
@@ -33,8 +34,11 @@ import argparse
 import itertools
 import math
 import os
+import platform
 import random
 import re
+import shlex
+import sys
 import time
 from contextlib import contextmanager
 
@@ -234,7 +238,8 @@ def save_figure(fig, path):
     plt.close(fig)
 
 
-def plot(results, lengths, out_dir):
+def plot_heatmaps(results, lengths, out_dir):
+    """heatmaps_<label>_<wordings>.png: exact match % per depth x length, one panel per variant (first haystack)."""
     variants = list(dict.fromkeys(r["variant"] for r in results))
     haystack = results[0]["haystack"]  # figures show the first haystack; results.json has all
     results = [r for r in results if r["haystack"] == haystack]
@@ -257,22 +262,44 @@ def plot(results, lengths, out_dir):
                     ax.text(j, i, f"{100 * grid[i, j]:.0f}", ha="center", va="center", fontsize=8)
         fig.colorbar(im, ax=axes[0].tolist(), label="exact match %")
         save_figure(fig, os.path.join(out_dir, files[label]))
-    fig, axes = plt.subplots(1, len(variants), figsize=(4.5 * len(variants), 3.5), squeeze=False,
-                             layout="constrained")
-    for ax, variant in zip(axes[0], variants):
-        for label in files:
-            acc = [100 * np.mean([r["exact"] for r in results if row_of(r) == label and r["variant"] == variant
-                                  and r["multiple"] == m]) for m in lengths]
-            ax.plot(lengths, acc, "o-", label=label)
+
+
+def plot_accuracy(results, lengths, path, caption=None):
+    """Exact match % against the context length: one panel per variant and wordings, one line (the same colour in
+    every panel) per checkpoint[+setting], first haystack only. summarize.py draws the whole study with it.
+    caption: a line over the panels (what was run, where, when)."""
+    haystack = results[0]["haystack"]
+    results = [r for r in results if r["haystack"] == haystack]
+    panels = list(dict.fromkeys((r["variant"], r["wordings"]) for r in results))
+    labels = list(dict.fromkeys(r["label"] for r in results))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels) + 2, max(3.5, 1 + 0.2 * len(labels))),
+                             squeeze=False, sharey=True, layout="constrained")
+    for ax, (variant, wordings) in zip(axes[0], panels):
+        for i, label in enumerate(labels):
+            rows = [r for r in results if r["label"] == label and r["variant"] == variant and r["wordings"] == wordings]
+            if rows:
+                acc = [100 * np.mean([r["exact"] for r in rows if r["multiple"] == m]) for m in lengths]
+                ax.plot(lengths, acc, "o-", color=plt.cm.tab20(i % 20), label=label)  # tab20: up to 20 distinct lines
         ax.set_xscale("log", base=2)
         ax.set_xticks(lengths, [f"{m}x" for m in lengths])
         ax.set_ylim(-3, 103)
         ax.set_xlabel("context length (x training length)")
-        ax.set_ylabel("exact match %")
-        ax.set_title(f"{variant} needle, {haystack} haystack")
+        ax.set_title(f"{variant} needle, {haystack} haystack, {wordings} wordings", fontsize=9)
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=8)
-    save_figure(fig, os.path.join(out_dir, "accuracy_vs_length.png"))
+    axes[0][0].set_ylabel("exact match %")
+    handles = {h.get_label(): h for ax in axes[0] for h in ax.get_lines()}  # each label once, in the order drawn
+    fig.legend(handles.values(), handles.keys(), loc="outside right upper", fontsize=8)
+    if caption:
+        fig.suptitle(caption, fontsize=8)
+    save_figure(fig, path)
+
+
+def run_info(argv):
+    """Where and when results were made, for results.json: the date, this machine, torch, and the command."""
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "torch": torch.__version__,
+            "machine": gpu or f"{os.cpu_count()}-core {platform.machine()} CPU",
+            "command": shlex.join(["python", "eval_niah.py", *argv])}
 
 
 def main(argv=None):
@@ -301,6 +328,7 @@ def main(argv=None):
     p.add_argument("--kernels", default="auto", choices=KERNEL_MODES,
                    help="fused Triton fast paths (kernels/): auto (on CUDA when triton is installed), on, off")
     p.add_argument("--seed", type=int, default=0)
+    argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv)
     lengths = args.lengths
     args.lengths = parse_list(lengths, float, "lengths")
@@ -328,8 +356,10 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     results = [r for path, ckpt in ckpts.items() for r in evaluate(path, ckpt, args, args.device)]
     print_tables(results, args.lengths)
-    write_json(os.path.join(args.out_dir, "results.json"), {"args": vars(args), "results": results})
-    plot(results, args.lengths, args.out_dir)
+    write_json(os.path.join(args.out_dir, "results.json"),
+               {"run": run_info(argv), "args": vars(args), "results": results})
+    plot_heatmaps(results, args.lengths, args.out_dir)
+    plot_accuracy(results, args.lengths, os.path.join(args.out_dir, "accuracy_vs_length.png"))
     print(f"\nwrote {args.out_dir}/results.json and figures")
     return results
 

@@ -432,8 +432,11 @@ def main(argv=None):
                     checkpoint(it)
                 print(f"eval iter {it}: train {losses['train']:.4f} val {losses['val']:.4f} "
                       f"({time.perf_counter() - t_eval:.1f}s){format_health(model.health_reports())}")
-            if master and it in o["keep_iters"] and it > start_iter:
-                checkpoint(it, os.path.join(o["out_dir"], f"ckpt_{it}.pt"))
+            keep_path = os.path.join(o["out_dir"], f"ckpt_{it}.pt")
+            # also at the resume's first iteration when the file is missing: a kill after ckpt.pt was written at
+            # this iteration and before this copy would otherwise lose the drop point that later stages start from
+            if master and it in o["keep_iters"] and (it > start_iter or not os.path.exists(keep_path)):
+                checkpoint(it, keep_path)
 
             t_step = time.perf_counter()
             (rows, window), step_data_state = prefetcher.next()

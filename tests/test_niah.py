@@ -1,3 +1,4 @@
+import json
 import math
 import random
 import re
@@ -188,7 +189,9 @@ def test_long_prompt_is_not_cropped(tiny_data, tmp_path, monkeypatch):
     assert max(seen) == 4 * 64 - 1  # the whole 256-token sample minus its last token, uncropped
     assert {r["label"] for r in results} == {tmp_path.name, f"{tmp_path.name}+yarn"}
     assert all(list(r["attention"]) == [0] and len(r["attention"][0]) == 3 for r in results)  # one layer
-    assert (tmp_path / "niah" / "results.json").exists() and (tmp_path / "niah" / "accuracy_vs_length.png").exists()
+    assert (tmp_path / "niah" / "accuracy_vs_length.png").exists()
+    run = json.loads((tmp_path / "niah" / "results.json").read_text())["run"]  # where and how, for summarize.py
+    assert run["command"].startswith("python eval_niah.py --ckpt ") and run["torch"] == torch.__version__
 
 
 def test_drills_ask_in_seen_wordings_only(enc_and_val):

@@ -178,3 +178,20 @@ def test_sliding_window_steps_use_swa_window(tmp_path, tiny_data, monkeypatch):
     run(tmp_path, tiny_data, "--max_iters", "2", "--swa_prob", "1", "--memory_chunk", "7", out="chunk")
     run(tmp_path, tiny_data, "--max_iters", "2", out="full")
     assert seen == [5] * 2 + [7] * 2 + [None] * 2
+
+
+def test_a_kill_before_a_kept_checkpoint_is_written_is_made_good_by_the_resume(tmp_path, tiny_data, monkeypatch):
+    # ckpt.pt is written at iteration 4, then the process dies before ckpt_4.pt (reproduce.sh's drop point) is
+    real_save = torch.save
+
+    def die_at_the_kept_copy(obj, path):
+        if os.path.basename(path).startswith("ckpt_4.pt."):
+            raise Killed
+        real_save(obj, path)
+    monkeypatch.setattr(torch, "save", die_at_the_kept_copy)
+    with pytest.raises(Killed):
+        run(tmp_path, tiny_data, "--max_iters", "8", "--keep_iters", "4")
+    monkeypatch.setattr(torch, "save", real_save)
+    assert load(tmp_path)["iter"] == 4 and not (tmp_path / "run" / "ckpt_4.pt").exists()
+    run(tmp_path, tiny_data, "--max_iters", "8", "--keep_iters", "4", "--resume")
+    assert torch.load(tmp_path / "run" / "ckpt_4.pt", weights_only=True)["iter"] == 4

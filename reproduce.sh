@@ -1,0 +1,193 @@
+#!/usr/bin/env bash
+# The study: every method of this repository trained with the same budget on the same data (the retrieval drills of
+# config/niah_<mode>.py), evaluated by needle in a haystack at 1x, 2x, 4x and 8x its training length, and summed up
+# in results/<mode>/: results.md (the table), accuracy_vs_length.png, and one folder per arm with eval_niah.py's
+# results.json and heatmaps. Checkpoints go to out/study_<mode>/<arm>/, each arm's log to results/<mode>/logs/.
+#
+#   bash reproduce.sh cpu             # config/niah_cpu.py, 2 arms side by side with one thread each
+#   bash reproduce.sh gpu             # config/niah_gpu.py on one GPU, one arm at a time
+#   SMOKE=1 bash reproduce.sh cpu     # the whole pipeline in minutes: 16 steps per arm, tiny evaluations, all of it
+#                                     # under out/smoke_cpu/ (results in out/smoke_cpu/results/)
+#   JOBS=3 bash reproduce.sh cpu      # another number of arms side by side
+#
+# Safe to rerun: an arm whose checkpoint has reached its planned step is not trained again, a killed one continues
+# from its last checkpoint (train.py --resume; on CPU bit for bit), and an evaluation is redone only when its
+# checkpoint is newer than its results.json.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+MODE=${1:-}
+if [[ $# -ne 1 || ! $MODE =~ ^(cpu|gpu)$ ]]; then
+    echo "error: unknown mode '$*'; valid choices: cpu, gpu (e.g. bash reproduce.sh cpu)" >&2
+    exit 2
+fi
+SMOKE=${SMOKE:-0}
+if [[ ! $SMOKE =~ ^[01]$ ]]; then
+    echo "error: SMOKE=$SMOKE; valid choices: 0 (the study), 1 (the smoke test: 16 steps per arm)" >&2
+    exit 2
+fi
+CONFIG=config/niah_$MODE.py
+
+if [[ $MODE == cpu ]]; then
+    # One thread per run: torch's threads spin while they wait for each other, so two runs of 2 threads on 2
+    # cores are 15-25x slower, two runs of 1 thread are not (README, results/cpu_default.md).
+    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+    JOBS=${JOBS:-2}
+    SEC_PER_STEP=0.21  # config/niah_cpu.py: 19-21 minutes per 6,000 steps with 2 runs side by side (2-core CPU)
+    SEC_PER_EVAL=30    # eval_niah.py, one checkpoint and setting at 1x-8x, both wordings: 30 s (results/niah.md)
+else
+    if ! python -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
+        echo "error: mode gpu needs a CUDA GPU that torch can see; without one run: bash reproduce.sh cpu" >&2
+        exit 2
+    fi
+    JOBS=${JOBS:-1}
+    SEC_PER_STEP=0.025  # a guess, not measured: 16k tokens per step at the ~655k tokens/s of an earlier H100 probe
+    SEC_PER_EVAL=10     # a guess
+fi
+if [[ ! $JOBS =~ ^[1-9][0-9]*$ ]]; then
+    echo "error: JOBS=$JOBS must be a number of arms side by side, at least 1" >&2
+    exit 2
+fi
+
+# N: the training budget of every arm, in optimiser steps. A staged arm (DroPE, RePo continued) spends part of it
+# as RoPE, up to its drop point, and the rest in its own stage, so every arm sees N steps of the same data.
+N=$(python -c "import runpy, sys; print(runpy.run_path(sys.argv[1])['max_iters'])" "$CONFIG")
+OUT=out/study_$MODE
+RES=results/$MODE
+COMMAND="bash reproduce.sh $MODE"
+SMOKE_TRAIN=() SMOKE_FIT=() SMOKE_EVAL=()
+if [[ $SMOKE == 1 ]]; then  # the same commands with tiny budgets, away from the study's checkpoints and results
+    N=16
+    OUT=out/smoke_$MODE
+    RES=$OUT/results
+    COMMAND="SMOKE=1 $COMMAND"
+    SMOKE_TRAIN=(--eval_iters 2 --log_interval 4)
+    SMOKE_FIT=(--lengths 2 --rows 2 --betas 0.8,1.2,0.2)
+    SMOKE_EVAL=(--lengths 1,2 --depths 2 --samples 2)
+    SEC_PER_EVAL=10  # its evaluations are mostly start-up
+fi
+LATE=$(( N * 7 / 8 ))  # DroPE's drop point in the paper (14K of 16K steps), and RePo's start here
+HALF=$(( N / 2 ))      # the earlier drop point of the DroPE paper's sweep
+
+# ---------------------------------------------------------------------------------------------------------------
+# The arms, in the order of the table. One RoPE run is both the baseline and the source of the staged arms: it keeps
+# its checkpoints at the drop points (train.py --keep_iters), so a stage starts from exactly the model (and the
+# learning-rate schedule position) the N-step RoPE run had there, and no separate shorter RoPE run is needed.
+ARMS=()
+declare -A STEPS TRAIN EVAL NEEDS
+arm() {  # name, steps, train.py flags, eval_niah.py flags, [the arm whose checkpoint it starts from]
+    ARMS+=("$1")
+    STEPS[$1]=$2 TRAIN[$1]=$3 EVAL[$1]=$4 NEEDS[$1]=${5:-}
+}
+stage() {  # train.py flags of a stage of $2 steps from the RoPE checkpoint at step $1
+    # drope.py's recalibration schedule (3.5% warmup, LR 1e-3, cosine to 1e-4), spelled out because the config's
+    # values count as given and would win over a method's stage defaults
+    local warmup=$(( ($2 * 35 + 500) / 1000 ))
+    echo "--init_from $OUT/rope/ckpt_$1.pt --warmup_iters $(( warmup > 0 ? warmup : 1 )) --lr 1e-3 --min_lr 1e-4"
+}
+arm rope           $N             "--pe rope --keep_iters $HALF,$LATE"         "--scaling none,pi,ntk,yarn"
+arm nope           $N             "--pe nope"                                  ""
+arm drope_late     $(( N - LATE )) "--pe drope $(stage $LATE $(( N - LATE )))"  "--logit_scale_c fitted,0" rope
+arm drope_half     $(( N - HALF )) "--pe drope $(stage $HALF $(( N - HALF )))"  "--logit_scale_c fitted,0" rope
+arm repo_cont      $(( N - LATE )) "--pe repo $(stage $LATE $(( N - LATE )))"   "" rope
+arm rope_nope_cont $(( N - LATE )) "--pe rope_nope $(stage $LATE $(( N - LATE )))" "" rope
+arm repo           $N             "--pe repo"                                  ""
+arm rope_nope      $N             "--pe rope_nope"                             ""
+arm pkm            $N             "--pe rope --pkm_layers 1"                   ""
+# FwPKM at layer 0 with the default query span of 8 (README, FwPKM testbed), with full attention like every arm
+arm fwpkm          $N             "--pe rope --fwpkm_layers 0"                 "--iters 1,2,3"
+
+# ---------------------------------------------------------------------------------------------------------------
+# The plan and the time it should take: training steps at SEC_PER_STEP, evaluation settings (a RoPE scaling, a
+# DroPE beta, a number of FwPKM reads) at SEC_PER_EVAL, ~10 s of start-up per arm, JOBS arms at a time. Memory arms
+# step 1.1-1.4x slower than RoPE (bench.py) and drope.py's fits take minutes; the estimate leaves both out.
+hms() { printf "%dh%02dm%02ds" $(( $1 / 3600 )) $(( $1 % 3600 / 60 )) $(( $1 % 60 )); }
+echo "$COMMAND: $CONFIG, $N steps per arm, $JOBS arm(s) at a time; checkpoints in $OUT/, results in $RES/"
+printf "  %-15s %6s  %-46s %s\n" arm steps "starts from" "evaluation (eval_niah.py)"
+total_steps=0 settings=0
+for a in "${ARMS[@]}"; do
+    from=scratch
+    [[ ${TRAIN[$a]} =~ --init_from\ ([^ ]+) ]] && from=${BASH_REMATCH[1]}
+    [[ $a == rope ]] && from="scratch; keeps steps $HALF and $LATE"
+    printf "  %-15s %6d  %-46s %s\n" "$a" "${STEPS[$a]}" "$from" "${EVAL[$a]:-single setting}"
+    total_steps=$(( total_steps + STEPS[$a] ))
+    list=${EVAL[$a]##* }  # the last word: the comma list of settings ('' for one setting)
+    commas=${list//[^,]/}
+    settings=$(( settings + ${#commas} + 1 ))
+done
+estimate=$(awk "BEGIN { print int(($total_steps * $SEC_PER_STEP + $settings * $SEC_PER_EVAL + 10 * ${#ARMS[@]}) \
+                               / $JOBS) }")
+echo "estimate: $(hms "$estimate") for $total_steps steps at $SEC_PER_STEP s and $settings evaluation settings at" \
+     "$SEC_PER_EVAL s, $JOBS at a time (see reproduce.sh for where these timings come from)"
+
+# ---------------------------------------------------------------------------------------------------------------
+# One arm: train (or resume, or skip), fit DroPE's beta, evaluate. Each command is printed before it runs.
+run() { echo "+ $*"; "$@"; }
+trained() {  # true when $1/ckpt.pt has reached step $2 (train.py's last checkpoint is the one at max_iters)
+    [[ -f $1/ckpt.pt ]] && python -c "import sys, torch
+sys.exit(torch.load(sys.argv[1], map_location='cpu', weights_only=True)['iter'] < int(sys.argv[2]))" "$1/ckpt.pt" "$2"
+}
+do_arm() {
+    local arm=$1 dir=$OUT/$1
+    if trained "$dir" "${STEPS[$arm]}"; then
+        echo "trained already: $dir/ckpt.pt is at step ${STEPS[$arm]}"
+    else
+        local resume=() every=$(( STEPS[$arm] / 6 ))  # an evaluation and a checkpoint every sixth of the run
+        [[ -f $dir/ckpt.pt ]] && resume=(--resume)  # killed before: continue it
+        # shellcheck disable=SC2086  # TRAIN holds several flags
+        run python train.py --config "$CONFIG" --out_dir "$dir" --max_iters "${STEPS[$arm]}" \
+            --eval_interval $(( every > 0 ? every : 1 )) ${TRAIN[$arm]} "${SMOKE_TRAIN[@]}" "${resume[@]}"
+    fi
+    # drope.py stores c in the checkpoint and then writes beta_fit.png: a figure newer than the checkpoint means done
+    if [[ ${TRAIN[$arm]} == "--pe drope "* && ! $dir/beta_fit.png -nt $dir/ckpt.pt ]]; then
+        run python drope.py --ckpt "$dir/ckpt.pt" "${SMOKE_FIT[@]}"
+    fi
+    if [[ $RES/$arm/results.json -nt $dir/ckpt.pt ]]; then
+        echo "evaluated already: $RES/$arm/results.json"
+    else
+        # shellcheck disable=SC2086
+        run python eval_niah.py --ckpt "$dir/ckpt.pt" --out_dir "$RES/$arm" ${EVAL[$arm]} "${SMOKE_EVAL[@]}"
+    fi
+}
+
+# ---------------------------------------------------------------------------------------------------------------
+# The schedule: arms from scratch first, then the staged ones (each waits for the RoPE run it starts from), at most
+# JOBS at a time. Every line an arm prints goes to its log and, prefixed with its name, to this terminal.
+export PYTHONUNBUFFERED=1  # progress lines through the pipe as they come
+mkdir -p "$RES/logs"
+declare -A PID
+failed=()
+started=$SECONDS
+order=()
+for a in "${ARMS[@]}"; do [[ -n ${NEEDS[$a]} ]] || order+=("$a"); done  # from scratch
+for a in "${ARMS[@]}"; do [[ -z ${NEEDS[$a]} ]] || order+=("$a"); done  # staged
+for a in "${order[@]}"; do
+    while (( $(jobs -rp | wc -l) >= JOBS )); do wait -n || true; done  # a slot frees up (failures counted below)
+    need=${NEEDS[$a]}
+    if [[ -n $need ]] && ! wait "${PID[$need]}"; then
+        echo "[$(date +%H:%M:%S)] $a not started: $need, which it starts from, failed"
+        failed+=("$a")
+        continue
+    fi
+    echo "[$(date +%H:%M:%S)] start $a (log: $RES/logs/$a.log)"
+    ( do_arm "$a" 2>&1 | tee -a "$RES/logs/$a.log" | sed -u "s/^/[$a] /" ) &
+    PID[$a]=$!
+done
+for a in "${ARMS[@]}"; do
+    if [[ -n ${PID[$a]:-} ]] && ! wait "${PID[$a]}"; then
+        echo "[$(date +%H:%M:%S)] $a FAILED; see $RES/logs/$a.log"
+        failed+=("$a")
+    fi
+done
+echo "[$(date +%H:%M:%S)] all arms ended after $(hms $(( SECONDS - started )))"
+
+# The table and the figure of every arm evaluated so far (the order of ARMS).
+done_results=()
+for a in "${ARMS[@]}"; do [[ -f $RES/$a/results.json ]] && done_results+=("$RES/$a/results.json"); done
+if (( ${#done_results[@]} )); then
+    python summarize.py "${done_results[@]}" --out_dir "$RES" --command "$COMMAND"
+fi
+if (( ${#failed[@]} )); then
+    echo "error: ${failed[*]} did not finish; rerun '$COMMAND' to continue where they stopped" >&2
+    exit 1
+fi

@@ -1,0 +1,118 @@
+"""
+The study's summary: eval_niah.py's results.json files (reproduce.sh writes one per arm) become one Markdown table
+of every method and one accuracy-vs-length figure.
+
+    python summarize.py results/cpu/*/results.json --out_dir results/cpu --command "bash reproduce.sh cpu"
+
+It writes to --out_dir:
+- results.md: for each needle variant, haystack and set of wordings, a table with one row per checkpoint[+setting]
+  (eval_niah.py's labels: the checkpoint's directory, then a RoPE scaling, a DroPE beta or FwPKM reading passes):
+  the checkpoint's final validation loss (train.py's, on held-out text at the training length) and the NIAH exact
+  match % (teacher-forced value-token accuracy %) at every length, the mean over depths and samples. Above the
+  tables: the command, and the date, machine and torch version of every evaluation.
+- accuracy_vs_length.png: every row as a line (eval_niah.plot_accuracy), with the same caption.
+"""
+import argparse
+import json
+import os
+
+import numpy as np
+import torch
+
+from cli import ArgumentParser, check_writable_dir
+from data.format import write_atomic
+from eval_niah import plot_accuracy
+
+
+def load_results(paths):
+    """([run info of each file], [every result of every file]) from eval_niah.py's results.json files."""
+    runs, results = [], []
+    for path in paths:
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except (OSError, ValueError) as e:  # missing, unreadable, or not JSON
+            raise SystemExit(f"error: {path} cannot be read as eval_niah.py's results.json "
+                             f"({getattr(e, 'strerror', None) or e})") from None
+        if not isinstance(data, dict) or not data.get("results"):
+            raise SystemExit(f"error: {path} is not eval_niah.py's results.json (no results in it)")
+        runs.append({"file": path, **data.get("run", {})})  # files written before eval_niah.py recorded its run: none
+        results += data["results"]
+    return runs, results
+
+
+def final_val_loss(ckpt_path):
+    """The last validation loss train.py stored in the checkpoint, or None when the checkpoint is not here."""
+    if not os.path.isfile(ckpt_path):
+        return None
+    history = torch.load(ckpt_path, map_location="cpu", weights_only=True).get("history", {})
+    return history["val_loss"][-1] if history.get("val_loss") else None
+
+
+def markdown_tables(results, losses):
+    """One Markdown table per (variant, haystack, wordings): rows are labels, columns val loss and the lengths."""
+    lengths = sorted({r["multiple"] for r in results})
+    lines = []
+    for variant, haystack, wordings in dict.fromkeys((r["variant"], r["haystack"], r["wordings"]) for r in results):
+        rows = [r for r in results if (r["variant"], r["haystack"], r["wordings"]) == (variant, haystack, wordings)]
+        header = []
+        for m in lengths:
+            tokens = {r["length"] for r in rows if r["multiple"] == m}
+            header.append(f"{m}x ({tokens.pop()})" if len(tokens) == 1 else f"{m}x")  # checkpoints may differ in L
+        depths, samples = len({r["depth"] for r in rows}), rows[0]["n"]
+        lines += [f"### {variant} needle, {haystack} haystack, {wordings} wordings", "",
+                  f"Exact match % (teacher-forced value-token accuracy %), mean over {depths} depths x {samples} "
+                  f"samples:", "",
+                  "| method | val loss | " + " | ".join(header) + " |",
+                  "| --- " * (2 + len(lengths)) + "|"]
+        for label in dict.fromkeys(r["label"] for r in rows):
+            mine = [r for r in rows if r["label"] == label]
+            loss = losses.get(mine[0]["ckpt"])
+            cells = []
+            for m in lengths:
+                cell = [r for r in mine if r["multiple"] == m]
+                cells.append(f"{100 * np.mean([r['exact'] for r in cell]):.0f} "
+                             f"({100 * np.mean([r['token'] for r in cell]):.1f})" if cell else "")
+            lines.append(f"| {label} | {'' if loss is None else f'{loss:.3f}'} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
+def main(argv=None):
+    p = ArgumentParser(prog="summarize.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("results", nargs="+", help="eval_niah.py's results.json files, in the order of the table's rows")
+    p.add_argument("--out_dir", required=True, help="where results.md and accuracy_vs_length.png go")
+    p.add_argument("--command", default="", help="the command that made the results, for the record")
+    args = p.parse_args(argv)
+    runs, results = load_results(args.results)
+    check_writable_dir(args.out_dir, "--out_dir")
+    losses = {path: final_val_loss(path) for path in dict.fromkeys(r["ckpt"] for r in results)}
+
+    def distinct(key):
+        return ", ".join(dict.fromkeys(run.get(key, "not recorded") for run in runs))
+    dates = sorted(run["date"] for run in runs if "date" in run)
+    when = f"{dates[0]} to {dates[-1]}" if dates else "not recorded"
+    caption = f"{args.command or 'eval_niah.py'} | {distinct('machine')} | torch {distinct('torch')} | {when}"
+    lines = ["# Needle in a haystack: every method beyond its training length", "",
+             *([f"Made by `{args.command}`."] if args.command else []),
+             f"Evaluated {when} on {distinct('machine')}, torch {distinct('torch')}. Val loss: the last validation "
+             f"loss in each checkpoint (train.py, held-out text at the training length).", "",
+             "![accuracy vs length](accuracy_vs_length.png)", "",
+             *markdown_tables(results, losses),
+             "Evaluation commands:", "",
+             *(f"- `{run.get('command', 'not recorded')}` ({run.get('date', 'no date')}): {run['file']}"
+               for run in runs), ""]
+    path = os.path.join(args.out_dir, "results.md")
+
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write("\n".join(lines))
+    write_atomic(path, write)
+    plot_accuracy(results, sorted({r["multiple"] for r in results}),
+                  os.path.join(args.out_dir, "accuracy_vs_length.png"), caption)
+    print("\n".join(markdown_tables(results, losses)))
+    print(f"wrote {path} and {os.path.join(args.out_dir, 'accuracy_vs_length.png')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,22 @@
+"""reproduce.sh's refusals. The study itself takes hours and its smoke test (SMOKE=1) minutes on 2 cores, too long
+for the suite: README, "The study", shows the smoke run."""
+import os
+import subprocess
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("args, env, message", [
+    ([], {}, "error: unknown mode ''; valid choices: cpu, gpu"),
+    (["tpu"], {}, "error: unknown mode 'tpu'; valid choices: cpu, gpu"),
+    (["cpu", "gpu"], {}, "error: unknown mode 'cpu gpu'; valid choices: cpu, gpu"),
+    (["cpu"], {"SMOKE": "yes"}, "error: SMOKE=yes; valid choices: 0 (the study), 1"),
+    (["cpu"], {"JOBS": "0"}, "error: JOBS=0 must be a number of arms side by side, at least 1"),
+])
+def test_bad_input_is_refused_in_one_line(args, env, message):
+    done = subprocess.run(["bash", os.path.join(ROOT, "reproduce.sh"), *args], capture_output=True, text=True,
+                          env={**os.environ, **env})
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith(message) and done.stderr.count("\n") == 1

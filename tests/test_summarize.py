@@ -1,0 +1,49 @@
+import json
+
+import pytest
+import torch
+
+import summarize
+
+
+def result(label, ckpt, wordings, multiple, depth, exact, token):
+    return {"label": label, "ckpt": ckpt, "variant": "single", "haystack": "val", "wordings": wordings,
+            "multiple": multiple, "length": 128 * multiple, "depth": depth, "exact": exact, "token": token, "n": 10}
+
+
+def test_table_and_figure_from_results_files(tmp_path):
+    ckpt = str(tmp_path / "rope" / "ckpt.pt")
+    (tmp_path / "rope").mkdir()
+    torch.save({"model_config": {}, "model": {}, "history": {"val_loss": [6.7, 1.234]}}, ckpt)
+    rope = [result(label, ckpt, w, m, d, exact, 0.9)
+            for label, exact in (("rope", 1.0), ("rope+yarn", 0.5)) for w in ("seen", "heldout")
+            for m in (1, 2) for d, exact in ((0.0, exact), (1.0, 0.0 if m == 2 else exact))]
+    nope = [result("nope", str(tmp_path / "gone" / "ckpt.pt"), w, m, d, 0.2, 0.25)
+            for w in ("seen", "heldout") for m in (1, 2) for d in (0.0, 1.0)]
+    (tmp_path / "a.json").write_text(json.dumps({"run": {"date": "2026-11-23 08:00 UTC", "machine": "2-core CPU",
+                                                         "torch": "2.13.0", "command": "python eval_niah.py a"},
+                                                 "results": rope}))
+    (tmp_path / "b.json").write_text(json.dumps({"results": nope}))  # written before runs were recorded
+    summarize.main([str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out_dir", str(tmp_path / "out"),
+                    "--command", "bash reproduce.sh cpu"])
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "Made by `bash reproduce.sh cpu`." in md and "2026-11-23 08:00 UTC" in md and "2-core CPU" in md
+    assert "| method | val loss | 1x (128) | 2x (256) |" in md
+    seen = md.split("### single needle, val haystack, seen wordings")[1].split("###")[0]
+    assert "| rope | 1.234 | 100 (90.0) | 50 (90.0) |" in seen  # the mean over the two depths
+    assert "| rope+yarn | 1.234 | 50 (90.0) | 25 (90.0) |" in seen
+    assert "| nope |  | 20 (25.0) | 20 (25.0) |" in seen  # no checkpoint here: no val loss
+    assert "### single needle, val haystack, heldout wordings" in md
+    assert "`python eval_niah.py a`" in md and "`not recorded`" in md
+    assert (tmp_path / "out" / "accuracy_vs_length.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("content, message", [(None, "cannot be read"), ("{not json", "cannot be read"),
+                                              ('{"args": {}}', "no results in it")])
+def test_bad_results_file_is_one_line(tmp_path, capsys, content, message):
+    path = tmp_path / "results.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(SystemExit, match=message):
+        summarize.main([str(path), "--out_dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()  # nothing written
