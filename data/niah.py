@@ -27,6 +27,7 @@ disjoint halves by a hash: training documents use the "train" half and evaluatio
 cannot pass the evaluation by memorising pairs. A key that already occurs in the haystack is never used (the
 stories have secret numbers of their own).
 """
+import random
 import re
 import zlib
 from collections import namedtuple
@@ -47,29 +48,52 @@ DRILL_NOISE = 0.25       # the share of drills whose haystack is the noise sente
 MIN_HAYSTACK = 8         # tokens of haystack a sample or drill keeps at least
 
 Wording = namedtuple("Wording", "needle question prefix")
+# The parts of the seen wordings; compose() fills one of each into a Wording. {thing} names the key's number ({Thing}
+# at a sentence start), {verb} is one tense for the whole wording. None of the parts can make a held-out needle or
+# question (tests/test_niah.py enumerates every combination): no noun "number", "favourite number" or "secret key",
+# no map, no "found".
+PARTS = {
+    "noun": ("secret number", "secret", "home number", "old number", "good number"),
+    "thing": ("the {noun} of {name}", "the {noun} for {name}", "{name}'s {noun}"),
+    "verb": ("is", "was"),
+    "object": ("box", "key", "train", "boat", "car", "book", "hat", "cup"),
+    "needle": (" {Thing} {verb} {value}.", " {value} {verb} {thing}.", " The number {value} {verb} for {name}.",
+               ' {name} said, "My {noun} is {value}."', " {name} had a {object} with the number {value} on it.",
+               " {name} wrote the number {value} on the {object}."),
+    "question": ("", " What {verb} {thing}?", ' "What {verb} {thing}?"', " What number was on the {object} of {name}?"),
+    "prefix": ("", " It {verb}", " It {verb}:", " {Thing} {verb}", " {Thing} {verb}:", ' "{Thing} {verb}',
+               " The number {verb}", " The number {name} wrote {verb}", " The number {name} had {verb}"),
+}
+
+
+def compose(noun, thing, verb, object, needle, question, prefix):
+    """The Wording of one choice of each of PARTS (in its order); {name} and {value} stay placeholders."""
+    fields = {"noun": noun, "verb": verb, "object": object, "name": "{name}", "value": "{value}"}
+    fields["thing"] = thing.format(**fields)
+    fields["Thing"] = fields["thing"][0].upper() + fields["thing"][1:]
+    return Wording(*(part.format(**fields) for part in (needle, question, prefix)))
+
+
+def draw_wording(rng):
+    """A seen wording, each part drawn independently; drawn again when neither its question nor its prefix names
+    the key (a prompt without a question must name the key in its prefix)."""
+    while True:
+        wording = compose(*(rng.choice(choices) for choices in PARTS.values()))
+        if "{name}" in wording.question + wording.prefix:
+            return wording
+
+
+def draw_wordings(seed, n):
+    """n distinct seen wordings, drawn once: the fixed "seen" set of the evaluation."""
+    rng, drawn = random.Random(seed), {}
+    while len(drawn) < n:
+        drawn[draw_wording(rng)] = None
+    return tuple(drawn)
+
+
+EVAL_SEEN = 20  # composed seen wordings in the evaluation, drawn with seed 0
 WORDINGS = {
-    "seen": (
-        Wording(" The secret number of {name} is {value}.", ' "What is the secret number of {name}?"',
-                ' "The secret number of {name} is'),
-        Wording(" {name}'s secret number is {value}.", " What is the secret number of {name}?", " It is"),
-        Wording(" The number of {name} is {value}.", ' "What is the number of {name}?"', ' "The number of {name} is:'),
-        Wording(" The favourite number of {name} is {value}.", " What is the favourite number of {name}?", ""),
-        Wording(" The number for {name} is {value}.", "", " The number for {name} is"),
-        Wording(" {name} had a key with the number {value} on it.", " What number was on the key of {name}?",
-                " The number was"),
-        Wording(" {name} wrote the number {value} on a piece of paper.", " What number was on the paper of {name}?",
-                " It was:"),
-        Wording(" {name} had a golden box. The number on the box was {value}.",
-                " What was the number on the box of {name}?", " The number on the box of {name} was"),
-        Wording(" {value} is the secret number of {name}.", "", " The secret number of {name} is"),
-        Wording(" The number {value} was for {name}.", " What number was for {name}?", " The number for {name} was:"),
-        Wording(' {name} said, "My secret number is {value}."', ' "What is the secret number of {name}?"', ""),
-        Wording(" The train of {name} had the number {value}.", " What number was on the train of {name}?",
-                " The number on the train was"),
-        Wording(" {name} lived at number {value}.", ' "Where is the home of {name}?"',
-                ' "The home of {name} is at number'),
-        Wording(" The key for {name} was number {value}.", "", " The key for {name} was number"),
-    ),
+    "seen": draw_wordings(0, EVAL_SEEN),
     "heldout": (
         Wording(" The secret key of {name} is {value}.", " What is the secret key of {name}?",
                 " The secret key of {name} is:"),
@@ -200,7 +224,7 @@ def make_drill(rng, enc, source, length, split, max_needles=3):
     free = unused_keys(split, enc.decode(pool))
     keys = rng.sample(free, min(rng.randint(1, max_needles), len(free)))
     taken = set()
-    drawn = [(k, draw_value(rng, split, taken, rng.choice(DRILL_DIGITS)), rng.choice(WORDINGS["seen"])) for k in keys]
+    drawn = [(k, draw_value(rng, split, taken, rng.choice(DRILL_DIGITS)), draw_wording(rng)) for k in keys]
     needles = [enc.encode_ordinary(w.needle.format(name=k, value=v)) for k, v, w in drawn]
     answers = [enc.encode_ordinary("".join(question_and_answer(w, [k], [v]))) for k, v, w in drawn]
     while len(needles) > 1 and sum(map(len, needles + answers)) > length - MIN_HAYSTACK:
