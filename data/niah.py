@@ -59,24 +59,27 @@ Wording = namedtuple("Wording", "needle question prefix")
 # The parts of the seen wordings; compose() fills one of each into a Wording. {thing} names the key's number ({Thing}
 # at a sentence start), {verb} is one tense for the whole wording. None of the parts can make a held-out needle or
 # question (tests/test_niah.py enumerates every combination): no noun "number", "favourite number" or "secret key",
-# no map, no "found".
+# no map, no "found". Draws are uniform over a tuple, so a repeated choice is drawn more often: the answer must be
+# the likeliest continuation where a prompt ends (greedy decoding answers there), so the answer follows the "?" in
+# half the questions and a colon ends a quarter of the prefixes (drawn uniformly, a model wrote ": 953" after "is").
 PARTS = {
     "noun": ("secret number", "secret", "home number", "old number", "good number"),
     "thing": ("the {noun} of {name}", "the {noun} for {name}", "{name}'s {noun}"),
     "verb": ("is", "was"),
     "object": ("box", "key", "train", "boat", "car", "book", "hat", "cup"),
+    "colon": ("",) * 3 + (":",),
     "needle": (" {Thing} {verb} {value}.", " {value} {verb} {thing}.", " The number {value} {verb} for {name}.",
                ' {name} said, "My {noun} is {value}."', " {name} had a {object} with the number {value} on it.",
                " {name} wrote the number {value} on the {object}."),
     "question": ("", " What {verb} {thing}?", ' "What {verb} {thing}?"', " What number was on the {object} of {name}?"),
-    "prefix": ("", " It {verb}", " It {verb}:", " {Thing} {verb}", " {Thing} {verb}:", ' "{Thing} {verb}',
-               " The number {verb}", " The number {name} wrote {verb}", " The number {name} had {verb}"),
+    "prefix": ("",) * 6 + (" It {verb}{colon}", " {Thing} {verb}{colon}", ' "{Thing} {verb}', " The number {verb}{colon}",
+                           " The number {name} wrote {verb}{colon}", " The number {name} had {verb}{colon}"),
 }
 
 
-def compose(noun, thing, verb, object, needle, question, prefix):
+def compose(noun, thing, verb, object, colon, needle, question, prefix):
     """The Wording of one choice of each of PARTS (in its order); {name} and {value} stay placeholders."""
-    fields = {"noun": noun, "verb": verb, "object": object, "name": "{name}", "value": "{value}"}
+    fields = {"noun": noun, "verb": verb, "object": object, "colon": colon, "name": "{name}", "value": "{value}"}
     fields["thing"] = thing.format(**fields)
     fields["Thing"] = fields["thing"][0].upper() + fields["thing"][1:]
     return Wording(*(part.format(**fields) for part in (needle, question, prefix)))

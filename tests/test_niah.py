@@ -3,6 +3,7 @@ import math
 import random
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -119,7 +120,9 @@ def test_wording_sets_are_disjoint_and_new_to_the_stories():
 
 def test_draws_take_every_part_independently(monkeypatch):
     """draw_wording takes each part of PARTS independently: every choice of every part is drawn, every question
-    form with every prefix that completes it (a prompt without a question needs a prefix that names the key)."""
+    form with every prefix that completes it (a prompt without a question needs a prefix that names the key). The
+    answer is the likeliest continuation of a prompt: it follows half the questions at once, and a colon after "is"
+    is drawn a quarter of the time."""
     calls, drawn, rng = [], [], random.Random(0)
     monkeypatch.setattr(niah, "compose", lambda *parts: calls.append(parts) or compose(*parts))
     for _ in range(3000):
@@ -128,10 +131,12 @@ def test_draws_take_every_part_independently(monkeypatch):
         drawn.append(dict(zip(PARTS, calls[-1])))
     for part, choices in PARTS.items():
         assert {d[part] for d in drawn} == set(choices), part
-    names_key = {p for p in PARTS["prefix"] if "{name}" in compose("secret", "{name}'s {noun}", "is", "box", "",
+    names_key = {p for p in PARTS["prefix"] if "{name}" in compose("secret", "{name}'s {noun}", "is", "box", "", "",
                                                                      "", p).prefix}
     pairs = {(q, p) for q, p in itertools.product(PARTS["question"], PARTS["prefix"]) if q or p in names_key}
-    assert {(d["question"], d["prefix"]) for d in drawn} == pairs and len(names_key) == 5
+    assert {(d["question"], d["prefix"]) for d in drawn} == pairs and len(names_key) == 4
+    assert 0.45 < np.mean([d["prefix"] == "" for d in drawn if d["question"]]) < 0.55
+    assert 0.2 < np.mean([d["colon"] == ":" for d in drawn]) < 0.3
 
 
 def test_wordings_use_the_vocabulary_and_ask_for_the_key(enc_and_val):
