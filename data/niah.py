@@ -15,7 +15,7 @@ number", "home number", ...), how it names the key ("the {noun} of {name}", "{na
 was), a needle form (the key first, the value first, said, events with an object), a question form (none, plain,
 quoted, about the object) and an answer prefix (none: the answer right after the "?", "It is:", the key's number
 again, a cloze without a question, ...). A drill draws every part independently (draw_wording), so no question
-predicts its prefix and the lookup has to be learned, not a template (about 20,000 wordings). WORDINGS["seen"] is
+predicts its prefix and the lookup has to be learned, not a template (over 10,000 wordings, a test counts them). WORDINGS["seen"] is
 the evaluation's fixed sample of 20 of them (seed 0). WORDINGS["heldout"] (the 5 of before the composition, kept
 so that numbers stay comparable) are never trained: nouns no part has ("secret key", "number", "favourite number"),
 a map, "found ... under a chair", with forms the parts do have (answers right after the "?", "is:", a cloze, the
