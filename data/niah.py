@@ -10,18 +10,18 @@ is a Wording of three format strings with {name} (the key) and {value}, for exam
     question  ' "What is the secret number of {name}?"'
     prefix    ' "The secret number of {name} is'          (ends the prompt; the answer " 4821" continues it)
 
-The seen wordings, those of the training drills, are composed from parts (PARTS, compose): a noun ("secret
-number", "home number", ...), how it names the key ("the {noun} of {name}", "{name}'s {noun}", ...), a tense (is,
-was), a needle form (the key first, the value first, said, events with an object), a question form (none, plain,
-quoted, about the object), an answer prefix (none: the answer right after the "?", "It is", the key's number
-again, a cloze without a question, ...) and a colon after it or not. A drill draws every part independently
-(draw_wording), so no question predicts its prefix and the lookup has to be learned, not a template (over 10,000
-wordings, a test counts them). WORDINGS["seen"] is the evaluation's fixed sample of 20 of them (seed 0). WORDINGS["heldout"] (the 5 of before the composition, kept
-so that numbers stay comparable) are never trained: nouns no part has ("secret key", "number", "favourite number"),
-a map, "found ... under a chair", with forms the parts do have (answers right after the "?", "is:", a cloze, the
-value before the key). No part combination makes a held-out needle or question (tests check every combination), so
-a model that learned templates, not the lookup, fails on them. Every word is in the embedded
-tokenizer's vocabulary (tests check it).
+The seen wordings, those of the training drills, are composed from parts (PARTS, compose): a noun ("secret number",
+"home number", ...), how it names the key ("the {noun} of {name}", "{name}'s {noun}", ...), a tense (is, was), a
+needle form (the key first, the value first, said, events with an object), a question form (none, plain, quoted,
+about the object), an answer prefix (none: the answer right after the "?", "It is", the key's number again, a cloze
+without a question, ...) and a colon after it or not. A drill draws every part independently (draw_wording), so no
+question predicts its prefix and the lookup has to be learned, not a template (over 10,000 wordings, a test counts
+them). WORDINGS["seen"] is the evaluation's fixed sample of 20 of them (seed 0). WORDINGS["heldout"] (the 5 of
+before the composition, kept so that numbers stay comparable) are never trained: nouns no part has ("secret key",
+"number", "favourite number"), a map, "found ... under a chair", with forms the parts do have (answers right after
+the "?", "is:", a cloze, the value before the key). No part combination makes a held-out needle or question (tests
+check every combination), so a model that learned templates, not the lookup, fails on them. Every word is in the
+embedded tokenizer's vocabulary (tests check it).
 
 Variants: single (one needle); multikey (the needle among needles of other keys); multivalue (several needles for
 one key, all values must be returned); multiquery (several keys asked at once: the wording with {name} = "Mia and
