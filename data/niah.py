@@ -71,9 +71,11 @@ PARTS = {
     "needle": (" {Thing} {verb} {value}.", " {value} {verb} {thing}.", " The number {value} {verb} for {name}.",
                ' {name} said, "My {noun} is {value}."', " {name} had a {object} with the number {value} on it.",
                " {name} wrote the number {value} on the {object}."),
-    "question": ("", " What {verb} {thing}?", ' "What {verb} {thing}?"', " What number was on the {object} of {name}?"),
-    "prefix": ("",) * 6 + (" It {verb}{colon}", " {Thing} {verb}{colon}", ' "{Thing} {verb}', " The number {verb}{colon}",
-                           " The number {name} wrote {verb}{colon}", " The number {name} had {verb}{colon}"),
+    "question": ("", " What {verb} {thing}?", ' "What {verb} {thing}?"',
+                 " What number was on the {object} of {name}?"),
+    "prefix": ("",) * 6 + (" It {verb}{colon}", " {Thing} {verb}{colon}", ' "{Thing} {verb}',
+                           " The number {verb}{colon}", " The number {name} wrote {verb}{colon}",
+                           " The number {name} had {verb}{colon}"),
 }
 
 
