@@ -5,8 +5,9 @@ Needle-in-a-haystack (NIAH) evaluation at and beyond the training length.
 
 For every checkpoint (and, for checkpoints with RoPE layers, every --scaling) and every context length (multiples
 of the checkpoint's training length) and needle depth, it builds --samples needle samples (data/niah.py: the
-needle, the question and the answer fill exactly the context length) in each of --wordings: "seen" (the
-wordings of the training drills) and "heldout" (wordings no drill uses), and scores two things:
+needle, the question and the answer fill exactly the context length) in each of --wordings:
+"seen" (a fixed sample of 20 of the composed wordings the training drills draw from) and "heldout" (5 wordings no
+drill can make), and scores two things:
 
 - exact: greedy decoding of the answer; the fraction of expected values found in the output (RULER's score;
   1 or 0 for one value).
@@ -311,7 +312,7 @@ def main(argv=None):
     p.add_argument("--variants", default="single", help=f"comma list of {', '.join(VARIANTS)}")
     p.add_argument("--haystacks", default="val", help=f"comma list of {', '.join(HAYSTACKS)}")
     p.add_argument("--wordings", default=",".join(WORDINGS),
-                   help="comma list of seen (the training drills' wordings), heldout (wordings never trained)")
+                   help="comma list of seen (20 of the training drills' wordings), heldout (wordings never trained)")
     p.add_argument("--scaling", default="none",
                    help=f"comma list of none, {', '.join(SCALINGS)} (models with RoPE layers: rope, repo, rope_nope)")
     p.add_argument("--logit_scale_c", default="fitted",

@@ -10,10 +10,18 @@ is a Wording of three format strings with {name} (the key) and {value}, for exam
     question  ' "What is the secret number of {name}?"'
     prefix    ' "The secret number of {name} is'          (ends the prompt; the answer " 4821" continues it)
 
-WORDINGS["seen"] are the wordings of the training drills, WORDINGS["heldout"] are never trained: other nouns,
-prepositions and verbs, plain questions, answers right after the "?", "is:", cloze prompts without a question, and
-the value before the key. Their needles and questions differ from every seen one, so a model that learned one
-template, not the lookup, fails on them. Every word is in the embedded tokenizer's vocabulary (tests check it).
+The seen wordings, those of the training drills, are composed from parts (PARTS, compose): a noun ("secret number",
+"home number", ...), how it names the key ("the {noun} of {name}", "{name}'s {noun}", ...), a tense (is, was), a
+needle form (the key first, the value first, said, events with an object), a question form (none, plain, quoted,
+about the object), an answer prefix (none: the answer right after the "?", "It is", the key's number again, a cloze
+without a question, ...) and a colon after it or not. A drill draws every part independently (draw_wording), so no
+question predicts its prefix and the lookup has to be learned, not a template (over 10,000 wordings, a test counts
+them). WORDINGS["seen"] is the evaluation's fixed sample of 20 of them (seed 0). WORDINGS["heldout"] (the 5 of
+before the composition, kept so that numbers stay comparable) are never trained: nouns no part has ("secret key",
+"number", "favourite number"), a map, "found ... under a chair", with forms the parts do have (answers right after
+the "?", "is:", a cloze, the value before the key). No part combination makes a held-out needle or question (tests
+check every combination), so a model that learned templates, not the lookup, fails on them. Every word is in the
+embedded tokenizer's vocabulary (tests check it).
 
 Variants: single (one needle); multikey (the needle among needles of other keys); multivalue (several needles for
 one key, all values must be returned); multiquery (several keys asked at once: the wording with {name} = "Mia and
@@ -27,6 +35,7 @@ disjoint halves by a hash: training documents use the "train" half and evaluatio
 cannot pass the evaluation by memorising pairs. A key that already occurs in the haystack is never used (the
 stories have secret numbers of their own).
 """
+import random
 import re
 import zlib
 from collections import namedtuple
@@ -47,29 +56,57 @@ DRILL_NOISE = 0.25       # the share of drills whose haystack is the noise sente
 MIN_HAYSTACK = 8         # tokens of haystack a sample or drill keeps at least
 
 Wording = namedtuple("Wording", "needle question prefix")
+# The parts of the seen wordings; compose() fills one of each into a Wording. {thing} names the key's number ({Thing}
+# at a sentence start), {verb} is one tense for the whole wording. None of the parts can make a held-out needle or
+# question (tests/test_niah.py enumerates every combination): no noun "number", "favourite number" or "secret key",
+# no map, no "found". Draws are uniform over a tuple, so a repeated choice is drawn more often: the answer must be
+# the likeliest continuation where a prompt ends (greedy decoding answers there), so the answer follows the "?" in
+# half the questions and a colon ends a quarter of the prefixes (drawn uniformly, a model wrote ": 953" after "is").
+PARTS = {
+    "noun": ("secret number", "secret", "home number", "old number", "good number"),
+    "thing": ("the {noun} of {name}", "the {noun} for {name}", "{name}'s {noun}"),
+    "verb": ("is", "was"),
+    "object": ("box", "key", "train", "boat", "car", "book", "hat", "cup"),
+    "colon": ("",) * 3 + (":",),
+    "needle": (" {Thing} {verb} {value}.", " {value} {verb} {thing}.", " The number {value} {verb} for {name}.",
+               ' {name} said, "My {noun} is {value}."', " {name} had a {object} with the number {value} on it.",
+               " {name} wrote the number {value} on the {object}."),
+    "question": ("", " What {verb} {thing}?", ' "What {verb} {thing}?"',
+                 " What number was on the {object} of {name}?"),
+    "prefix": ("",) * 6 + (" It {verb}{colon}", " {Thing} {verb}{colon}", ' "{Thing} {verb}',
+                           " The number {verb}{colon}", " The number {name} wrote {verb}{colon}",
+                           " The number {name} had {verb}{colon}"),
+}
+
+
+def compose(noun, thing, verb, object, colon, needle, question, prefix):
+    """The Wording of one choice of each of PARTS (in its order); {name} and {value} stay placeholders."""
+    fields = {"noun": noun, "verb": verb, "object": object, "colon": colon, "name": "{name}", "value": "{value}"}
+    fields["thing"] = thing.format(**fields)
+    fields["Thing"] = fields["thing"][0].upper() + fields["thing"][1:]
+    return Wording(*(part.format(**fields) for part in (needle, question, prefix)))
+
+
+def draw_wording(rng):
+    """A seen wording, each part drawn independently; drawn again when neither its question nor its prefix names
+    the key (a prompt without a question must name the key in its prefix)."""
+    while True:
+        wording = compose(*(rng.choice(choices) for choices in PARTS.values()))
+        if "{name}" in wording.question + wording.prefix:
+            return wording
+
+
+def draw_wordings(seed, n):
+    """n distinct seen wordings, drawn once: the fixed "seen" set of the evaluation."""
+    rng, drawn = random.Random(seed), {}
+    while len(drawn) < n:
+        drawn[draw_wording(rng)] = None
+    return tuple(drawn)
+
+
+EVAL_SEEN = 20  # composed seen wordings in the evaluation, drawn with seed 0
 WORDINGS = {
-    "seen": (
-        Wording(" The secret number of {name} is {value}.", ' "What is the secret number of {name}?"',
-                ' "The secret number of {name} is'),
-        Wording(" {name}'s secret number is {value}.", " What is the secret number of {name}?", " It is"),
-        Wording(" The number of {name} is {value}.", ' "What is the number of {name}?"', ' "The number of {name} is:'),
-        Wording(" The favourite number of {name} is {value}.", " What is the favourite number of {name}?", ""),
-        Wording(" The number for {name} is {value}.", "", " The number for {name} is"),
-        Wording(" {name} had a key with the number {value} on it.", " What number was on the key of {name}?",
-                " The number was"),
-        Wording(" {name} wrote the number {value} on a piece of paper.", " What number was on the paper of {name}?",
-                " It was:"),
-        Wording(" {name} had a golden box. The number on the box was {value}.",
-                " What was the number on the box of {name}?", " The number on the box of {name} was"),
-        Wording(" {value} is the secret number of {name}.", "", " The secret number of {name} is"),
-        Wording(" The number {value} was for {name}.", " What number was for {name}?", " The number for {name} was:"),
-        Wording(' {name} said, "My secret number is {value}."', ' "What is the secret number of {name}?"', ""),
-        Wording(" The train of {name} had the number {value}.", " What number was on the train of {name}?",
-                " The number on the train was"),
-        Wording(" {name} lived at number {value}.", ' "Where is the home of {name}?"',
-                ' "The home of {name} is at number'),
-        Wording(" The key for {name} was number {value}.", "", " The key for {name} was number"),
-    ),
+    "seen": draw_wordings(0, EVAL_SEEN),
     "heldout": (
         Wording(" The secret key of {name} is {value}.", " What is the secret key of {name}?",
                 " The secret key of {name} is:"),
@@ -200,7 +237,7 @@ def make_drill(rng, enc, source, length, split, max_needles=3):
     free = unused_keys(split, enc.decode(pool))
     keys = rng.sample(free, min(rng.randint(1, max_needles), len(free)))
     taken = set()
-    drawn = [(k, draw_value(rng, split, taken, rng.choice(DRILL_DIGITS)), rng.choice(WORDINGS["seen"])) for k in keys]
+    drawn = [(k, draw_value(rng, split, taken, rng.choice(DRILL_DIGITS)), draw_wording(rng)) for k in keys]
     needles = [enc.encode_ordinary(w.needle.format(name=k, value=v)) for k, v, w in drawn]
     answers = [enc.encode_ordinary("".join(question_and_answer(w, [k], [v]))) for k, v, w in drawn]
     while len(needles) > 1 and sum(map(len, needles + answers)) > length - MIN_HAYSTACK:

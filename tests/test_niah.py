@@ -1,18 +1,25 @@
 import json
+import itertools
 import math
 import random
 import re
 
+import numpy as np
 import pytest
 import torch
 
 import eval_niah
 from data.embedded import PAT_STR, generate_stories
 from data.format import load_tokenizer, load_tokens
-from data.niah import DRILL_DIGITS, PASSKEY, VARIANTS, WORDINGS, make_drill, make_sample, plan_needles, split_of
+import data.niah as niah
+from data.niah import (DRILL_DIGITS, PARTS, PASSKEY, VARIANTS, WORDINGS, compose, draw_wording, make_drill,
+                       make_sample, plan_needles, split_of)
 from model import GPT, GPTConfig
 
 EVERY_WORDING = WORDINGS["seen"] + WORDINGS["heldout"]
+# every seen wording a drill can draw: each combination of parts that asks for the key
+COMPOSED = {w for w in map(lambda parts: compose(*parts), itertools.product(*PARTS.values()))
+            if "{name}" in w.question + w.prefix}
 GROUPS = {"name": r"\w+(?: and \w+)*", "value": r"\d+"}
 
 
@@ -39,13 +46,21 @@ def asked_pattern(wording):
     return pattern(wording.question + wording.prefix + " {value}")
 
 
-def drill_answers(text):
-    """[(wording, key, value)] of the questions that end a drill's text, in order: repeatedly the longest seen
-    question and answer that ends the text and whose needle is in it (a cloze like " The secret number of Mia is 12"
-    also ends longer ones; a story cut off after "The secret number of Mia is 74" has no such needle)."""
+def record_draws(monkeypatch):
+    """The list that every wording draw_wording returns from now on is appended to (the drills' wordings)."""
+    drawn = []
+    monkeypatch.setattr(niah, "draw_wording", lambda rng: drawn.append(draw_wording(rng)) or drawn[-1])
+    return drawn
+
+
+def drill_answers(text, wordings):
+    """[(wording, key, value)] of the questions that end a drill's text, in order: repeatedly the longest question
+    and answer in one of `wordings` (those drawn for the drill) that ends the text and whose needle is in it (a cloze
+    like " The secret of Mia is 12" also ends longer ones; a story cut off after "The secret number of Mia is 74" has
+    no such needle)."""
     found = []
     while True:
-        ends = [(m, w) for w in WORDINGS["seen"] if (m := re.search(asked_pattern(w) + "$", text))
+        ends = [(m, w) for w in set(wordings) if (m := re.search(asked_pattern(w) + "$", text))
                 and w.needle.format(name=m["name"], value=m["value"]) in text]
         if not ends:
             return found[::-1]
@@ -80,19 +95,49 @@ def test_sample_has_exact_length_and_needle_at_depth(enc_and_val, variant, hayst
             assert sum(s["value_mask"]) == sum(len(v) for v in values)  # one token per digit here
 
 
+def needles_and_asks(wordings):
+    """The distinct needles and distinct question + prefix texts of wordings: what a sample's text is made of."""
+    return {w.needle for w in wordings}, {w.question + w.prefix for w in wordings}
+
+
 def test_wording_sets_are_disjoint_and_new_to_the_stories():
-    """No held-out needle or question occurs in a seen wording or in the stories, and vice versa for the needles
-    and questions of the two sets: the held-out set tests wordings no training text had."""
+    """No held-out needle or question occurs in any composed seen wording (every combination of parts) or in the
+    stories, and no composed needle or question occurs in a held-out wording: the held-out set tests wordings no
+    training text had. The evaluation's seen wordings are composed ones."""
+    needles, asks = needles_and_asks(COMPOSED)
+    composed_texts = "\n".join([n.format(name="Mia", value="4821") for n in needles] +
+                                [a.format(name="Mia") + " 4821" for a in asks])
+    heldout_texts = "\n".join(w.needle.format(name="Mia", value="4821") + "|" + w.question.format(name="Mia") +
+                               w.prefix.format(name="Mia") + " 4821" for w in WORDINGS["heldout"])
     stories = " ".join(generate_stories(300, seed=0))
-    for ours, theirs in ((WORDINGS["heldout"], WORDINGS["seen"]), (WORDINGS["seen"], WORDINGS["heldout"])):
-        texts = [w.needle.format(name="Mia", value="4821") + "|" + w.question.format(name="Mia") +
-                 w.prefix.format(name="Mia") + " 4821" for w in theirs]
-        for w in ours:
-            for regex in (pattern(w.needle), asked_pattern(w)):
-                assert not any(re.search(regex, t) for t in texts), (w, regex)
     for w in WORDINGS["heldout"]:
-        assert not re.search(pattern(w.needle), stories) and not re.search(asked_pattern(w), stories), w
-    assert len(WORDINGS["seen"]) == len(set(WORDINGS["seen"])) >= 12 and len(WORDINGS["heldout"]) >= 4
+        for regex in (pattern(w.needle), asked_pattern(w)):
+            assert not re.search(regex, composed_texts) and not re.search(regex, stories), (w, regex)
+    for regex in [pattern(n) for n in needles] + [pattern(a + " {value}") for a in asks]:
+        assert not re.search(regex, heldout_texts), regex
+    assert set(WORDINGS["seen"]) <= COMPOSED and len(WORDINGS["seen"]) == len(set(WORDINGS["seen"])) == 20
+    assert len(WORDINGS["heldout"]) == 5 and len(COMPOSED) > 10000
+
+
+def test_draws_take_every_part_independently(monkeypatch):
+    """draw_wording takes each part of PARTS independently: every choice of every part is drawn, every question
+    form with every prefix that completes it (a prompt without a question needs a prefix that names the key). The
+    answer is the likeliest continuation of a prompt: it follows half the questions at once, and a colon after "is"
+    is drawn a quarter of the time."""
+    calls, drawn, rng = [], [], random.Random(0)
+    monkeypatch.setattr(niah, "compose", lambda *parts: calls.append(parts) or compose(*parts))
+    for _ in range(3000):
+        wording = draw_wording(rng)
+        assert wording == compose(*calls[-1]) and "{name}" in wording.question + wording.prefix
+        drawn.append(dict(zip(PARTS, calls[-1])))
+    for part, choices in PARTS.items():
+        assert {d[part] for d in drawn} == set(choices), part
+    names_key = {p for p in PARTS["prefix"] if "{name}" in compose("secret", "{name}'s {noun}", "is", "box", "", "",
+                                                                     "", p).prefix}
+    pairs = {(q, p) for q, p in itertools.product(PARTS["question"], PARTS["prefix"]) if q or p in names_key}
+    assert {(d["question"], d["prefix"]) for d in drawn} == pairs and len(names_key) == 4
+    assert 0.45 < np.mean([d["prefix"] == "" for d in drawn if d["question"]]) < 0.55
+    assert 0.2 < np.mean([d["colon"] == ":" for d in drawn]) < 0.3
 
 
 def test_wordings_use_the_vocabulary_and_ask_for_the_key(enc_and_val):
@@ -100,11 +145,11 @@ def test_wordings_use_the_vocabulary_and_ask_for_the_key(enc_and_val):
     after a space is ' ' and 'What'), and each wording names the key in its needle and in its question."""
     enc, _ = enc_and_val
     vocabulary = {enc.decode([i]) for i in range(enc.n_vocab - 1)}
-    for w in EVERY_WORDING:
-        assert "{name}" in w.needle and "{value}" in w.needle and "{name}" in w.question + w.prefix, w
-        text = w.needle.format(name="Mia", value="4821") + w.question.format(name="Mia") + w.prefix.format(name="Mia")
+    needles, asks = needles_and_asks(COMPOSED | set(WORDINGS["heldout"]))
+    assert all("{name}" in n and "{value}" in n for n in needles) and all("{name}" in a for a in asks)
+    for text in [n.format(name="Mia", value="4821") for n in needles] + [a.format(name="Mia") for a in asks]:
         pieces = re.findall(PAT_STR, text)
-        assert all(p in vocabulary or p[1:] in vocabulary for p in pieces), (w, set(pieces) - vocabulary)
+        assert all(p in vocabulary or p[1:] in vocabulary for p in pieces), (text, set(pieces) - vocabulary)
         assert enc.decode(enc.encode_ordinary(text)) == text
 
 
@@ -194,16 +239,19 @@ def test_long_prompt_is_not_cropped(tiny_data, tmp_path, monkeypatch):
     assert run["command"].startswith("python eval_niah.py --ckpt ") and run["torch"] == torch.__version__
 
 
-def test_drills_ask_in_seen_wordings_only(enc_and_val):
-    """Drills end with 1-3 questions, each in the wording of its needle (every seen wording is used), values of 3 to
-    5 digits from the training half, on both haystacks; no held-out needle or question ever occurs."""
+def test_drills_ask_in_composed_wordings_only(enc_and_val, monkeypatch):
+    """Drills end with 1-3 questions, each in the composed wording drawn for its needle (hundreds of different ones,
+    with answers right after the "?", prompts without a question and values before their keys), values of 3 to 5
+    digits from the training half, on both haystacks; no held-out needle or question ever occurs."""
     enc, val = enc_and_val
+    drawn = record_draws(monkeypatch)
     used, digits, noise = set(), set(), 0
     for i in range(300):
+        drawn.clear()
         tokens = make_drill(random.Random(i), enc, val, 129, "train")
         assert len(tokens) == 129
         text = enc.decode(tokens)
-        answers = drill_answers(text)
+        answers = drill_answers(text, drawn)
         assert 1 <= len(answers) <= 3 and len({k for _, k, _ in answers}) == len(answers), text
         for wording, key, value in answers:
             assert split_of(key) == "train" and split_of(value) == "train"
@@ -212,14 +260,19 @@ def test_drills_ask_in_seen_wordings_only(enc_and_val):
         for wording in WORDINGS["heldout"]:
             assert not re.search(pattern(wording.needle), text) and not re.search(asked_pattern(wording), text)
         noise += text.startswith(" The grass is green.")
-    assert used == set(WORDINGS["seen"]) and digits == set(DRILL_DIGITS) and 30 < noise < 120
+    assert used <= COMPOSED and len(used) > 300 and digits == set(DRILL_DIGITS) and 30 < noise < 120
+    assert any(not w.prefix for w in used) and any(not w.question for w in used)  # right after "?"; no question
+    assert any(w.needle.startswith(" {value}") for w in used)  # the value before the key
 
 
-def test_drills_fit_short_lengths(enc_and_val):
+def test_drills_fit_short_lengths(enc_and_val, monkeypatch):
     """Three needles in long wordings do not fit 64 tokens: a drill holds fewer instead of failing, and a length
     that not even one needle fits is a clear error."""
     enc, val = enc_and_val
-    counts = [len(drill_answers(enc.decode(make_drill(random.Random(i), enc, val, 64, "train")))) for i in range(200)]
+    drawn, counts = record_draws(monkeypatch), []
+    for i in range(200):
+        drawn.clear()
+        counts.append(len(drill_answers(enc.decode(make_drill(random.Random(i), enc, val, 64, "train")), drawn)))
     assert set(counts) == {1, 2}
     with pytest.raises(ValueError, match="drill length 20 is too short: .* fewer than 8 of haystack"):
         make_drill(random.Random(0), enc, val, 20, "train")
@@ -239,9 +292,9 @@ def test_eval_reports_seen_and_heldout_wordings(tiny_data, tmp_path, monkeypatch
         return real_make_sample(*args)
     monkeypatch.setattr(eval_niah, "make_sample", recording_make_sample)
     results = eval_niah.main(["--ckpt", str(tmp_path / "ckpt.pt"), "--lengths", "1", "--depths", "5",
-                              "--samples", "3", "--out_dir", str(tmp_path / "niah")])
+                              "--samples", "4", "--out_dir", str(tmp_path / "niah")])
     assert sorted(r["wordings"] for r in results) == ["heldout"] * 5 + ["seen"] * 5
-    assert set(asked) == set(EVERY_WORDING)  # 15 samples per set: at least one of each of its wordings
+    assert set(asked) == set(EVERY_WORDING)  # 20 samples per set: at least one of each of its wordings
     table = capsys.readouterr().out
     assert f"{tmp_path.name} [seen]" in table and f"{tmp_path.name} [heldout]" in table
     assert (tmp_path / "niah" / f"heatmaps_{tmp_path.name}_heldout.png").exists()

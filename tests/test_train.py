@@ -151,10 +151,11 @@ def test_two_process_ddp_matches_one_process(tmp_path, tiny_data):
         torch.testing.assert_close(ddp["model"][name], tensor, rtol=0, atol=1e-4)
 
 
-def test_retrieval_mix_rows(tiny_data):
+def test_retrieval_mix_rows(tiny_data, monkeypatch):
     from data.format import get_batch, load_tokenizer, load_tokens
     from data.niah import split_of
-    from tests.test_niah import drill_answers
+    from tests.test_niah import drill_answers, record_draws
+    drawn = record_draws(monkeypatch)
     enc, tokens = load_tokenizer(tiny_data), load_tokens(tiny_data, "train")
     o = {"batch_size": 8, "niah_mix": 0.0}
     plain = train.train_batch(tokens, o, 128, torch.Generator().manual_seed(1), enc)
@@ -162,7 +163,7 @@ def test_retrieval_mix_rows(tiny_data):
     x, y = train.train_batch(tokens, {**o, "niah_mix": 1.0}, 128, torch.Generator().manual_seed(1), enc)
     assert x.shape == y.shape == (8, 128) and torch.equal(x[:, 1:], y[:, :-1])
     for row in torch.cat((x, y[:, -1:]), 1).tolist():  # every row a drill: questions about the training half
-        answers = drill_answers(enc.decode(row))
+        answers = drill_answers(enc.decode(row), drawn)
         assert answers and all(split_of(k) == split_of(v) == "train" for _, k, v in answers)
 
 
