@@ -51,16 +51,17 @@ token before a value writes it and the same token reads it back, so that token's
 "... of Mia is 4821" the query at " is" must hold "Mia", and the query at "8" must hold "Mia ... 4". With S = 1 the
 query sees one token's hidden state, so the key has to come from attention in the layers below. Training does not
 find that composition at our scale: the queries of all answer tokens fall onto the same few slots, the read returns
-the average of every value written, and the loss settles at "some value" (README: the testbed and
+the average of every value written, and the loss settles at "some value" (results/fwpkm.md: the testbed; and
 tests/test_fwpkm_retrieval.py, where the same memory with S = 2 learns a recall task in 40 steps and S = 1 stays
 near chance). With S > 1 the query is a linear map of the last S tokens' normalised inputs,
 q_t = W_q [RMSNorm(h_{t−S+1}); …; RMSNorm(h_t)], so the local context that names the key is in the query from
 the first step (a short causal convolution, as in the recurrent layers FwPKM is paired with in the paper).
-Measured in the testbed (README: sliding-window attention of 16 in training and evaluation, so only the memory can
-answer; L = 128, 3,000 steps): span 1 at layer 1, 0% exact at every length and number of reads; span 8 at layer 0,
-71 / 91 / 93% at 1x with 1 / 2 / 3 reads, and 83 / 57 / 44% at 2x / 4x / 8x with 3 reads (means of 3 seeds). Hence
-the default 8. What is not known: whether a span > 1 also helps after attention layers (not measured), and how to
-keep the 1x score at 4x-8x (the read still finds the needle's slots, but later writes to them dilute its value).
+Measured in the testbed (results/fwpkm.md: sliding-window attention of 16 in training and evaluation, so only the
+memory can answer; L = 128, 3,000 steps): span 1 at layer 1, 0% exact at every length and number of reads; span 8 at
+layer 0, 71 / 91 / 93% at 1x with 1 / 2 / 3 reads, and 83 / 57 / 44% at 2x / 4x / 8x with 3 reads (means of 3
+seeds). Hence the default 8. What is not known: whether a span > 1 also helps after attention layers (not measured),
+and how to keep the 1x score at 4x-8x (the read still finds the needle's slots, but later writes to them dilute its
+value).
 
 Sliding-window attention (window = C) on a fraction of training steps (`train.py --swa_prob 0.9`, the paper's
 trick): with full attention always available, the model learns to ignore the memory (gate → 0).

@@ -144,6 +144,6 @@ def test_training_finds_the_memory_when_the_query_can_see_the_key():
     learn recall through the memory (the window of 2 cannot reach the first triples). With the paper's one-token
     query the marker's query is the same for every key: the memory holds the values but no query can tell them
     apart, and recall stays near chance (1/16). In a model with attention before the memory, attention must bring
-    the key into the query first; README's FwPKM section measures how training stalls there."""
+    the key into the query first; results/fwpkm.md measures how training stalls there."""
     learned, blind = trained_recall(span=2), trained_recall(span=1)
     assert learned > 0.9 and blind < 0.3, (learned, blind)
