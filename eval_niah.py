@@ -162,6 +162,8 @@ def evaluate(ckpt_path, ckpt, args, device):
     enc = load_tokenizer(data_dir)
     val = load_tokens(data_dir, "val")
     name = os.path.basename(os.path.dirname(os.path.abspath(ckpt_path)))
+    if os.path.basename(ckpt_path) != "ckpt.pt":  # a kept earlier checkpoint (train.py --keep_iters): say which step
+        name += f"@{ckpt['iter']}"
     depths = np.linspace(0, 1, args.depths).round(3).tolist()
     for label, changes, iters in settings(ckpt, name, args):
         for mult in args.lengths:

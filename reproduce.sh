@@ -9,6 +9,8 @@
 #   SMOKE=1 bash reproduce.sh cpu     # the whole pipeline in minutes: 16 steps per arm, tiny evaluations, all of it
 #                                     # under out/smoke_cpu/ (results in out/smoke_cpu/results/)
 #   JOBS=3 bash reproduce.sh cpu      # another number of arms side by side
+#   SEED=2 ARMS=rope,repo bash reproduce.sh cpu  # another seed (in out/study_cpu_seed2/, results/cpu/seed2/), and
+#                                     # only some arms (with the arms they start from)
 #
 # Safe to rerun: an arm whose checkpoint has reached its planned step is not trained again, a killed one continues
 # from its last checkpoint (train.py --resume; on CPU bit for bit), and an evaluation is redone only when its
@@ -26,6 +28,12 @@ if [[ ! $SMOKE =~ ^[01]$ ]]; then
     echo "error: SMOKE=$SMOKE; valid choices: 0 (the study), 1 (the smoke test: 16 steps per arm)" >&2
     exit 2
 fi
+SELECTED=${ARMS:-}  # ARMS=a,b: only these arms (ARMS is the list of every arm below)
+SEED=${SEED:-1337}  # train.py's default seed: the study's main run
+if [[ ! $SEED =~ ^[0-9]+$ ]]; then
+    echo "error: SEED=$SEED must be a non-negative integer (train.py --seed); the study's main run is 1337" >&2
+    exit 2
+fi
 CONFIG=config/niah_$MODE.py
 
 if [[ $MODE == cpu ]]; then
@@ -34,7 +42,8 @@ if [[ $MODE == cpu ]]; then
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
     JOBS=${JOBS:-2}
     SEC_PER_STEP=0.21  # config/niah_cpu.py: 19-21 minutes per 6,000 steps with 2 runs side by side (2-core CPU)
-    SEC_PER_EVAL=30    # eval_niah.py, one checkpoint and setting at 1x-8x, both wordings: 30 s (results/niah.md)
+    SEC_PER_EVAL=60    # eval_niah.py, one checkpoint and setting at 1x-8x, both wordings: 30 s (results/niah.md);
+                       # two needle variants
 else
     if ! python -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
         echo "error: mode gpu needs a CUDA GPU that torch can see; without one run: bash reproduce.sh cpu" >&2
@@ -66,6 +75,13 @@ if [[ $SMOKE == 1 ]]; then  # the same commands with tiny budgets, away from the
     SMOKE_EVAL=(--lengths 1,2 --depths 2 --samples 2)
     SEC_PER_EVAL=10  # its evaluations are mostly start-up
 fi
+SEED_TRAIN=()
+if [[ $SEED != 1337 ]]; then  # another seed: its own checkpoints and results, beside the main run's
+    OUT=${OUT}_seed$SEED
+    RES=$RES/seed$SEED
+    COMMAND="SEED=$SEED $COMMAND"
+    SEED_TRAIN=(--seed "$SEED")
+fi
 LATE=$(( N * 7 / 8 ))  # DroPE's drop point in the paper (14K of 16K steps), and RePo's start here
 HALF=$(( N / 2 ))      # the earlier drop point of the DroPE paper's sweep
 
@@ -74,10 +90,16 @@ HALF=$(( N / 2 ))      # the earlier drop point of the DroPE paper's sweep
 # its checkpoints at the drop points (train.py --keep_iters), so a stage starts from exactly the model (and the
 # learning-rate schedule position) the N-step RoPE run had there, and no separate shorter RoPE run is needed.
 ARMS=()
-declare -A STEPS TRAIN EVAL NEEDS
+declare -A STEPS TRAIN EVAL NEEDS CKPT SETTINGS
 arm() {  # name, steps, train.py flags, eval_niah.py flags, [the arm whose checkpoint it starts from]
     ARMS+=("$1")
-    STEPS[$1]=$2 TRAIN[$1]=$3 EVAL[$1]=$4 NEEDS[$1]=${5:-}
+    STEPS[$1]=$2 TRAIN[$1]=$3 EVAL[$1]="$4 --variants single,multikey" NEEDS[$1]=${5:-} CKPT[$1]=$OUT/$1/ckpt.pt
+    local list=${4##* } && local commas=${list//[^,]/}  # the last word: the comma list of settings ('' for one)
+    SETTINGS[$1]=$(( ${#commas} + 1 ))
+}
+kept() {  # name, step: no training, the RoPE run's checkpoint at that step evaluated as it is
+    arm "$1" 0 "" "" rope
+    CKPT[$1]=$OUT/rope/ckpt_$2.pt
 }
 stage() {  # train.py flags of a stage of $2 steps from the RoPE checkpoint at step $1
     # drope.py's recalibration schedule (3.5% warmup, LR 1e-3, cosine to 1e-4), spelled out because the config's
@@ -87,8 +109,13 @@ stage() {  # train.py flags of a stage of $2 steps from the RoPE checkpoint at s
 }
 arm rope           $N             "--pe rope --keep_iters $HALF,$LATE"         "--scaling none,pi,ntk,yarn"
 arm nope           $N             "--pe nope"                                  ""
-arm drope_late     $(( N - LATE )) "--pe drope $(stage $LATE $(( N - LATE )))"  "--logit_scale_c fitted,0" rope
-arm drope_half     $(( N - HALF )) "--pe drope $(stage $HALF $(( N - HALF )))"  "--logit_scale_c fitted,0" rope
+# RoPE at the drop points: what a DroPE arm starts from, so "DroPE keeps what RoPE had learned" can be told from
+# "DroPE learned it again without positions"
+kept rope_at_late $LATE
+kept rope_at_half $HALF
+# DroPE with beta = 1 + c ln(s): c fitted by drope.py, the paper's c = 0.412 (0.5B from scratch), and no beta
+arm drope_late     $(( N - LATE )) "--pe drope $(stage $LATE $(( N - LATE )))"  "--logit_scale_c fitted,0.412,0" rope
+arm drope_half     $(( N - HALF )) "--pe drope $(stage $HALF $(( N - HALF )))"  "--logit_scale_c fitted,0.412,0" rope
 arm repo_cont      $(( N - LATE )) "--pe repo $(stage $LATE $(( N - LATE )))"   "" rope
 arm rope_nope_cont $(( N - LATE )) "--pe rope_nope $(stage $LATE $(( N - LATE )))" "" rope
 arm repo           $N             "--pe repo"                                  ""
@@ -96,6 +123,19 @@ arm rope_nope      $N             "--pe rope_nope"                             "
 arm pkm            $N             "--pe rope --pkm_layers 1"                   ""
 # FwPKM at layer 0 with the default query span of 8 (README, FwPKM testbed), with full attention like every arm
 arm fwpkm          $N             "--pe rope --fwpkm_layers 0"                 "--iters 1,2,3"
+
+if [[ -n $SELECTED ]]; then  # keep the chosen arms and the arms they start from, in the table's order
+    for a in ${SELECTED//,/ }; do
+        if [[ -z ${STEPS[$a]+set} ]]; then
+            echo "error: ARMS names '$a'; valid choices: ${ARMS[*]}" >&2
+            exit 2
+        fi
+        [[ -n ${NEEDS[$a]} ]] && SELECTED+=,${NEEDS[$a]}
+    done
+    chosen=()
+    for a in "${ARMS[@]}"; do [[ ,$SELECTED, == *,$a,* ]] && chosen+=("$a"); done
+    ARMS=("${chosen[@]}")
+fi
 
 # ---------------------------------------------------------------------------------------------------------------
 # The plan and the time it should take: training steps at SEC_PER_STEP, evaluation settings (a RoPE scaling, a
@@ -108,12 +148,11 @@ total_steps=0 settings=0
 for a in "${ARMS[@]}"; do
     from=scratch
     [[ ${TRAIN[$a]} =~ --init_from\ ([^ ]+) ]] && from=${BASH_REMATCH[1]}
+    [[ -z ${TRAIN[$a]} ]] && from="${CKPT[$a]} (no training)"
     [[ $a == rope ]] && from="scratch; keeps steps $HALF and $LATE"
     printf "  %-15s %6d  %-46s %s\n" "$a" "${STEPS[$a]}" "$from" "${EVAL[$a]:-single setting}"
     total_steps=$(( total_steps + STEPS[$a] ))
-    list=${EVAL[$a]##* }  # the last word: the comma list of settings ('' for one setting)
-    commas=${list//[^,]/}
-    settings=$(( settings + ${#commas} + 1 ))
+    settings=$(( settings + SETTINGS[$a] ))
 done
 estimate=$(awk "BEGIN { print int(($total_steps * $SEC_PER_STEP + $settings * $SEC_PER_EVAL + 10 * ${#ARMS[@]}) \
                                / $JOBS) }")
@@ -128,25 +167,28 @@ trained() {  # true when $1/ckpt.pt has reached step $2 (train.py's last checkpo
 sys.exit(torch.load(sys.argv[1], map_location='cpu', weights_only=True)['iter'] < int(sys.argv[2]))" "$1/ckpt.pt" "$2"
 }
 do_arm() {
-    local arm=$1 dir=$OUT/$1
-    if trained "$dir" "${STEPS[$arm]}"; then
+    local arm=$1 dir=$OUT/$1 ckpt=${CKPT[$1]}
+    if [[ -z ${TRAIN[$arm]} ]]; then
+        echo "not trained: evaluates $ckpt"
+    elif trained "$dir" "${STEPS[$arm]}"; then
         echo "trained already: $dir/ckpt.pt is at step ${STEPS[$arm]}"
     else
         local resume=() every=$(( STEPS[$arm] / 6 ))  # an evaluation and a checkpoint every sixth of the run
         [[ -f $dir/ckpt.pt ]] && resume=(--resume)  # killed before: continue it
         # shellcheck disable=SC2086  # TRAIN holds several flags
         run python train.py --config "$CONFIG" --out_dir "$dir" --max_iters "${STEPS[$arm]}" \
-            --eval_interval $(( every > 0 ? every : 1 )) ${TRAIN[$arm]} "${SMOKE_TRAIN[@]}" "${resume[@]}"
+            --eval_interval $(( every > 0 ? every : 1 )) ${TRAIN[$arm]} "${SEED_TRAIN[@]}" "${SMOKE_TRAIN[@]}" \
+            "${resume[@]}"
     fi
     # drope.py stores c in the checkpoint and then writes beta_fit.png: a figure newer than the checkpoint means done
     if [[ ${TRAIN[$arm]} == "--pe drope "* && ! $dir/beta_fit.png -nt $dir/ckpt.pt ]]; then
         run python drope.py --ckpt "$dir/ckpt.pt" "${SMOKE_FIT[@]}"
     fi
-    if [[ $RES/$arm/results.json -nt $dir/ckpt.pt ]]; then
+    if [[ $RES/$arm/results.json -nt $ckpt ]]; then
         echo "evaluated already: $RES/$arm/results.json"
     else
         # shellcheck disable=SC2086
-        run python eval_niah.py --ckpt "$dir/ckpt.pt" --out_dir "$RES/$arm" ${EVAL[$arm]} "${SMOKE_EVAL[@]}"
+        run python eval_niah.py --ckpt "$ckpt" --out_dir "$RES/$arm" ${EVAL[$arm]} "${SMOKE_EVAL[@]}"
     fi
 }
 
