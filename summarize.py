@@ -10,6 +10,11 @@ It writes to --out_dir:
   the checkpoint's final validation loss (train.py's, on held-out text at the training length) and the NIAH exact
   match % (teacher-forced value-token accuracy %) at every length, the mean over depths and samples. Above the
   tables: the command, and the date, machine and torch version of every evaluation.
+  A label found in several files is one arm trained with several seeds (reproduce.sh's SEED=, same directory
+  name): its row gives the mean over the seeds and, in brackets, the lowest and highest seed.
+
+    python summarize.py results/cpu/{rope,repo_cont}/results.json results/cpu/seed*/{rope,repo_cont}/results.json \
+        --out_dir results/cpu/seeds --command "bash reproduce.sh cpu; SEED=2 ...; SEED=3 ..."
 - accuracy_vs_length.png: every row as a line (eval_niah.plot_accuracy), with the same caption.
 """
 import argparse
@@ -37,7 +42,7 @@ def load_results(paths):
         if not isinstance(data, dict) or not data.get("results"):
             raise SystemExit(f"error: {path} is not eval_niah.py's results.json (no results in it)")
         runs.append({"file": path, **data.get("run", {})})  # files written before eval_niah.py recorded its run: none
-        results += data["results"]
+        results += [{**r, "source": path} for r in data["results"]]  # the file tells one seed from another
     return runs, results
 
 
@@ -67,13 +72,23 @@ def markdown_tables(results, losses):
                   "| --- " * (2 + len(lengths)) + "|"]
         for label in dict.fromkeys(r["label"] for r in rows):
             mine = [r for r in rows if r["label"] == label]
-            loss = losses.get(mine[0]["ckpt"])
+            seeds = list(dict.fromkeys(r["source"] for r in mine))
+            known = [losses[ckpt] for ckpt in dict.fromkeys(r["ckpt"] for r in mine) if losses.get(ckpt) is not None]
             cells = []
             for m in lengths:
-                cell = [r for r in mine if r["multiple"] == m]
-                cells.append(f"{100 * np.mean([r['exact'] for r in cell]):.0f} "
-                             f"({100 * np.mean([r['token'] for r in cell]):.1f})" if cell else "")
-            lines.append(f"| {label} | {'' if loss is None else f'{loss:.3f}'} | " + " | ".join(cells) + " |")
+                # per seed: the mean over depths and samples; then the mean (and range) over seeds
+                per_seed = [(100 * np.mean([r["exact"] for r in cell]), 100 * np.mean([r["token"] for r in cell]))
+                            for cell in ([r for r in mine if r["multiple"] == m and r["source"] == s] for s in seeds)
+                            if cell]
+                if not per_seed:
+                    cells.append("")
+                    continue
+                exact, token = np.array(per_seed).T
+                spread = f" [{exact.min():.0f}-{exact.max():.0f}]" if len(exact) > 1 else ""
+                cells.append(f"{exact.mean():.0f}{spread} ({token.mean():.1f})")
+            name = f"{label} ({len(seeds)} seeds)" if len(seeds) > 1 else label
+            loss = f"{np.mean(known):.3f}" if known else ""
+            lines.append(f"| {name} | {loss} | " + " | ".join(cells) + " |")
         lines.append("")
     return lines
 

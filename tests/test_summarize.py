@@ -47,3 +47,21 @@ def test_bad_results_file_is_one_line(tmp_path, capsys, content, message):
     with pytest.raises(SystemExit, match=message):
         summarize.main([str(path), "--out_dir", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_one_arm_from_several_seeds_is_one_row_with_its_range(tmp_path):
+    paths = []
+    for seed, exact in ((1337, 0.9), (2, 0.5), (3, 0.7)):  # the same arm (label) in three files: three seeds
+        (tmp_path / str(seed) / "repo").mkdir(parents=True)
+        ckpt = str(tmp_path / str(seed) / "repo" / "ckpt.pt")
+        torch.save({"history": {"val_loss": [2.0, 1.0 + seed % 10 / 10]}}, ckpt)
+        rows = [result("repo", ckpt, "heldout", m, d, exact if m == 1 else 0.0, 0.8) for m in (1, 2) for d in (0, 1)]
+        paths.append(tmp_path / f"{seed}.json")
+        paths[-1].write_text(json.dumps({"results": rows}))
+    once = [result("nope", str(tmp_path / "none.pt"), "heldout", m, 0, 0.25, 0.5) for m in (1, 2)]
+    (tmp_path / "nope.json").write_text(json.dumps({"results": once}))
+    summarize.main([*map(str, paths), str(tmp_path / "nope.json"), "--out_dir", str(tmp_path / "out")])
+    md = (tmp_path / "out" / "results.md").read_text()
+    # val losses 1.7, 1.2, 1.3 -> 1.400; exact 90, 50, 70 -> mean 70, range 50-90
+    assert "| repo (3 seeds) | 1.400 | 70 [50-90] (80.0) | 0 [0-0] (80.0) |" in md
+    assert "| nope |  | 25 (50.0) | 25 (50.0) |" in md  # one seed: no range
