@@ -14,6 +14,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     (["cpu", "gpu"], {}, "error: unknown mode 'cpu gpu'; valid choices: cpu, gpu"),
     (["cpu"], {"SMOKE": "yes"}, "error: SMOKE=yes; valid choices: 0 (the study), 1"),
     (["cpu"], {"JOBS": "0"}, "error: JOBS=0 must be a number of arms side by side, at least 1"),
+    (["cpu"], {"SEED": "-1"}, "error: SEED=-1 must be a non-negative integer"),
+    (["cpu"], {"ARMS": "rope,repo2"}, "error: ARMS names 'repo2'; valid choices: rope nope rope_at_late"),
 ])
 def test_bad_input_is_refused_in_one_line(args, env, message):
     done = subprocess.run(["bash", os.path.join(ROOT, "reproduce.sh"), *args], capture_output=True, text=True,
