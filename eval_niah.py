@@ -99,16 +99,25 @@ def captured_qk(model):
             hook.remove()
 
 
+def attention_weights(q, k, queries, window=None):
+    """softmax(q·kᵀ/√D) of the queries at positions `queries` (a list or range) over the keys, with the causal mask
+    (and the window) the model uses; q, k [B, H, T, D] as the positional modules return them. Returns
+    [B, H, len(queries), T]: each row sums to 1, keys a query may not see get 0."""
+    scores = torch.einsum("bhqd,bhtd->bhqt", q[:, :, list(queries)].float(), k.float()) / math.sqrt(q.shape[-1])
+    query, key = torch.tensor(list(queries), device=q.device)[:, None], torch.arange(k.shape[2], device=q.device)
+    allowed = key <= query                                             # [len(queries), T]
+    if window is not None:  # keys before the window get no attention
+        allowed &= key > query - window
+    return torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
+
+
 def attention_stats(qk, samples, window=None):
     """Where the answer's first query (the last prompt token) attends, per layer, mean over heads and samples:
     [mass on the asked needle's tokens, mass on as many tokens right before the query, entropy in nats]."""
     at = samples[0]["prompt_len"] - 1
     stats = {}
     for layer, (q, k) in qk.items():
-        scores = torch.einsum("bhd,bhtd->bht", q[:, :, at].float(), k[:, :, :at + 1].float()) / math.sqrt(q.shape[-1])
-        if window is not None:  # keys before the window get no attention
-            scores[..., :max(0, at + 1 - window)] = float("-inf")
-        w = torch.softmax(scores, dim=-1)                                  # [B, H, at + 1]
+        w = attention_weights(q, k, [at], window)[:, :, 0, :at + 1]      # [B, H, at + 1]
         needle = torch.zeros_like(w[:, 0], dtype=torch.bool)              # [B, at + 1]
         nearby = torch.zeros_like(needle)
         for b, s in enumerate(samples):
@@ -128,6 +137,14 @@ def start_cache(model, tokens, samples, iters, window=None):
     return read_iteratively(model, tokens[:, :min(s["question_at"] for s in samples)], iters - 1, window)
 
 
+def teacher_forced(model, tokens, cache=None, window=None):
+    """The teacher-forced forward over tokens [B, T] without their last token, starting from a copy of cache
+    (start_cache). Returns the logits [B, T − 1, V] and {layer: (q, k)} as the positional modules returned them."""
+    with captured_qk(model) as qk:
+        logits, _ = model(tokens[:, :-1], cache=cache and cache.copy(), window=window)
+    return logits, qk
+
+
 @torch.no_grad()
 def score_batch(model, samples, enc, device, iters=1, window=None):
     """Greedy exact match and teacher-forced value-token accuracy for samples of equal length and answer length,
@@ -137,8 +154,7 @@ def score_batch(model, samples, enc, device, iters=1, window=None):
     prompt_len = samples[0]["prompt_len"]
     answer_len = tokens.shape[1] - prompt_len
     cache = start_cache(model, tokens, samples, iters, window)
-    with captured_qk(model) as qk:
-        logits, _ = model(tokens[:, :-1], cache=cache and cache.copy(), window=window)
+    logits, qk = teacher_forced(model, tokens, cache, window)
     attention = attention_stats(qk, samples, window)
     health = model.health_reports() if isinstance(model, GPT) else {}  # of this teacher-forced pass
     for name, trace in needle_trace(model, samples).items():           # the needle's write and read (fwpkm.py)
@@ -153,6 +169,15 @@ def score_batch(model, samples, enc, device, iters=1, window=None):
         found = set(re.findall(r"\d+", enc.decode(out)))
         exact.append(sum(v in found for v in s["values"]) / len(s["values"]))
     return exact, token_acc.tolist(), attention, health
+
+
+def cell_samples(enc, val, seed, variant, haystack, wordings, length, depth, n):
+    """The n samples of one cell; depth = (its index d, the depth). Sample i depends only on seed, the cell and i
+    (so every checkpoint sees the same samples) and uses wording d·n + i of the set (so every wording gets asked)."""
+    (d, depth), choices = depth, WORDINGS[wordings]
+    return [make_sample(random.Random(f"{seed}/{variant}/{haystack}/{length}/{depth}/{i}"), enc,
+                        val if haystack == "val" else None, length, depth, variant, "eval",
+                        choices[(d * n + i) % len(choices)]) for i in range(n)]
 
 
 def evaluate(ckpt_path, ckpt, args, device):
@@ -172,11 +197,8 @@ def evaluate(ckpt_path, ckpt, args, device):
             t0, length_health = time.time(), []
             for variant, haystack, wordings, (d, depth) in itertools.product(
                     args.variants, args.haystacks, args.wordings, enumerate(depths)):
-                choices = WORDINGS[wordings]
-                samples = [make_sample(random.Random(f"{args.seed}/{variant}/{haystack}/{length}/{depth}/{i}"),
-                                       enc, val if haystack == "val" else None, length, depth, variant, "eval",
-                                       choices[(d * args.samples + i) % len(choices)])  # every wording gets asked
-                           for i in range(args.samples)]
+                samples = cell_samples(enc, val, args.seed, variant, haystack, wordings, length, (d, depth),
+                                       args.samples)
                 exact, token, attention, health = [], [], [], []
                 for b in range(0, len(samples), args.batch_size):
                     e, t, a, h = score_batch(model, samples[b:b + args.batch_size], enc, device, iters,

@@ -317,6 +317,19 @@ class FastWeightProductKeyMemory(nn.Module):
         return self.out_proj(self.out_norm(out))
 
 
+def value_positions(s):
+    """[(written, writer, reader)] for each value token j of the answer of s, a NIAH sample (data/niah.py): written,
+    the position of value token j in the needle; writer = written − 1, the token that stores it under its query (the
+    lookahead); reader, the token before answer token j, which reads it back. [] when the answer does not occur in
+    the needle (multivalue)."""
+    answer, needle = s["tokens"][s["prompt_len"]:], s["tokens"][s["needle_at"]:s["needle_at"] + s["needle_len"]]
+    found = [o for o in range(len(needle) - len(answer) + 1) if needle[o:o + len(answer)] == answer]
+    if not found:
+        return []
+    return [(s["needle_at"] + found[0] + j, s["needle_at"] + found[0] + j - 1, s["prompt_len"] + j - 1)
+            for j, is_value in enumerate(s["value_mask"]) if is_value]
+
+
 def needle_trace(model, samples):
     """Where each FwPKM layer wrote a NIAH sample's value and what the answer read back, from the last evaluation
     forward of model over the samples' tokens (teacher-forced, so the answer's tokens are in it too).
@@ -334,12 +347,7 @@ def needle_trace(model, samples):
             continue
         r, rows = m.last_reads, []
         for b, s in enumerate(samples):
-            answer, needle = s["tokens"][s["prompt_len"]:], s["tokens"][s["needle_at"]:s["needle_at"] + s["needle_len"]]
-            found = [o for o in range(len(needle) - len(answer) + 1) if needle[o:o + len(answer)] == answer]
-            if not found:
-                continue
-            for j in (j for j, is_value in enumerate(s["value_mask"]) if is_value):
-                written, w_at, r_at = s["needle_at"] + found[0] + j, s["needle_at"] + found[0] + j - 1, s["prompt_len"] + j - 1
+            for written, w_at, r_at in value_positions(s):
                 hit = torch.isin(r["slots"][b, r_at], r["slots"][b, w_at])
                 rows.append([(r["w"][b, r_at] * hit).sum().item(), r["g"][b, w_at].item(), r["g"][b, r_at].item(),
                              F.cosine_similarity(r["v_hat"][b, r_at], r["v"][b, written], dim=0).item()])
