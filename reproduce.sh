@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The study: every method of this repository trained with the same budget on the same data (the retrieval drills of
 # config/niah_<mode>.py), evaluated by needle in a haystack at 1x, 2x, 4x and 8x its training length, and summed up
-# in results/<mode>/: results.md (the table), accuracy_vs_length.png, and one folder per arm with eval_niah.py's
-# results.json and heatmaps. Checkpoints go to out/study_<mode>/<arm>/, each arm's log to results/<mode>/logs/.
+# in results/<mode>/: results.md (the table), accuracy_vs_length.png, figures/ (figures.py's teaching figures), and
+# one folder per arm with eval_niah.py's results.json and heatmaps. Checkpoints go to out/study_<mode>/<arm>/, each arm's log to results/<mode>/logs/.
 #
 #   bash reproduce.sh cpu             # config/niah_cpu.py, 2 arms side by side with one thread each
 #   bash reproduce.sh gpu             # config/niah_gpu.py on one GPU, one arm at a time
@@ -229,6 +229,14 @@ for a in "${ARMS[@]}"; do [[ -f $RES/$a/results.json ]] && done_results+=("$RES/
 if (( ${#done_results[@]} )); then
     python summarize.py "${done_results[@]}" --out_dir "$RES" --command "$COMMAND"
 fi
+# The teaching figures from this study's models (an input whose arm was not run: none, and figures.py skips what
+# needs it)
+figure_inputs=()
+for input in rope:rope nope:nope drope:drope_late fwpkm:fwpkm; do
+    ckpt=$OUT/${input#*:}/ckpt.pt
+    figure_inputs+=("--${input%%:*}" "$([[ -f $ckpt ]] && echo "$ckpt" || echo none)")
+done
+python figures.py "${figure_inputs[@]}" --results "${done_results[@]:-none}" --out_dir "$RES/figures"
 if (( ${#failed[@]} )); then
     echo "error: ${failed[*]} did not finish; rerun '$COMMAND' to continue where they stopped" >&2
     exit 1
