@@ -193,16 +193,20 @@ do_arm() {
 }
 
 # ---------------------------------------------------------------------------------------------------------------
-# The schedule: arms from scratch first, then the staged ones (each waits for the RoPE run it starts from), at most
-# JOBS at a time. Every line an arm prints goes to its log and, prefixed with its name, to this terminal.
+# The schedule: at most JOBS arms at a time, each staged arm waiting for the RoPE run it starts from. Every line an
+# arm prints goes to its log and, prefixed with its name, to this terminal.
 export PYTHONUNBUFFERED=1  # progress lines through the pipe as they come
 mkdir -p "$RES/logs"
 declare -A PID
 failed=()
 started=$SECONDS
-order=()
-for a in "${ARMS[@]}"; do [[ -n ${NEEDS[$a]} ]] || order+=("$a"); done  # from scratch
-for a in "${ARMS[@]}"; do [[ -z ${NEEDS[$a]} ]] || order+=("$a"); done  # staged
+# RoPE and JOBS - 1 arms from scratch beside it, then the staged arms (they wait for RoPE), then the other arms from
+# scratch: the staged results come early, and no slot idles while RoPE trains
+scratch=() staged=() order=()
+for a in "${ARMS[@]}"; do
+    if [[ -n ${NEEDS[$a]} ]]; then staged+=("$a"); elif [[ $a == rope ]]; then order+=(rope); else scratch+=("$a"); fi
+done
+order+=("${scratch[@]:0:JOBS-1}" "${staged[@]}" "${scratch[@]:JOBS-1}")
 for a in "${order[@]}"; do
     while (( $(jobs -rp | wc -l) >= JOBS )); do wait -n || true; done  # a slot frees up (failures counted below)
     need=${NEEDS[$a]}
