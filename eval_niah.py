@@ -9,8 +9,9 @@ needle, the question and the answer fill exactly the context length) in each of 
 "seen" (a fixed sample of 20 of the composed wordings the training drills draw from) and "heldout" (5 wordings no
 drill can make), and scores two things:
 
-- exact: greedy decoding of the answer; the fraction of expected values found in the output (RULER's score;
-  1 or 0 for one value).
+- exact: greedy decoding of the answer, ANSWER_SLACK tokens longer than the expected answer (a model may lead in
+  with ":" or " It is" on a wording it never saw, and that is not a retrieval error); the fraction of expected
+  values found as numbers in the output (RULER's score; 1 or 0 for one value).
 - token: teacher-forced accuracy of the value's tokens (the argmax at each value token, given the true prefix):
   less noisy for small models.
 
@@ -56,6 +57,9 @@ from model import GPT, GPTConfig, format_health
 from fwpkm import needle_trace, read_iteratively
 from kernels import MODES as KERNEL_MODES, check_available
 from rope import SCALINGS, RotaryEmbedding
+
+ANSWER_SLACK = 4  # extra greedy tokens for a lead-in before the value (": ", " It is"): 2026-11-23, the static PKM
+                  # model answered 99% of value digits teacher-forced but 34% exact, cut off after " It is 41"
 
 
 def settings(ckpt, name, args):
@@ -162,7 +166,7 @@ def score_batch(model, samples, enc, device, iters=1, window=None):
     predicted = logits[:, prompt_len - 1:].argmax(-1)                  # [B, answer_len]
     mask = torch.tensor([s["value_mask"] for s in samples], device=device)
     token_acc = ((predicted == tokens[:, prompt_len:]) & mask).sum(1) / mask.sum(1)
-    generated = model.generate(tokens[:, :prompt_len], answer_len, temperature=0, cache=cache,
+    generated = model.generate(tokens[:, :prompt_len], answer_len + ANSWER_SLACK, temperature=0, cache=cache,
                                window=window)[:, prompt_len:]
     exact = []
     for s, out in zip(samples, generated.tolist()):

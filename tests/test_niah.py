@@ -216,6 +216,14 @@ def test_scoring_on_hand_made_outputs(enc_and_val):
     exact, token, _, _ = eval_niah.score_batch(wrong, [s], enc, "cpu")
     assert exact == [0.0] and token[0] == pytest.approx(3 / 4)  # teacher forcing: 3 of 4 digits right
 
+    # a lead-in the expected answer does not have (a held-out wording) costs nothing while it fits in the slack
+    for lead_in, found in ((" It is", 1.0), (" Its value is here and now:", 0.0)):
+        extra = enc.encode(lead_in)
+        answer = s["tokens"][:s["prompt_len"]] + extra + s["tokens"][s["prompt_len"]:]
+        assert (len(extra) <= eval_niah.ANSWER_SLACK) == bool(found)
+        exact, _, _, _ = eval_niah.score_batch(Generating(answer, enc.n_vocab), [s], enc, "cpu")
+        assert exact == [found], lead_in
+
 
 def test_long_prompt_is_not_cropped(tiny_data, tmp_path, monkeypatch):
     model = GPT(GPTConfig(vocab_size=load_tokenizer(tiny_data).n_vocab, block_size=64, n_layer=1, n_head=2,
