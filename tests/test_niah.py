@@ -217,9 +217,10 @@ def test_scoring_on_hand_made_outputs(enc_and_val):
     assert exact == [0.0] and token[0] == pytest.approx(3 / 4)  # teacher forcing: 3 of 4 digits right
 
     # a lead-in the expected answer does not have (a held-out wording) costs nothing while it fits in the slack
+    # and so do digits that run on after the value ("52462" for 5246), which the answer-length window used to cut
     for lead_in, found in ((" It is", 1.0), (" Its value is here and now:", 0.0)):
         extra = enc.encode(lead_in)
-        answer = s["tokens"][:s["prompt_len"]] + extra + s["tokens"][s["prompt_len"]:]
+        answer = s["tokens"][:s["prompt_len"]] + extra + s["tokens"][s["prompt_len"]:] + enc.encode("2 more")
         assert (len(extra) <= eval_niah.ANSWER_SLACK) == bool(found)
         exact, _, _, _ = eval_niah.score_batch(Generating(answer, enc.n_vocab), [s], enc, "cpu")
         assert exact == [found], lead_in
