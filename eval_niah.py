@@ -309,7 +309,8 @@ def plot_accuracy(results, lengths, path, caption=None):
             rows = [r for r in results if r["label"] == label and r["variant"] == variant and r["wordings"] == wordings]
             if rows:
                 acc = [100 * np.mean([r["exact"] for r in rows if r["multiple"] == m]) for m in lengths]
-                ax.plot(lengths, acc, "o-", color=plt.cm.tab20(i % 20), label=label)  # tab20: up to 20 distinct lines
+                # tab20: 20 colours; past them the colours repeat with dashed lines (the study has 21 rows)
+                ax.plot(lengths, acc, "o-" if i < 20 else "o--", color=plt.cm.tab20(i % 20), label=label)
         ax.set_xscale("log", base=2)
         ax.set_xticks(lengths, [f"{m}x" for m in lengths])
         ax.set_ylim(-3, 103)
