@@ -294,6 +294,12 @@ def plot_heatmaps(results, lengths, out_dir):
         save_figure(fig, os.path.join(out_dir, files[label]))
 
 
+def line_style(i):
+    """(colour, marker) of the i-th line of a figure: tab20's 20 colours, then again with squares (the study has 21
+    rows), so no two lines look alike."""
+    return plt.cm.tab20(i % 20), "os"[i // 20 % 2]
+
+
 def plot_accuracy(results, lengths, path, caption=None):
     """Exact match % against the context length: one panel per variant and wordings, one line (the same colour in
     every panel) per checkpoint[+setting], first haystack only. summarize.py draws the whole study with it.
@@ -309,8 +315,8 @@ def plot_accuracy(results, lengths, path, caption=None):
             rows = [r for r in results if r["label"] == label and r["variant"] == variant and r["wordings"] == wordings]
             if rows:
                 acc = [100 * np.mean([r["exact"] for r in rows if r["multiple"] == m]) for m in lengths]
-                # tab20: 20 colours; past them the colours repeat with dashed lines (the study has 21 rows)
-                ax.plot(lengths, acc, "o-" if i < 20 else "o--", color=plt.cm.tab20(i % 20), label=label)
+                color, marker = line_style(i)
+                ax.plot(lengths, acc, marker + "-", color=color, label=label)
         ax.set_xscale("log", base=2)
         ax.set_xticks(lengths, [f"{m}x" for m in lengths])
         ax.set_ylim(-3, 103)

@@ -43,8 +43,8 @@ from matplotlib.colors import LogNorm
 
 from cli import ArgumentParser, check_writable_dir, load_checkpoint, resolve_device
 from data.format import checkpoint_data_dir, load_tokenizer, load_tokens
-from eval_niah import (attention_stats, attention_weights, cell_samples, load_model, save_figure, settings,
-                       start_cache, teacher_forced)
+from eval_niah import (attention_stats, attention_weights, cell_samples, line_style, load_model, save_figure,
+                       settings, start_cache, teacher_forced)
 from fwpkm import FastWeightProductKeyMemory, needle_trace, value_positions
 from model import GPTConfig
 from summarize import load_results
@@ -189,8 +189,8 @@ def needle_attention_by_length(results, path):
                         [mass(layer, m, 1) for m in multiples])
     fig, ax = plt.subplots(figsize=(10, 7), layout="constrained")
     for i, (label, (layer, wordings, multiples, needle, nearby)) in enumerate(lines.items()):
-        color = plt.cm.tab20(i % 20)
-        ax.plot(multiples, [100 * x for x in needle], "o-", color=color, label=f"{label} L{layer} [{wordings}]")
+        color, marker = line_style(i)
+        ax.plot(multiples, [100 * x for x in needle], marker + "-", color=color, label=f"{label} L{layer} [{wordings}]")
         ax.plot(multiples, [100 * x for x in nearby], "--", color=color, alpha=0.7)
     ax.set_xscale("log", base=2)
     ticks = sorted({m for line in lines.values() for m in line[2]})

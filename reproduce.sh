@@ -2,7 +2,8 @@
 # The study: every method of this repository trained with the same budget on the same data (the retrieval drills of
 # config/niah_<mode>.py), evaluated by needle in a haystack at 1x, 2x, 4x and 8x its training length, and summed up
 # in results/<mode>/: results.md (the table), accuracy_vs_length.png, figures/ (figures.py's teaching figures), and
-# one folder per arm with eval_niah.py's results.json and heatmaps. Checkpoints go to out/study_<mode>/<arm>/, each arm's log to results/<mode>/logs/.
+# one folder per arm with eval_niah.py's results.json and heatmaps. Checkpoints go to out/study_<mode>/<arm>/, each
+# arm's log to results/<mode>/logs/.
 #
 #   bash reproduce.sh cpu             # config/niah_cpu.py, 2 arms side by side with one thread each
 #   bash reproduce.sh gpu             # config/niah_gpu.py on one GPU, one arm at a time
@@ -41,9 +42,10 @@ if [[ $MODE == cpu ]]; then
     # cores are 15-25x slower, two runs of 1 thread are not (README, results/cpu_default.md).
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
     JOBS=${JOBS:-2}
-    SEC_PER_STEP=0.21  # config/niah_cpu.py: 19-21 minutes per 6,000 steps with 2 runs side by side (2-core CPU)
-    SEC_PER_EVAL=60    # eval_niah.py, one checkpoint and setting at 1x-8x, both wordings: 30 s (results/niah.md);
-                       # two needle variants
+    # the study of 2026-11-23 (2-core CPU, 2 runs side by side): 24-29 minutes per 6,000 steps of the plain arms,
+    # 28 and 38 of the memory arms; 18 evaluation settings (1x-8x, both wordings, both variants) in 13.6 minutes
+    SEC_PER_STEP=0.27
+    SEC_PER_EVAL=80
 else
     if ! python -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
         echo "error: mode gpu needs a CUDA GPU that torch can see; without one run: bash reproduce.sh cpu" >&2
