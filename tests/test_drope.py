@@ -143,3 +143,106 @@ def test_train_rejects_unknown_pe_naming_drope():
     with pytest.raises(SystemExit):
         train.parse_args(["--pe", "dope"])
     assert "drope" in model_module.positional_choices()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The mechanism DroPE relies on, in a model whose weights are set by hand: the lookup half of retrieval (a query
+# finds the token that carries its key and copies that token's value) needs no positions. Without rotations the
+# needle's logit is the same at every distance, so nothing is out of distribution beyond the training length but
+# the number of keys that share the attention; beta = 1 + c·ln(s) with c = 1/(the needle's logit) gives the needle
+# the attention it had at 1x. With RoPE, the same content match rides on a pair that turns a fraction of a circle
+# within L; beyond L it turns further than training ever showed, and the lookup fails.
+# What the hand-built model skips is the other half: a fact token here carries its key already, where a trained model
+# needs a lower layer to copy the key into the value's token (a previous-token head). That half is what the drop
+# breaks at our scale (results/drope.md: dropping RoPE from layer 1 up keeps the lookup, dropping it everywhere
+# does not).
+
+N_KEYS = N_VALUES = 4
+FILLER, QUESTION, ANSWER = 0, 1, 1 + N_KEYS  # token ids: filler, question about key j, answer "value v"
+FACT = ANSWER + N_VALUES                     # fact "key j has value v": FACT + j·N_VALUES + v
+LOOKUP = dict(vocab_size=FACT + N_KEYS * N_VALUES, block_size=64, n_layer=1, n_head=1, n_embd=16)
+SLOW_PAIR = 4  # the rotation pair the content rides on: θ_4 = 10000^(-8/16) = 0.01 rad per token, 0.64 rad over L
+ALPHA = 3.0    # query gain: the needle's logit is 2·ALPHA = 6 without rotation (every embedding has norm √2)
+
+
+def hand_built_lookup(pe, **config):
+    """A 1-layer, 1-head GPT that answers "which value has key j?" by attention alone. Residual dims: 0-1 the fact's
+    key (an angle 2πj/4), 2-3 the question's key, 4-7 the value (one-hot), 8-11 markers that give every embedding
+    the norm √2 (so RMSNorm scales every token alike)."""
+    model = GPT(GPTConfig(**LOOKUP, pe=pe, **config)).eval()
+    angle = [2 * math.pi * j / N_KEYS for j in range(N_KEYS)]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        for norm in (model.blocks[0].attn_norm, model.blocks[0].mlp_norm, model.norm):
+            norm.weight.fill_(1.0)
+        emb = model.tok_emb.weight                                 # [V, 16]; tied with lm_head
+        emb[FILLER, 8] = emb[FILLER, 11] = 1.0
+        for j in range(N_KEYS):
+            emb[QUESTION + j, 2], emb[QUESTION + j, 3], emb[QUESTION + j, 9] = math.cos(angle[j]), math.sin(angle[j]), 1
+            for v in range(N_VALUES):
+                fact = FACT + j * N_VALUES + v
+                emb[fact, 0], emb[fact, 1], emb[fact, 4 + v] = math.cos(angle[j]), math.sin(angle[j]), 1
+        for v in range(N_VALUES):
+            emb[ANSWER + v, 4 + v] = math.sqrt(2)                  # outscores the facts that hold the same value
+        C, D = 16, 16
+        w_q, w_k, w_v = model.blocks[0].attn.qkv.weight.split(C)   # [C, C] each: head dims x residual dims
+        half = D // 2                                              # rotate-half layout: pair i = (i, i + D/2)
+        w_q[SLOW_PAIR, 2] = w_q[SLOW_PAIR + half, 3] = ALPHA       # q: the question's key in the slow pair
+        w_k[SLOW_PAIR, 0] = w_k[SLOW_PAIR + half, 1] = 1.0         # k: the fact's key in the same pair
+        for v in range(N_VALUES):
+            w_v[v, 4 + v] = 1.0                                    # v: the fact's value
+            model.blocks[0].attn.proj.weight[4 + v, v] = 1.0       # written back into the value dims
+    return model
+
+
+def lookup_prompt(length, needle_at, key=1, value=2):
+    """Filler, one fact at needle_at, the question last; plus the expected answer (teacher_forced drops it)."""
+    tokens = [FILLER] * length
+    tokens[needle_at] = FACT + key * N_VALUES + value
+    tokens[-1] = QUESTION + key
+    return torch.tensor([tokens + [ANSWER + value]])
+
+
+def lookup(model, length, needle_at):
+    """(answered right, attention of the question on the needle, its logit there)."""
+    tokens = lookup_prompt(length, needle_at)
+    with torch.no_grad():
+        logits, qk = eval_niah.teacher_forced(model, tokens)
+    q, k = qk[0]
+    weights = eval_niah.attention_weights(q, k, [length - 1])[0, 0, 0]  # [length]
+    logit = float(q[0, 0, -1] @ k[0, 0, needle_at]) / math.sqrt(q.shape[-1])
+    return logits[0, -1].argmax().item() == tokens[0, -1].item(), weights[needle_at].item(), logit
+
+
+DEPTHS = (0.0, 0.25, 0.5, 0.75, 0.95)  # where the fact sits, as a fraction of the context
+
+
+def test_hand_built_rope_lookup_answers_within_the_training_length_and_fails_beyond():
+    model = hand_built_lookup("rope")
+    L = LOOKUP["block_size"]
+    assert all(lookup(model, L, int(d * L))[0] for d in DEPTHS), "RoPE must answer at every depth at 1x"
+    far = [lookup(model, 4 * L, int(d * 4 * L)) for d in DEPTHS]
+    # the fact more than ~L/0.64·(π/2) ≈ 157 tokens back sits at a rotation angle training never showed
+    assert not far[0][0] and not far[1][0], "the far needles at 4x must be lost: their pair turned past 90°"
+    assert far[0][2] < 0 < far[-1][2], [f[2] for f in far]  # its logit turned negative; the near one is fine
+
+
+def test_hand_built_dropped_lookup_keeps_the_needle_logit_at_every_length_and_beta_undoes_the_dilution():
+    L = LOOKUP["block_size"]
+    dropped_model = hand_built_lookup("drope")
+    results = {m: [lookup(dropped_model, m * L, int(d * m * L)) for d in DEPTHS] for m in (1, 2, 4, 8)}
+    logits = [r[2] for rows in results.values() for r in rows]
+    assert max(logits) - min(logits) < 1e-5 and logits[0] == pytest.approx(2 * ALPHA, rel=1e-5), \
+        "after the drop the needle's logit may not depend on the distance or the length"
+    for m in (1, 2, 4):
+        assert all(r[0] for r in results[m]), f"the dropped lookup must answer at every depth at {m}x"
+    # what is left beyond L: 8L − 1 other keys share the attention, e^6 / (e^6 + 8·64 − 1) < 1/2, and it fails
+    assert not any(r[0] for r in results[8]), [r[1] for r in results[8]]
+    attention_1x = results[1][0][1]
+    assert max(r[1] for r in results[8]) < attention_1x - 0.3
+    # beta = 1 + c·ln 8 with c = 1 / (needle logit): e^(beta·6) = 8·e^6, so the needle gets its 1x attention back
+    scaled = hand_built_lookup("drope", logit_scale_c=1 / (2 * ALPHA))
+    for d in DEPTHS:
+        answered, attention, _ = lookup(scaled, 8 * L, int(d * 8 * L))
+        assert answered and attention == pytest.approx(attention_1x, abs=0.005), (d, attention, attention_1x)
