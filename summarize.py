@@ -11,7 +11,8 @@ It writes to --out_dir:
   match % (teacher-forced value-token accuracy %) at every length, the mean over depths and samples. Above the
   tables: the command, and the date, machine and torch version of every evaluation.
   A label found in several files is one arm trained with several seeds (reproduce.sh's SEED=, same directory
-  name): its row gives the mean over the seeds and, in brackets, the lowest and highest seed.
+  name): its row gives the mean over the seeds and, in brackets, the lowest and highest seed. The val loss comes
+  from the checkpoints, so where some seeds' checkpoints are missing it says over how many seeds it is the mean.
 
     python summarize.py results/cpu/{rope,repo_cont}/results.json results/cpu/seed*/{rope,repo_cont}/results.json \
         --out_dir results/cpu/seeds --command "bash reproduce.sh cpu; SEED=2 ...; SEED=3 ..."
@@ -88,6 +89,8 @@ def markdown_tables(results, losses):
                 cells.append(f"{exact.mean():.0f}{spread} ({token.mean():.1f})")
             name = f"{label} ({len(seeds)} seeds)" if len(seeds) > 1 else label
             loss = f"{np.mean(known):.3f}" if known else ""
+            if known and len(known) < len(seeds):  # some seeds' checkpoints are not on this machine
+                loss += f" ({len(known)} of {len(seeds)} seeds)"
             lines.append(f"| {name} | {loss} | " + " | ".join(cells) + " |")
         lines.append("")
     return lines

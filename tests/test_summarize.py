@@ -65,3 +65,7 @@ def test_one_arm_from_several_seeds_is_one_row_with_its_range(tmp_path):
     # val losses 1.7, 1.2, 1.3 -> 1.400; exact 90, 50, 70 -> mean 70, range 50-90
     assert "| repo (3 seeds) | 1.400 | 70 [50-90] (80.0) | 0 [0-0] (80.0) |" in md
     assert "| nope |  | 25 (50.0) | 25 (50.0) |" in md  # one seed: no range
+    (tmp_path / "1337" / "repo" / "ckpt.pt").unlink()  # one seed's checkpoint is not on this machine
+    summarize.main([*map(str, paths), "--out_dir", str(tmp_path / "out")])
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "| repo (3 seeds) | 1.250 (2 of 3 seeds) | 70 [50-90] (80.0) |" in md
