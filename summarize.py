@@ -13,6 +13,8 @@ It writes to --out_dir:
   A label found in several files is one arm trained with several seeds (reproduce.sh's SEED=, same directory
   name): its row gives the mean over the seeds and, in brackets, the lowest and highest seed. The val loss comes
   from the checkpoints, so where some seeds' checkpoints are missing it says over how many seeds it is the mean.
+  DroPE evaluated with its fitted c (eval_niah.py --logit_scale_c fitted) is one row, "<arm>+fitted beta", with the
+  c of each seed.
 
     python summarize.py results/cpu/{rope,repo_cont}/results.json results/cpu/seed*/{rope,repo_cont}/results.json \
         --out_dir results/cpu/seeds --command "bash reproduce.sh cpu; SEED=2 ...; SEED=3 ..."
@@ -43,8 +45,20 @@ def load_results(paths):
         if not isinstance(data, dict) or not data.get("results"):
             raise SystemExit(f"error: {path} is not eval_niah.py's results.json (no results in it)")
         runs.append({"file": path, **data.get("run", {})})  # files written before eval_niah.py recorded its run: none
-        results += [{**r, "source": path} for r in data["results"]]  # the file tells one seed from another
+        for r in data["results"]:
+            r = {**r, "source": path}  # the file tells one seed from another
+            if fitted_beta(r, data.get("args", {})):  # one row for every seed's fitted c, which differ
+                r.update(label=r["label"].split("+beta")[0] + "+fitted beta", fitted_c=r["logit_scale_c"])
+            results.append(r)
     return runs, results
+
+
+def fitted_beta(result, args):
+    """Whether a DroPE result was evaluated with the c that drope.py fitted (eval_niah.py --logit_scale_c fitted):
+    its c is not one of the numbers the evaluation listed."""
+    listed = args.get("logit_scale_c") or []
+    return (result.get("pe") == "drope" and "fitted" in listed
+            and result["logit_scale_c"] not in [c for c in listed if c != "fitted"])
 
 
 def final_val_loss(ckpt_path):
@@ -87,7 +101,11 @@ def markdown_tables(results, losses):
                 exact, token = np.array(per_seed).T
                 spread = f" [{exact.min():.0f}-{exact.max():.0f}]" if len(exact) > 1 else ""
                 cells.append(f"{exact.mean():.0f}{spread} ({token.mean():.1f})")
-            name = f"{label} ({len(seeds)} seeds)" if len(seeds) > 1 else label
+            notes = [f"{len(seeds)} seeds"] if len(seeds) > 1 else []
+            if "fitted_c" in mine[0]:  # the c of each seed
+                notes.append("c = " + ", ".join(f"{next(r['fitted_c'] for r in mine if r['source'] == s):.3g}"
+                                                for s in seeds))
+            name = f"{label} ({'; '.join(notes)})" if notes else label
             loss = f"{np.mean(known):.3f}" if known else ""
             if known and len(known) < len(seeds):  # some seeds' checkpoints are not on this machine
                 loss += f" ({len(known)} of {len(seeds)} seeds)"

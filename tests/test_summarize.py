@@ -69,3 +69,18 @@ def test_one_arm_from_several_seeds_is_one_row_with_its_range(tmp_path):
     summarize.main([*map(str, paths), "--out_dir", str(tmp_path / "out")])
     md = (tmp_path / "out" / "results.md").read_text()
     assert "| repo (3 seeds) | 1.250 (2 of 3 seeds) | 70 [50-90] (80.0) |" in md
+
+
+def test_fitted_beta_of_several_seeds_is_one_row_with_each_c(tmp_path):
+    paths = []
+    for seed, c in ((1337, 0.112), (2, 0.00742)):  # drope.py fits another c for every seed
+        rows = [{**result(f"drope+beta{c:.3g}", "none.pt", "heldout", m, 0, 0.5, 0.5), "pe": "drope",
+                 "logit_scale_c": c} for m in (1, 2)]
+        rows += [{**result("drope+beta0.412", "none.pt", "heldout", m, 0, 0.0, 0.5), "pe": "drope",
+                  "logit_scale_c": 0.412} for m in (1, 2)]  # a c given as a number: its own row, as labelled
+        paths.append(tmp_path / f"{seed}.json")
+        paths[-1].write_text(json.dumps({"args": {"logit_scale_c": ["fitted", 0.412]}, "results": rows}))
+    summarize.main([*map(str, paths), "--out_dir", str(tmp_path / "out")])
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "| drope+fitted beta (2 seeds; c = 0.112, 0.00742) |  | 50 [50-50] (50.0) |" in md
+    assert "| drope+beta0.412 (2 seeds) |  | 0 [0-0] (50.0) |" in md
