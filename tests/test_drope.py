@@ -153,9 +153,9 @@ def test_train_rejects_unknown_pe_naming_drope():
 # the attention it had at 1x. With RoPE, the same content match rides on a pair that turns a fraction of a circle
 # within L; beyond L it turns further than training ever showed, and the lookup fails.
 # What the hand-built model skips is the other half: a fact token here carries its key already, where a trained model
-# needs a lower layer to copy the key into the value's token (a previous-token head). That half is what the drop
-# breaks at our scale (results/drope.md: dropping RoPE from layer 1 up keeps the lookup, dropping it everywhere
-# does not).
+# needs a lower layer to copy the key into the value's token (a previous-token head). The evidence points at that
+# half as what the drop breaks at our scale (results/drope.md: dropping RoPE from layer 1 up keeps the lookup,
+# dropping it everywhere does not).
 
 N_KEYS = N_VALUES = 4
 FILLER, QUESTION, ANSWER = 0, 1, 1 + N_KEYS  # token ids: filler, question about key j, answer "value v"
@@ -185,9 +185,9 @@ def hand_built_lookup(pe, **config):
                 emb[fact, 0], emb[fact, 1], emb[fact, 4 + v] = math.cos(angle[j]), math.sin(angle[j]), 1
         for v in range(N_VALUES):
             emb[ANSWER + v, 4 + v] = math.sqrt(2)                  # outscores the facts that hold the same value
-        C, D = 16, 16
+        C = LOOKUP["n_embd"]                                       # one head: its size D is C
         w_q, w_k, w_v = model.blocks[0].attn.qkv.weight.split(C)   # [C, C] each: head dims x residual dims
-        half = D // 2                                              # rotate-half layout: pair i = (i, i + D/2)
+        half = C // 2                                              # rotate-half layout: pair i = (i, i + D/2)
         w_q[SLOW_PAIR, 2] = w_q[SLOW_PAIR + half, 3] = ALPHA       # q: the question's key in the slow pair
         w_k[SLOW_PAIR, 0] = w_k[SLOW_PAIR + half, 1] = 1.0         # k: the fact's key in the same pair
         for v in range(N_VALUES):
