@@ -126,9 +126,11 @@ def test_fitted_c_is_stored_reloaded_and_overridable(tmp_path, tiny_data, rope_c
     ckpt = load(tmp_path)
     c = ckpt["logit_scale_fit"]["c"]
     assert ckpt["model_config"]["logit_scale_c"] == c and f"fitted c = {c:.4f}" in done.stdout
-    for curve in ckpt["logit_scale_fit"]["curves"]:
+    for curve in ckpt["logit_scale_fit"]["curves"]:  # beta changes the loss: the curve is not flat
         losses = [loss for _, loss in curve]
-        assert len(set(losses)) == len(losses)  # beta changed every loss
+        # (not "every loss differs": near the flat minimum two betas 0.008 apart can round to the same fp32 loss).
+        # The grid's ends differ by 0.03-0.06 nats on this model, the rounding of a mean fp32 loss is ~1e-6
+        assert max(losses) - min(losses) > 1e-3, curve
     assert (tmp_path / "run" / "beta_fit.png").stat().st_size > 1000
     args = argparse.Namespace(logit_scale_c=["fitted", 0.0], scaling=[None], iters=[1])
     (label_fit, fit, _), (label_off, off, _) = eval_niah.settings(ckpt, "run", args)

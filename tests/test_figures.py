@@ -88,7 +88,8 @@ def test_writes_the_three_figures_with_eval_niahs_numbers(tmp_path, tiny_data, c
         rows, model = by_hand(ckpts[label.split("+")[0]], {**changes[label], **extra}, s)
         if (label, m) == ("rope", 1):  # the most needle mass of any layer and head
             mass = rows[..., s["needle_at"]:s["needle_at"] + s["needle_len"]].sum(-1)          # [n_layer, H]
-            assert (choice["layer"], choice["head"]) == divmod(int(mass.argmax()), mass.shape[1])
+            # (to 1e-5, the tolerance of the strips below: two heads closer than that are both the most)
+            assert mass[choice["layer"], choice["head"]] >= mass.max() - 1e-5, (choice, mass)
             assert choice["reference"] == "rope"
         torch.testing.assert_close(p["strip"], rows[choice["layer"], choice["head"]], atol=1e-6, rtol=1e-5)
         torch.testing.assert_close(p["map"][-1], p["strip"])

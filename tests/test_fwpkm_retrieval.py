@@ -142,8 +142,10 @@ def trained_recall(span, steps=40, window=2):
 def test_training_finds_the_memory_when_the_query_can_see_the_key():
     """Trained, not hand-set: with a query span of 2 the marker's query holds the key one token back, and 40 steps
     learn recall through the memory (the window of 2 cannot reach the first triples). With the paper's one-token
-    query the marker's query is the same for every key: the memory holds the values but no query can tell them
-    apart, and recall stays near chance (1/16). In a model with attention before the memory, attention must bring
-    the key into the query first; results/fwpkm.md measures how training stalls there."""
+    query the marker's query is the same for every key: the memory holds the sample's 4 values but no query can
+    tell them apart, so recall stays at a guess among them (about 1/4). In a model with attention before the memory,
+    attention must bring the key into the query first; results/fwpkm.md measures how training stalls there.
+    The thresholds hold with margin over initialisations (12 seeds: learned 0.98-1.0, blind 0.08-0.34), so a
+    trajectory that rounds differently on another CPU lands on the same side."""
     learned, blind = trained_recall(span=2), trained_recall(span=1)
-    assert learned > 0.9 and blind < 0.3, (learned, blind)
+    assert learned > 0.9 and blind < 0.5, (learned, blind)

@@ -11,7 +11,7 @@ pytest.importorskip("triton", reason="triton is not installed, so the kernels ca
 import fwpkm
 from kernels import pkm
 from model import GPT, GPTConfig
-from tests.test_kernels import BF16, DEVICES, FP32
+from tests.test_kernels import BF16, DEVICES, FP32, assert_trains_the_same, train_steps
 
 MEMORY = dict(memory_n_sub=4, memory_topk=2, memory_key_dim=8, memory_value_dim=12, memory_chunk=8)  # 16 slots
 TINY = dict(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32, **MEMORY)
@@ -159,30 +159,12 @@ def test_iterative_reading_writes_the_same_with_kernels_on_and_off(device):
         torch.testing.assert_close(state.keys, plain[name].keys, **FP32)
 
 
-def train_tiny_memory_gpt(memory, kernels, device, steps=2):
-    """Losses of a few AdamW steps and the gradients of the first. (Not the weights after them: AdamW moves a weight
-    whose gradient is near 0 by up to lr, so float-reordering noise in such a gradient shows as 1e-5 there.)"""
-    model = tiny_gpt(memory, kernels, device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    x = torch.randint(64, (2, 13), generator=torch.Generator().manual_seed(0)).to(device)
-    losses, grads = [], None
-    for _ in range(steps):
-        loss = model(x, x)[1]
-        loss.backward()
-        grads = grads or {name: p.grad.clone() for name, p in model.named_parameters()}
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-    return losses, grads
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("memory", ["pkm_layers", "fwpkm_layers"])
 def test_tiny_memory_gpt_trains_the_same_with_kernels_on_and_off(device, memory, monkeypatch):
     calls = counting(monkeypatch)
-    fast_losses, fast_grads = train_tiny_memory_gpt(memory, "on", device)
+    x = torch.randint(64, (2, 13), generator=torch.Generator().manual_seed(0)).to(device)
+    fast = train_steps(tiny_gpt(memory, "on", device), x, steps=2)
     assert calls["read"] > 0 and calls["write_values"] == 0  # the read's kernel; the write keeps its graph
-    plain_losses, plain_grads = train_tiny_memory_gpt(memory, "off", device)
-    torch.testing.assert_close(fast_losses, plain_losses, **FP32)
-    for name, g in fast_grads.items():  # FwPKM: W_v, W_q and the gate learn through the writes, so through dV
-        torch.testing.assert_close(g, plain_grads[name], **FP32, msg=lambda m: f"{name}: {m}")
+    plain = train_steps(tiny_gpt(memory, "off", device), x, steps=2)
+    assert_trains_the_same(fast, plain)  # FwPKM: W_v, W_q and the gate learn through the writes, so through dV

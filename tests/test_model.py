@@ -38,6 +38,15 @@ def test_kv_cache_equals_full_forward(pe):
     check_kv_cache(tiny_model(pe=pe))
 
 
+def assert_greedy(logits, tokens):
+    """tokens [B, n] are the argmax of logits [B, n, V] computed another way (without a KV cache): each token's logit
+    is the row's largest to within 1e-4, the tolerance of cached vs full logits in check_kv_cache. Not
+    `argmax == tokens`: where two logits of an untrained model lie closer than the rounding of the two computations,
+    either is a correct greedy choice, and which one rounds higher depends on the CPU."""
+    chosen = logits.gather(-1, tokens[..., None])[..., 0]
+    assert (chosen >= logits.max(-1).values - 1e-4).all(), (logits.argmax(-1), tokens)
+
+
 def check_kv_cache(model):
     prompt = torch.randint(64, (2, 45))  # longer than block_size: generation must not crop it
     out = model.generate(prompt, 20, temperature=0)
@@ -45,7 +54,7 @@ def check_kv_cache(model):
     with torch.no_grad():
         full = model(out)[0]
         # greedy tokens are the argmax of the full forward at every generated step
-        assert torch.equal(full[:, 44:64].argmax(-1), out[:, 45:])
+        assert_greedy(full[:, 44:64], out[:, 45:])
         # and cached logits, fed in uneven chunks, equal the full forward's
         cache = KVCache(model.config.n_layer)
         chunks = [model(out[:, a:b], cache=cache)[0] for a, b in ((0, 30), (30, 31), (31, 50), (50, 65))]
@@ -143,7 +152,7 @@ def test_generation_with_a_window_equals_the_windowed_forward():
     prompt = torch.randint(64, (2, 20))
     with torch.no_grad():
         out = model.generate(prompt, 6, temperature=0, window=5)
-        expected = prompt
-        for _ in range(6):  # greedy, each token from a full windowed forward without a cache
-            expected = torch.cat((expected, model(expected, window=5)[0][:, -1:].argmax(-1)), dim=1)
-    assert torch.equal(out, expected)
+        # greedy, each token the argmax of a full windowed forward of the tokens before it, without a cache
+        full = torch.cat([model(out[:, :n], window=5)[0][:, -1:] for n in range(20, 26)], dim=1)
+    assert out.shape == (2, 26) and torch.equal(out[:, :20], prompt)
+    assert_greedy(full, out[:, 20:])

@@ -26,6 +26,17 @@ def load(tmp_path, out="run"):
     return torch.load(tmp_path / out / "ckpt.pt", weights_only=True)
 
 
+def assert_same_course(got, expected, what):
+    """Per-step values (losses, gradient norms) of two trainings that differ only in the order of their float sums
+    (two processes vs one, a kernel vs the plain code). Step 1 must agree to ~1e-7 (tolerance 1e-5); each later step
+    may drift by 1e-4 more: AdamW's first update is lr·g/(|g| + eps), about ±lr for every weight, also for a weight
+    whose gradient is rounding noise and whose sign the two orders may draw differently. For the same reason the
+    weights after the steps are not compared: such a weight may differ by 2·lr."""
+    assert len(got) == len(expected), (what, got, expected)
+    for step, (a, b) in enumerate(zip(got, expected)):
+        assert a == pytest.approx(b, rel=1e-5 + 1e-4 * step), f"{what} of step {step + 1}: {got} vs {expected}"
+
+
 def test_tiny_training_lowers_loss(tmp_path, tiny_data):
     history = run(tmp_path, tiny_data, "--max_iters", "40", "--lr", "1e-2", "--eval_interval", "20")
     assert history["val_loss"][-1] < history["val_loss"][0] - 1.5  # nats; from ln(vocab) = 6.75 at init
@@ -144,11 +155,9 @@ def test_two_process_ddp_matches_one_process(tmp_path, tiny_data):
                            "train.py", *common, "--out_dir", str(tmp_path / "ddp")],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)  # generous: CI's machine may be busy
     assert done.returncode == 0, done.stdout + done.stderr
-    ddp = load(tmp_path, "ddp")
-    torch.testing.assert_close(ddp["history"]["train_loss"], single["train_loss"], rtol=1e-5, atol=0)
-    torch.testing.assert_close(ddp["history"]["grad_norm"], single["grad_norm"], rtol=1e-5, atol=0)
-    for name, tensor in load(tmp_path, "single")["model"].items():  # Adam amplifies float noise in tiny gradients
-        torch.testing.assert_close(ddp["model"][name], tensor, rtol=0, atol=1e-4)
+    ddp = load(tmp_path, "ddp")  # the same batches, gradients averaged over the processes:
+    assert_same_course(ddp["history"]["train_loss"], single["train_loss"], "train loss")
+    assert_same_course(ddp["history"]["grad_norm"], single["grad_norm"], "grad norm")
 
 
 def test_retrieval_mix_rows(tiny_data, monkeypatch):
