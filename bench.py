@@ -21,7 +21,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from cli import ArgumentParser, resolve_device
+from cli import ArgumentParser, check_minimum, resolve_device
 from data.format import dataset_dir, load_meta
 from kernels import MODES as KERNEL_MODES, check_available
 from model import GPT, GPTConfig, positional_choices
@@ -136,9 +136,8 @@ def main(argv=None):
                    help="fused Triton fast paths (kernels/) of every arm, unless the arm sets +kernels=...")
     args = p.parse_args(argv)
     arms = {arm: parse_arm(arm) for arm in args.arms}
-    for name in ("n_layer", "n_head", "n_embd", "batch_size", "block_size", "rounds"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name} {getattr(args, name)} must be at least 1")
+    check_minimum(args, 1, ("n_layer", "n_head", "n_embd", "batch_size", "block_size", "rounds"))
+    check_minimum(args, 0, ("warmup",))
     args.device = resolve_device(args.device)
     if args.vocab_size is None:
         from data.embedded import prepare

@@ -34,6 +34,15 @@ def parse_list(text, kind, name, minimum=None, valid=None):
     return items
 
 
+def check_minimum(values, minimum, names):
+    """Ends the program in one line when an option in `names` is below `minimum` (or NaN). values: a dict of options,
+    or argparse's Namespace."""
+    values = values if isinstance(values, dict) else vars(values)
+    for name in names:
+        if not values[name] >= minimum:  # `not >=` also catches NaN
+            raise SystemExit(f"error: --{name} {values[name]} must be at least {minimum}")
+
+
 def resolve_device(name):
     """'auto' -> cuda if available, else cpu; a device torch cannot use here ends the program."""
     if name == "auto":
@@ -52,12 +61,19 @@ def resolve_device(name):
 
 
 def check_writable_dir(path, flag):
-    """Creates directory `path` if needed and proves a file can be written in it, before any work is spent."""
-    if os.path.exists(path) and not os.path.isdir(path):
+    """Proves that files can be written in directory `path` before any work is spent, and creates nothing: a
+    refused command leaves no empty directory behind (write_atomic creates it with the first file). A temporary
+    file, removed at once, is tried in `path` or, where it does not exist yet, in its nearest existing parent."""
+    existing = path
+    while existing and not os.path.exists(existing):
+        existing = os.path.dirname(existing.rstrip(os.sep))
+    existing = existing or "."
+    if existing == path and not os.path.isdir(path):
         raise SystemExit(f"error: {flag} {path} is a file, not a directory")
     try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
+        if not os.path.isdir(existing):
+            raise NotADirectoryError(20, f"{existing} is a file")
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as e:
         raise SystemExit(f"error: {flag} {path} cannot be written ({e.strerror})") from None

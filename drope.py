@@ -53,7 +53,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cli import ArgumentParser, load_checkpoint, parse_list, resolve_device
+from cli import ArgumentParser, check_minimum, load_checkpoint, parse_list, resolve_device
 from data.format import checkpoint_data_dir, get_batch, load_tokens, write_atomic
 from model import GPT, GPTConfig, register_positional
 
@@ -182,6 +182,8 @@ def main(argv=None):
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, mps")
     p.add_argument("--seed", type=int, default=0, help="which held-out windows")
     args = p.parse_args(argv)
+    check_minimum(args, 1, ("rows", "batch_size"))
+    check_minimum(args, 0, ("seed",))
     multiples = parse_list(args.lengths, float, "lengths")
     if not min(multiples) > 1:
         raise SystemExit(f"error: --lengths {args.lengths!r} must be multiples > 1 of the training length")

@@ -51,7 +51,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from cli import ArgumentParser, check_writable_dir, load_checkpoint, parse_list, resolve_device
+from cli import ArgumentParser, check_minimum, check_writable_dir, load_checkpoint, parse_list, resolve_device
 from data.format import checkpoint_data_dir, load_tokenizer, load_tokens, write_atomic, write_json
 from data.niah import HAYSTACKS, VARIANTS, WORDINGS, make_sample
 from model import GPT, GPTConfig, format_health
@@ -68,7 +68,7 @@ def settings(ckpt, name, args):
     with RoPE layers, every --logit_scale_c for a DroPE model (beta = 1 + c·ln(s), drope.py), and every --iters
     for a model with FwPKM layers."""
     config = ckpt["model_config"]
-    if any(isinstance(m, RotaryEmbedding) for m in GPT(GPTConfig(**config)).modules()):  # RoPE, RePo, rope_nope
+    if has_rotary(config):  # RoPE, RePo, rope_nope
         pe = [(name + (f"+{s}" if s else ""), {"rope_scaling": s}) for s in args.scaling]
     elif config["pe"] == "drope":
         cs = dict.fromkeys(config.get("logit_scale_c", 0.0) if c == "fitted" else c for c in args.logit_scale_c)
@@ -77,6 +77,22 @@ def settings(ckpt, name, args):
         pe = [(name, {})]
     iters = args.iters if config.get("fwpkm_layers") else [1]
     return [(label + (f"+{n}reads" if n > 1 else ""), changes, n) for label, changes in pe for n in iters]
+
+
+def check_options_apply(ckpts, args):
+    """Refuses an evaluation option set to other than its default that applies to none of the checkpoints (it
+    would be ignored silently): --scaling needs RoPE layers, --logit_scale_c a DroPE model, --iters FwPKM layers."""
+    needs = {"scaling": ([None], "models with RoPE layers (rope, repo, rope_nope)", has_rotary),
+             "logit_scale_c": (["fitted"], "DroPE models (pe=drope)", lambda config: config["pe"] == "drope"),
+             "iters": ([1], "models with FwPKM layers (--fwpkm_layers)", lambda config: config.get("fwpkm_layers"))}
+    for name, (default, who, applies) in needs.items():
+        if getattr(args, name) != default and not any(applies(c["model_config"]) for c in ckpts.values()):
+            kinds = ", ".join(f"{path}: pe={c['model_config']['pe']}" for path, c in ckpts.items())
+            raise SystemExit(f"error: --{name} applies only to {who}, and no --ckpt is one ({kinds})")
+
+
+def has_rotary(config):
+    return any(isinstance(m, RotaryEmbedding) for m in GPT(GPTConfig(**config)).modules())
 
 
 def load_model(ckpt, changes, length, device):
@@ -342,7 +358,8 @@ def run_info(argv):
 def main(argv=None):
     p = ArgumentParser(prog="eval_niah.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", action="append", required=True, help="a checkpoint; repeat for several")
-    p.add_argument("--lengths", default="1,2,4,8", help="context lengths as multiples of the training length")
+    p.add_argument("--lengths", default="1,2,4,8", help="context lengths as multiples of the training length "
+                   "(below 1, e.g. 0.5, evaluates shorter contexts than the model was trained on)")
     p.add_argument("--depths", type=int, default=5, help="needle depths, evenly spread from 0%% to 100%%")
     p.add_argument("--samples", type=int, default=10, help="samples per (length, depth) cell")
     p.add_argument("--variants", default="single", help=f"comma list of {', '.join(VARIANTS)}")
@@ -384,11 +401,12 @@ def main(argv=None):
         raise SystemExit(f"error: --logit_scale_c {args.logit_scale_c!r}: give numbers or 'fitted', e.g. fitted,0")
     if args.window < 0:
         raise SystemExit(f"error: --window {args.window} must be a number of tokens >= 1, or 0 for full attention")
-    if args.depths < 1 or args.samples < 1:
-        raise SystemExit(f"error: --depths ({args.depths}) and --samples ({args.samples}) must be at least 1")
+    check_minimum(args, 1, ("depths", "samples", "batch_size"))
+    check_minimum(args, 0, ("seed",))
     args.device = resolve_device(args.device)
     check_available(args.kernels, torch.device(args.device).type)
     ckpts = {path: load_checkpoint(path) for path in args.ckpt}  # every one is checked before any work
+    check_options_apply(ckpts, args)
     check_writable_dir(args.out_dir, "--out_dir")
     torch.manual_seed(args.seed)
     results = [r for path, ckpt in ckpts.items() for r in evaluate(path, ckpt, args, args.device)]

@@ -47,7 +47,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cli import ArgumentParser, load_checkpoint, parse_list, resolve_device
+from cli import ArgumentParser, check_minimum, load_checkpoint, parse_list, resolve_device
 from data.format import checkpoint_data_dir, load_tokenizer, load_tokens, write_atomic
 from data.niah import VARIANTS, WORDINGS, make_sample
 from model import GPT, GPTConfig, NoPositionalEncoding, register_positional
@@ -206,6 +206,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0, help="which NIAH prompt")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, mps")
     args = p.parse_args(argv)
+    check_minimum(args, 0, ("length", "seed"))  # --length 0: the training length
     args.layers = parse_list(args.layers, int, "layers") if args.layers else []
     args.device = resolve_device(args.device)
     return positions_command(args)

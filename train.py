@@ -20,6 +20,7 @@ import os
 import queue
 import random
 import runpy
+import shlex
 import sys
 import threading
 import time
@@ -35,8 +36,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from cli import ArgumentParser, check_writable_dir, load_checkpoint, resolve_device
-from data.format import dataset_dir, get_batch, load_meta, load_tokenizer, load_tokens, write_atomic
+from cli import ArgumentParser, check_minimum, check_writable_dir, load_checkpoint, resolve_device
+from data.format import PREPARE_COMMANDS, dataset_dir, get_batch, load_meta, load_tokenizer, load_tokens, write_atomic
 from data.niah import make_drill
 from kernels import check_available
 from model import GPT, GPTConfig, format_health, positional_choices, stage_defaults
@@ -98,7 +99,7 @@ DEFAULTS = {name: default for name, (default, _) in OPTIONS.items()}
 AT_LEAST_ONE = ("n_layer", "n_head", "n_embd", "block_size", "memory_n_sub", "memory_topk", "memory_key_dim",
                 "memory_value_dim", "memory_query_span", "memory_chunk", "batch_size", "grad_accum", "max_iters", "eval_interval",
                 "eval_iters", "log_interval")
-AT_LEAST_ZERO = ("warmup_iters", "lr", "min_lr", "weight_decay", "grad_clip", "swa_window")
+AT_LEAST_ZERO = ("warmup_iters", "lr", "min_lr", "weight_decay", "grad_clip", "swa_window", "seed")
 FRACTIONS = ("niah_mix", "swa_prob")
 
 
@@ -127,18 +128,76 @@ def parse_args(argv=None):
         parser.error(f"--keep_iters {opts['keep_iters']!r} must be a comma list of iteration numbers, e.g. 3000,5250")
     if opts["dtype"] not in ("auto", "float32", "bfloat16"):
         parser.error(f"unknown --dtype {opts['dtype']!r}; valid choices: auto, float32, bfloat16")
-    for name in AT_LEAST_ONE:
-        if not opts[name] >= 1:
-            parser.error(f"--{name} {opts[name]} must be at least 1")
-    for name in AT_LEAST_ZERO:
-        if not opts[name] >= 0:  # `not >=` also catches NaN
-            parser.error(f"--{name} {opts[name]} must be at least 0")
+    check_minimum(opts, 1, AT_LEAST_ONE)
+    check_minimum(opts, 0, AT_LEAST_ZERO)
     for name in FRACTIONS:
         if not 0 <= opts[name] <= 1:
             parser.error(f"--{name} {opts[name]} must be between 0 and 1")
     if not opts["rope_base"] > 1:
         parser.error(f"--rope_base {opts['rope_base']} must be greater than 1")
     return opts, set(explicit)
+
+
+def check_schedule(o, method_defaults):
+    """The learning-rate schedule and the kept iterations fit together (after a stage's defaults are applied)."""
+    source = lambda name: f" (pe={o['pe']}'s default for a stage)" if name in method_defaults else ""
+    if o["min_lr"] > o["lr"]:
+        sys.exit(f"error: --min_lr {o['min_lr']}{source('min_lr')} is above --lr {o['lr']}{source('lr')}: the cosine "
+                 f"decays from lr down to min_lr; give a min_lr of at most {o['lr']}")
+    if o["warmup_iters"] > o["max_iters"]:
+        sys.exit(f"error: --warmup_iters {o['warmup_iters']}{source('warmup_iters')} is more than --max_iters "
+                 f"{o['max_iters']}{source('max_iters')}: the learning rate would never reach its peak")
+    outside = [k for k in o["keep_iters"] if not 0 <= k < o["max_iters"]]
+    if outside:
+        sys.exit(f"error: --keep_iters {outside}: a kept checkpoint is one of the iterations this run takes, 0 to "
+                 f"{o['max_iters'] - 1} (--max_iters {o['max_iters']}); the final weights are ckpt.pt")
+
+
+def check_kept_iterations(o, start_iter):
+    """On --resume: every --keep_iters before the checkpoint's iteration must have been kept already (the run has
+    passed it, so it cannot be kept now)."""
+    lost = [k for k in o["keep_iters"] if k < start_iter
+            and not os.path.exists(os.path.join(o["out_dir"], f"ckpt_{k}.pt"))]
+    if lost:
+        sys.exit(f"error: --keep_iters {lost}: {o['out_dir']} is at iteration {start_iter}, past them, and did not "
+                 f"keep them; train a new run that passes them: python train.py --out_dir <new dir> --keep_iters "
+                 f"{','.join(map(str, lost))} (with this run's other options)")
+
+
+def data_dir_for(o, explicit, master):
+    """The dataset's directory. The embedded corpus is generated on first use in data/embedded, or in --data_dir
+    when --dataset embedded is given with it; a --data_dir that holds no dataset is refused (a mistyped path would
+    otherwise be filled with a corpus and trained on)."""
+    try:
+        data_dir = o["data_dir"] or dataset_dir(o["dataset"])
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    prepared = os.path.exists(os.path.join(data_dir, "meta.json"))
+    if o["data_dir"] and not prepared and not (o["dataset"] == "embedded" and "dataset" in explicit):
+        commands = "; ".join(f"{name}: {command}" for name, command in PREPARE_COMMANDS.items())
+        sys.exit(f"error: --data_dir {data_dir} holds no prepared dataset (no meta.json). Prepare one ({commands}) "
+                 f"and pass its directory, or add --dataset embedded to generate the embedded corpus in {data_dir}")
+    if o["dataset"] == "embedded" and not prepared and master:
+        from data.embedded import prepare
+        prepare(data_dir)
+    return data_dir
+
+
+def check_memory(config, batch_size, device):
+    """Refuses a step that cannot fit in memory, from a lower bound on what one micro-step's forward keeps for the
+    backward in fp32: per layer ~16 numbers per token and channel (q, k, v, attention output, norms, the 4x MLP),
+    and the logits with their softmax (2 per token and vocabulary entry). The real need is higher."""
+    tokens = batch_size * config.block_size
+    need = 4 * tokens * (16 * config.n_layer * config.n_embd + 2 * config.vocab_size)
+    if torch.device(device).type == "cuda":
+        have, where = torch.cuda.mem_get_info(torch.device(device))[1], "GPU memory"
+    else:
+        have, where = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "memory"
+    if need > have:
+        sys.exit(f"error: --batch_size {batch_size} x --block_size {config.block_size} = {tokens:,} tokens per "
+                 f"micro-step need at least {need / 2 ** 30:.0f} GiB for the backward, more than the "
+                 f"{have / 2 ** 30:.0f} GiB of {where} here; lower --batch_size (raise --grad_accum to keep the "
+                 f"tokens per step) or --block_size")
 
 
 def read_config(path, parser):
@@ -305,6 +364,15 @@ class BatchPrefetcher:
         self.thread.join()
 
 
+def interrupted_message(it, saved_iter, ckpt_path, argv):
+    """What an interrupted run says: where it stopped, what its checkpoint holds, and the command that goes on."""
+    command = shlex.join(["python", "train.py", *argv])
+    if saved_iter is None:
+        return f"interrupted at iteration {it}, before the first checkpoint was written; start again with: {command}"
+    resume = command if "--resume" in argv else f"{command} --resume"
+    return f"interrupted at iteration {it}; {ckpt_path} holds iteration {saved_iter}; resume with: {resume}"
+
+
 def format_seconds(s):
     return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m" if s >= 3600 else f"{int(s // 60)}m{int(s % 60):02d}s"
 
@@ -328,40 +396,42 @@ def main(argv=None):
     dtype = o["dtype"] if o["dtype"] != "auto" else ("bfloat16" if device_type == "cuda" else "float32")
     ctx = (torch.autocast(device_type, dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext())
     ckpt_path = os.path.join(o["out_dir"], "ckpt.pt")
-    if master:  # before any time is spent: where the results go must be writable
+    # every check before anything is written: a refused command leaves no out_dir behind (write_atomic makes it)
+    if master:
         check_writable_dir(o["out_dir"], "--out_dir")
-
-    try:
-        data_dir = o["data_dir"] or dataset_dir(o["dataset"])
-    except ValueError as e:
-        sys.exit(f"error: {e}")
-    if o["dataset"] == "embedded" and master:
-        from data.embedded import prepare
-        prepare(data_dir)  # no-op when already written
-    if ddp:
-        dist.barrier()
-    meta = load_meta(data_dir)
-
+    if o["resume"] and not os.path.exists(ckpt_path):
+        sys.exit(f"error: --resume: no checkpoint at {ckpt_path} to continue; leave out --resume to start a new run "
+                 f"there")
+    if not o["resume"] and os.path.exists(ckpt_path):
+        sys.exit(f"error: {ckpt_path} exists; pass --resume to continue it, or choose another --out_dir "
+                 f"(nothing is overwritten)")
+    ckpt = load_checkpoint(ckpt_path, "--resume") if o["resume"] else None
     init = load_checkpoint(o["init_from"], "--init_from") if o["init_from"] else None
+    method_defaults = {}
     if init is not None:  # the method's defaults for a stage from a checkpoint (DroPE: its recalibration schedule)
         method_defaults = {k: v for k, v in stage_defaults(o["pe"], init).items() if k not in explicit}
         o.update(method_defaults)
-        if master and method_defaults:
-            print(f"defaults of pe={o['pe']} for a stage from a checkpoint: {method_defaults}")
+    check_schedule(o, method_defaults)
+    if ckpt is not None:
+        check_kept_iterations(o, ckpt["iter"])
+    data_dir = data_dir_for(o, explicit, master)
+    if ddp:
+        dist.barrier()
+    meta = load_meta(data_dir)
     config = model_config_for(o, explicit, meta["vocab_size"], init)
     o.update({k: getattr(config, k) for k in GPTConfig.ARCHITECTURE if k in o})
     splits = {split: load_tokens(data_dir, split, min_tokens=config.block_size + 2) for split in ("train", "val")}
+    check_memory(config, o["batch_size"], device)
     enc = load_tokenizer(data_dir) if o["niah_mix"] > 0 else None
+    if master and method_defaults:
+        print(f"defaults of pe={o['pe']} for a stage from a checkpoint: {method_defaults}")
+
     torch.manual_seed(o["seed"])
     model = GPT(config)
     data_gen = torch.Generator().manual_seed(o["seed"])  # the train-batch stream; its state is the data position
     history = {"iter": [], "train_loss": [], "grad_norm": [], "eval_iter": [], "val_loss": []}
     start_iter, optimizer_state, seconds_before = 0, None, 0.0
-    if o["resume"]:
-        if not os.path.exists(ckpt_path):
-            sys.exit(f"error: --resume: no checkpoint at {ckpt_path} to continue; leave out --resume to start a "
-                     f"new run there")
-        ckpt = load_checkpoint(ckpt_path, "--resume")
+    if ckpt is not None:
         diff = architecture_diff(ckpt["model_config"], config.to_dict())
         if diff:
             sys.exit(f"error: refusing to resume {ckpt_path} with a different model; differs: {'; '.join(diff)}")
@@ -372,9 +442,6 @@ def main(argv=None):
         torch.set_rng_state(ckpt["torch_rng"])
         if master:
             print(f"resuming {ckpt_path} at iteration {start_iter}")
-    elif os.path.exists(ckpt_path):
-        sys.exit(f"error: {ckpt_path} exists; pass --resume to continue it, or choose another --out_dir "
-                 f"(nothing is overwritten)")
     elif init is not None:
         missing, unexpected = model.load_state_dict(init["model"], strict=False)
         if master:
@@ -394,7 +461,10 @@ def main(argv=None):
     t_start = time.time()
     data_state = data_gen.get_state()  # the batch stream after the last step taken
 
+    saved_at = [start_iter if ckpt is not None else None]  # the iteration ckpt.pt holds, for an interrupt's message
+
     def checkpoint(it, path=ckpt_path):  # and the loss curve beside it
+        saved_at[0] = it if path == ckpt_path else saved_at[0]
         save_checkpoint(path, {
             # the kernel switch is a choice of the machine that runs the model, not of the model: stored as "auto"
             "model_config": {**config.to_dict(), "kernels": "auto"}, "model": model.state_dict(),
@@ -421,6 +491,7 @@ def main(argv=None):
     # the progress line's rates count training steps only: evaluation and checkpoints are timed on their own
     interval = {"steps": 0, "seconds": 0.0, "data": 0.0}
     prefetcher = BatchPrefetcher(make_step, data_gen, o["max_iters"] - start_iter)
+    it = start_iter
     try:
         for it in range(start_iter, o["max_iters"]):
             if master and (it % o["eval_interval"] == 0 and it > start_iter or it == 0 and not history["eval_iter"]):
@@ -476,7 +547,8 @@ def main(argv=None):
                 history["iter"].append(it)
                 history["train_loss"].append(loss_value)
                 history["grad_norm"].append(grad_norm)
-            if master and (it + 1) % o["log_interval"] == 0 and interval["steps"]:
+            # the first step too: a run whose steps take long says so at once, with its ETA
+            if master and ((it + 1) % o["log_interval"] == 0 or it == start_iter) and interval["steps"]:
                 rate = tokens_per_iter * interval["steps"] / interval["seconds"]
                 eta = interval["seconds"] / interval["steps"] * (o["max_iters"] - it - 1)
                 mfu = (f" | MFU {100 * rate * flops_per_token / (peak_flops * world):.1f}%"
@@ -485,6 +557,11 @@ def main(argv=None):
                       f"{rate / 1e3:.1f}k tok/s | data {100 * interval['data'] / interval['seconds']:.1f}% of step | "
                       f"ETA {format_seconds(eta)}{mfu}", flush=True)
                 interval = {"steps": 0, "seconds": 0.0, "data": 0.0}
+    except KeyboardInterrupt:  # Ctrl-C: one line on what is kept and how to go on, instead of a traceback
+        if master:
+            print(interrupted_message(it, saved_at[0], ckpt_path, sys.argv[1:] if argv is None else argv),
+                  file=sys.stderr)
+        raise SystemExit(130) from None
     finally:
         prefetcher.close()
 

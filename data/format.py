@@ -41,7 +41,9 @@ def checkpoint_data_dir(ckpt, override=None):
 def write_atomic(path, write):
     """Calls write(tmp_path), then renames tmp_path to path. The temporary name is per process, so two runs that
     prepare the same file at once (two trainings started together on a fresh machine) do not collide. Temporary
-    files that killed writers left beside path are removed first."""
+    files that killed writers left beside path are removed first. The directory is created here, with its first
+    file, so that a command refused before it writes anything leaves no empty directory."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     remove_stale_temp_files(path)
     tmp = f"{path}.{os.getpid()}.tmp"
     write(tmp)

@@ -4,6 +4,7 @@ import argparse
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -37,6 +38,7 @@ def workspace(tmp_path_factory, tiny_data):
     (root / "random.pt").write_bytes(np.random.default_rng(0).bytes(5000))
     torch.save({"model_config": argparse.Namespace(pe="rope"), "model": {}}, root / "pickled.pt")  # not a tensor
     (root / "a_file").write_text("I am not a directory\n")
+    os.makedirs(root / "empty_dir")
     (root / "syntax.py").write_text("max_iters = = 3\n")
     for name, change in {"half": lambda b: b[:len(b) // 2], "odd": lambda b: b + b"\0"}.items():
         shutil.copytree(tiny_data, root / name)
@@ -68,9 +70,25 @@ CASES = [
     case("train.py", ["--data_dir", f"{W}/odd", "--out_dir", f"{W}/new"], "odd/train.bin has"),
     case("train.py", ["--block_size", "100000", "--out_dir", f"{W}/new"], "fewer than the 100,002 needed"),
     case("train.py", ["--batch_size", "abc"], "'abc'"),
+    case("train.py", ["--min_lr", "1", "--lr", "0.001"], "--min_lr 1.0 is above --lr 0.001"),
+    case("train.py", ["--warmup_iters", "200", "--max_iters", "100"], "--warmup_iters 200"),
+    *(case("train.py", ["--keep_iters", value], f"--keep_iters [{value}]") for value in ("99999", "-5")),
+    case("train.py", ["--seed", "-5"], "--seed -5 must be at least 0"),
+    case("train.py", ["--pkm_layers", "9"], "layers [9] do not exist"),
+    case("train.py", ["--init_from", f"{W}/missing.pt"], "no checkpoint at"),
+    *(case("train.py", ["--data_dir", f"{W}/{d}"], f"{W}/{d} holds no prepared dataset") for d in ("nowhere", "empty_dir")),
     case("train.py", ["--kernels", "fast"], "unknown kernels 'fast'; valid choices: auto, on, off"),
     *(case("eval_niah.py", ["--ckpt", f"{W}/good/ckpt.pt", "--lengths", value], value) for value in ("abc", "0", "-1")),
     case("eval_niah.py", ["--ckpt", f"{W}/good/ckpt.pt", "--iters", "x"], "--iters 'x'"),
+    *(case("eval_niah.py", ["--ckpt", f"{W}/good/ckpt.pt", "--batch_size", value], f"--batch_size {value}")
+      for value in ("0", "-1")),
+    case("eval_niah.py", ["--ckpt", f"{W}/good/ckpt.pt", "--logit_scale_c", "0.4"],
+         "--logit_scale_c applies only to DroPE models"),
+    case("eval_niah.py", ["--ckpt", f"{W}/good/ckpt.pt", "--iters", "3"], "--iters applies only to models with FwPKM"),
+    *(case("drope.py", ["--ckpt", f"{W}/good/ckpt.pt", f"--{name}", "0"], f"--{name} 0 must be at least 1")
+      for name in ("rows", "batch_size")),
+    case("repo.py", ["--ckpt", f"{W}/good/ckpt.pt", "--length", "-5"], "--length -5 must be at least 0"),
+    case("bench.py", ["--warmup", "-1"], "--warmup -1 must be at least 0"),
     case("eval_niah.py", ["--ckpt", f"{W}/good/ckpt.pt", "--wordings", "seen,all"],
          "unknown --wordings ['all']; valid choices: seen, heldout"),
     *(case(program, ["--ckpt", f"{W}/{bad}"], f"{bad} is not a valid checkpoint")
@@ -104,7 +122,8 @@ def test_bad_input_is_one_line_and_changes_nothing(workspace, program, args, nam
     assert captured.out == "" and len(message.splitlines()) == 1, captured.out + message
     assert message.startswith("error:") and named.replace(W, str(workspace)) in message, message
     assert snapshot(workspace) == before
-    assert not (workspace / "new").exists() or not os.listdir(workspace / "new")
+    assert not (workspace / "new").exists() and not (workspace / "nowhere").exists()  # not even an empty directory
+    assert not os.listdir(workspace / "empty_dir")
 
 
 @pytest.mark.parametrize("argv", [["train.py", "--block_size", "0"], ["eval_niah.py", "--ckpt", "random.pt"],
@@ -114,6 +133,20 @@ def test_command_line_prints_one_line_without_traceback(workspace, argv):
                           capture_output=True, text=True, timeout=600)
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith("error:"), done.stderr
+
+
+def test_ctrl_c_during_training_is_one_line(workspace, tmp_path):
+    """A real SIGINT, sent once the first progress line shows that the training loop runs."""
+    train_py = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), "--data_dir", str(workspace / "data"),
+                                 "--out_dir", str(tmp_path / "run"), *TINY, "--max_iters", "100000"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in train_py.stdout:
+        if line.startswith("iter "):
+            break
+    train_py.send_signal(signal.SIGINT)
+    _, err = train_py.communicate(timeout=600)
+    assert train_py.returncode == 130 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("interrupted at iteration ") and "Traceback" not in err, err
 
 
 def test_stale_temp_files_of_dead_writers_are_removed(tmp_path):
@@ -136,4 +169,4 @@ def test_kernels_on_without_a_gpu_or_interpreter_is_one_line(workspace, monkeypa
         pytest.skip("a GPU runs --kernels on")
     with pytest.raises(SystemExit, match="--kernels on"):
         train.main(["--data_dir", str(workspace / "data"), "--out_dir", str(workspace / "new"), "--kernels", "on"])
-    assert not (workspace / "new").exists() or not os.listdir(workspace / "new")
+    assert not (workspace / "new").exists()

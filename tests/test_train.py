@@ -1,4 +1,5 @@
 import os
+import shutil
 import subprocess
 import sys
 
@@ -67,6 +68,60 @@ def test_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path, tiny_data,
     assert resumed["val_loss"] == uninterrupted["val_loss"]
     for name, tensor in load(tmp_path, "a")["model"].items():
         assert torch.equal(tensor, load(tmp_path, "b")["model"][name]), name
+
+
+def test_ctrl_c_says_where_it_stopped_and_how_to_resume(tmp_path, tiny_data, monkeypatch, capsys):
+    real_lr_at = train.lr_at
+
+    def interrupt_at(stop):
+        def lr_at(it, o):
+            if it == stop:
+                raise KeyboardInterrupt
+            return real_lr_at(it, o)
+        return lr_at
+    monkeypatch.setattr(train, "lr_at", interrupt_at(2))  # before the first checkpoint (iteration 4)
+    with pytest.raises(SystemExit) as exit_:
+        run(tmp_path, tiny_data, "--max_iters", "14")
+    assert exit_.value.code == 130
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("interrupted at iteration 2, before the first checkpoint") and "--resume" not in err, err
+    assert not (tmp_path / "run" / "ckpt.pt").exists()
+    monkeypatch.setattr(train, "lr_at", interrupt_at(10))
+    with pytest.raises(SystemExit):
+        run(tmp_path, tiny_data, "--max_iters", "14")
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "interrupted at iteration 10;" in err and "holds iteration 8;" in err, err
+    command = err.split("resume with: ")[1]
+    assert command.startswith("python train.py --data_dir") and command.endswith("--max_iters 14 --resume")
+    monkeypatch.setattr(train, "lr_at", real_lr_at)  # the command it gives goes on
+    assert run(tmp_path, tiny_data, "--max_iters", "14", "--resume")["iter"][-1] == 13
+
+
+def test_keep_iters_a_run_has_passed_is_refused_with_what_to_do(tmp_path, tiny_data):
+    run(tmp_path, tiny_data, "--max_iters", "8", "--keep_iters", "4")
+    assert (tmp_path / "run" / "ckpt_4.pt").exists()
+    run(tmp_path, tiny_data, "--max_iters", "8", "--keep_iters", "4", "--resume")  # kept already: fine
+    with pytest.raises(SystemExit, match=r"--keep_iters \[2\]: .* is at iteration 8, past them.*--keep_iters 2"):
+        run(tmp_path, tiny_data, "--max_iters", "8", "--keep_iters", "2,4", "--resume")
+
+
+def test_a_step_that_cannot_fit_in_memory_is_refused(tmp_path, tiny_data, monkeypatch):
+    monkeypatch.setattr(os, "sysconf", lambda name: {"SC_PHYS_PAGES": 100, "SC_PAGE_SIZE": 4096}[name])  # 400 kB
+    with pytest.raises(SystemExit, match=r"--batch_size 4 x --block_size 32 = 128 tokens .* more than the 0 GiB"):
+        run(tmp_path, tiny_data, "--max_iters", "2")
+    assert not (tmp_path / "run").exists()
+
+
+def test_embedded_corpus_goes_to_a_new_data_dir_only_when_asked(tmp_path, tiny_data, monkeypatch):
+    import data.embedded
+    asked = []
+    monkeypatch.setattr(data.embedded, "prepare", lambda d: asked.append(d) or shutil.copytree(tiny_data, d))
+    with pytest.raises(SystemExit, match="holds no prepared dataset"):
+        train.main([*TINY, "--data_dir", str(tmp_path / "corpus"), "--out_dir", str(tmp_path / "run")])
+    assert not asked and not (tmp_path / "corpus").exists()
+    train.main([*TINY, "--dataset", "embedded", "--data_dir", str(tmp_path / "corpus"), "--out_dir",
+                str(tmp_path / "run"), "--max_iters", "2"])
+    assert asked == [str(tmp_path / "corpus")] and load(tmp_path)["iter"] == 2
 
 
 def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, tiny_data, monkeypatch):
