@@ -165,11 +165,16 @@ def stubbed(path, lines, regions):
 
 def tracked_files(root):
     """The git-tracked files of root that exist in its working tree, as paths relative to root."""
-    try:
+    try:  # root itself must be the checkout: inside another repository, ls-files would list that one's files
+        top = subprocess.run(["git", "-C", root, "rev-parse", "--show-toplevel"], capture_output=True, text=True,
+                             check=True).stdout.strip()
+        if os.path.realpath(top) != os.path.realpath(root):
+            raise subprocess.CalledProcessError(1, "git")
         listed = subprocess.run(["git", "-C", root, "ls-files", "-z"], capture_output=True, text=True, check=True)
     except (OSError, subprocess.CalledProcessError):
-        raise SystemExit(f"error: {root} is not a git checkout; make copies the git-tracked files, so run it in "
-                         f"the instructor's clone") from None
+        raise SystemExit(f"error: {root} is not a git checkout (a downloaded archive has no .git); make copies the "
+                         f"git-tracked files, so run it in a clone, or make one here first: cd {root} && git init -q "
+                         f"&& git add -A") from None
     return [p for p in listed.stdout.split("\0") if p and os.path.lexists(os.path.join(root, p))]
 
 

@@ -72,7 +72,7 @@ if [[ $SMOKE == 1 ]]; then  # the same commands with tiny budgets, away from the
     OUT=out/smoke_$MODE
     RES=$OUT/results
     COMMAND="SMOKE=1 $COMMAND"
-    SMOKE_TRAIN=(--eval_iters 2 --log_interval 4)
+    SMOKE_TRAIN=(--eval_iters 2 --log_interval 4 --warmup_iters 2)  # the config's warmup is longer than 16 steps
     SMOKE_FIT=(--lengths 2 --rows 2 --betas 0.8,1.2,0.2)
     SMOKE_EVAL=(--lengths 1,2 --depths 2 --samples 2)
     SEC_PER_EVAL=10  # its evaluations are mostly start-up

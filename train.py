@@ -139,14 +139,16 @@ def parse_args(argv=None):
 
 
 def check_schedule(o, method_defaults):
-    """The learning-rate schedule and the kept iterations fit together (after a stage's defaults are applied)."""
+    """The learning-rate schedule and the kept iterations fit together (after a stage's defaults are applied); a
+    warmup longer than the run is legal and only warned about."""
     source = lambda name: f" (pe={o['pe']}'s default for a stage)" if name in method_defaults else ""
     if o["min_lr"] > o["lr"]:
         sys.exit(f"error: --min_lr {o['min_lr']}{source('min_lr')} is above --lr {o['lr']}{source('lr')}: the cosine "
                  f"decays from lr down to min_lr; give a min_lr of at most {o['lr']}")
-    if o["warmup_iters"] > o["max_iters"]:
-        sys.exit(f"error: --warmup_iters {o['warmup_iters']}{source('warmup_iters')} is more than --max_iters "
-                 f"{o['max_iters']}{source('max_iters')}: the learning rate would never reach its peak")
+    if o["warmup_iters"] > o["max_iters"]:  # legal (a short trial run), but the peak LR is never reached: say so
+        print(f"warning: --warmup_iters {o['warmup_iters']}{source('warmup_iters')} is more than --max_iters "
+              f"{o['max_iters']}{source('max_iters')}: the learning rate rises for the whole run and never reaches "
+              f"--lr {o['lr']}", file=sys.stderr)
     outside = [k for k in o["keep_iters"] if not 0 <= k < o["max_iters"]]
     if outside:
         sys.exit(f"error: --keep_iters {outside}: a kept checkpoint is one of the iterations this run takes, 0 to "

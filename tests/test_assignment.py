@@ -135,3 +135,10 @@ def test_bad_directories_are_refused_in_one_line(tmp_path):
         assignment.grade(str(tmp_path / "taken"))
     with pytest.raises(SystemExit, match="is not a git checkout"):
         assignment.make(str(tmp_path / "out"), root=str(tmp_path / "taken"))
+    # an unpacked archive inside another checkout: that checkout's files are not this copy's
+    archive = tmp_path / "repo" / "archive"
+    archive.mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(tmp_path / "repo")], check=True)
+    with pytest.raises(SystemExit, match="archive is not a git checkout .* git init -q && git add -A"):
+        assignment.make(str(tmp_path / "out"), root=str(archive))
+    assert not (tmp_path / "out").exists()

@@ -71,7 +71,6 @@ CASES = [
     case("train.py", ["--block_size", "100000", "--out_dir", f"{W}/new"], "fewer than the 100,002 needed"),
     case("train.py", ["--batch_size", "abc"], "'abc'"),
     case("train.py", ["--min_lr", "1", "--lr", "0.001"], "--min_lr 1.0 is above --lr 0.001"),
-    case("train.py", ["--warmup_iters", "200", "--max_iters", "100"], "--warmup_iters 200"),
     *(case("train.py", ["--keep_iters", value], f"--keep_iters [{value}]") for value in ("99999", "-5")),
     case("train.py", ["--seed", "-5"], "--seed -5 must be at least 0"),
     case("train.py", ["--pkm_layers", "9"], "layers [9] do not exist"),

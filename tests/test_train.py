@@ -105,6 +105,12 @@ def test_keep_iters_a_run_has_passed_is_refused_with_what_to_do(tmp_path, tiny_d
         run(tmp_path, tiny_data, "--max_iters", "8", "--keep_iters", "2,4", "--resume")
 
 
+def test_a_warmup_longer_than_the_run_is_warned_about_in_one_line(tmp_path, tiny_data, capsys):
+    run(tmp_path, tiny_data, "--max_iters", "3", "--warmup_iters", "5")
+    err = capsys.readouterr().err
+    assert err.startswith("warning: --warmup_iters 5 is more than --max_iters 3") and len(err.splitlines()) == 1, err
+
+
 def test_a_step_that_cannot_fit_in_memory_is_refused(tmp_path, tiny_data, monkeypatch):
     monkeypatch.setattr(os, "sysconf", lambda name: {"SC_PHYS_PAGES": 100, "SC_PAGE_SIZE": 4096}[name])  # 400 kB
     with pytest.raises(SystemExit, match=r"--batch_size 4 x --block_size 32 = 128 tokens .* more than the 0 GiB"):
