@@ -92,5 +92,5 @@ def load_checkpoint(path, flag="--ckpt"):
     if not isinstance(ckpt, dict) or not {"model_config", "model"} <= ckpt.keys():
         raise SystemExit(f"error: {flag} {path} is not a valid checkpoint of this project (no model_config and "
                          f"model in it); train.py writes them")
-    ckpt["model_config"].setdefault("memory_query_span", 1)  # written before the span existed: the one-token query
+    ckpt["model_config"].setdefault("memory_query_span", 1)  # a config without the field means the one-token query
     return ckpt

@@ -3,44 +3,42 @@ DroPE: train with RoPE, then drop the positional embeddings and recalibrate brie
 
 Gelberg, Eguchi, Akiba, Cetin, "Extending the Context of Pretrained LLMs by Dropping Their Positional Embeddings",
 arXiv 2512.12167 (ICLR 2026); official code github.com/SakanaAI/DroPE (it has no evaluation or beta-fitting code).
+What we measured, and the paper's numbers: results/drope.md.
 
-    python train.py --pe rope --out_dir out/rope                                  # 1. pretrain with RoPE
-    python train.py --pe drope --init_from out/rope/ckpt.pt --out_dir out/drope   # 2.-3. drop and recalibrate
-    python drope.py --ckpt out/drope/ckpt.pt                                      # 4. fit c of beta, store it
-    python eval_niah.py --ckpt out/drope/ckpt.pt --logit_scale_c fitted,0         # 5. retrieve beyond the length
+    python train.py --pe rope --out_dir out/rope_keep --keep_iters 1312                    # 1. pretrain with RoPE
+    python train.py --pe drope --init_from out/rope_keep/ckpt_1312.pt --out_dir out/drope --max_iters 188  # 2.-3.
+    python drope.py --ckpt out/drope/ckpt.pt                                                # 4. fit c of beta
+    python eval_niah.py --ckpt out/drope/ckpt.pt --logit_scale_c fitted,0                  # 5. retrieve beyond L
 
 The recipe:
-1. Pretrain with RoPE for most of the budget (the paper: 14K of 16K steps).
+1. Pretrain with RoPE for most of the budget (the paper: 14K of 16K steps, 87.5%: 1312 of our default 1500).
 2. Drop RoPE in every layer: the rotation becomes the identity (cos = 1, sin = 0). All weights are kept, the
    logits stay q·k/sqrt(D), nothing positional is added; the causal mask is the only order signal left. Here that
    is `--pe drope --init_from <RoPE checkpoint>`: RoPE has no parameters, so every weight loads.
 3. Recalibrate at the ORIGINAL training length with the ordinary next-token loss: all parameters, a fresh AdamW
-   (0.9, 0.95, wd 0.1), a short warmup, cosine decay, gradient clipping at 1.0. The paper's from-scratch run
-   spends the remaining 12.5% of the budget (2K steps) at LR 1e-3 with 70 warmup steps: the same total steps as
-   the RoPE baseline. `recalibration_defaults` makes that schedule train.py's default for this stage.
+   (0.9, 0.95, wd 0.1), a short warmup, cosine decay, gradient clipping at 1.0, for the rest of the budget (the
+   paper: 2K steps at LR 1e-3 with 70 warmup steps), so DroPE and the RoPE baseline train the same number of
+   steps. `recalibration_defaults` makes that schedule train.py's default for this stage.
    Optional QK-norm (`--qk_norm true`, RMSNorm over the whole q and k projections, weights starting at 1) is
-   added at the drop; the paper uses it only for long recalibrations at a high LR (SmolLM-360M at LR 1e-3:
-   diverged without it, loss 2.50 with it; 2.53 without it at 3e-4).
+   added at the drop; the paper uses it for long recalibrations at a high learning rate, where it prevents
+   divergence.
 4. Beyond the training length L, multiply every attention logit by one scalar
 
        beta = 1 + c·ln(s),   s = T / L   (T: the current context length; beta = 1 for T <= L)
 
    and fit c on held-out text by minimising perplexity over beta at several lengths (`python drope.py`, this
    file's command: a grid, extended past an end while the best sits there, then refined; it says whether each
-   optimum is interior). The paper fits c = 0.412 (0.5B from scratch) and 0.103 (SmolLM-360M). Without position,
-   the logits of a query spread over more keys as T grows, so attention gets flatter (its entropy grows ~ln T);
-   beta > 1 sharpens it back, like YaRN's mscale or the log-length scaling of "scalable softmax".
+   optimum is interior). Without position, the logits of a query spread over more keys as T grows, so attention
+   gets flatter (its entropy grows ~ln T); beta > 1 sharpens it back, like YaRN's mscale or the log-length scaling
+   of "scalable softmax".
 
 Why not NoPE from the start (the scaffolding argument)? A NoPE model can represent position (the causal mask lets
 it count), but at initialisation its attention is nearly uniform, and the gradient towards a positional bias is
 tiny, so it learns slowly and ends worse. RoPE gives every head a positional bias for free, which makes language
-modelling learnable quickly; once the model has learned, the scaffolding can come down. The paper's 0.5B
-from-scratch validation perplexity by drop step (of 16K): NoPE (step 0) 23.77, 8K 22.42, 14K 21.73; RoPE 21.72.
-And the point of dropping: RoPE's rotations at positions never seen in training break retrieval beyond L, and
-the scalings that fix perplexity (PI, YaRN) compress the low frequencies so that far needles blur; without
-rotations nothing is out of distribution except the number of keys. NIAH at 2x (multi-query/-key/-value %): RoPE
-0/0/0, RoPE+YaRN 17.8/0.5/14.6, NoPE 9.2/36.2/21.4, DroPE 28.0/41.6/23.3; SmolLM-360M at 2x/4x/8x: DroPE
-74.9/55.0/52.2 vs YaRN 48.3/25.6/12.2.
+modelling learnable quickly; once the model has learned, the scaffolding can come down. And the point of dropping:
+RoPE's rotations at positions never seen in training break retrieval beyond L, and the scalings that fix
+perplexity (PI, YaRN) compress the low frequencies so that far needles blur; without rotations nothing is out of
+distribution except the number of keys.
 """
 import argparse
 import math

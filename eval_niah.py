@@ -59,8 +59,8 @@ from fwpkm import needle_trace, read_iteratively
 from kernels import MODES as KERNEL_MODES, check_available
 from rope import SCALINGS, RotaryEmbedding
 
-ANSWER_SLACK = 4  # extra greedy tokens for a lead-in before the value (": ", " It is"): on 2026-11-23 the static
-# PKM model of the study got 99% of the value digits right teacher-forced but 34% exact, cut off after " It is 41"
+ANSWER_SLACK = 4  # extra greedy tokens for a lead-in before the value (": ", " It is"): a model that answers a
+# held-out wording in its own format would otherwise be cut off after " It is 41" and scored as a retrieval failure
 
 
 def settings(ckpt, name, args):

@@ -4,11 +4,10 @@ values and keys are fast weights rewritten by gradient steps while the model rea
 
 FwPKM: Zhao & Jones, "Fast-weight Product Key Memory", arXiv 2601.00671 (Sakana AI, 2026); official code
 github.com/SakanaAI/fast-weight-product-key-memory. PKM: Lample et al., "Large Memory Layers with Product Keys",
-NeurIPS 2019.
+NeurIPS 2019. What we measured, and what the paper reports: results/fwpkm.md.
 
-    python train.py --config config/niah_cpu.py --pkm_layers 1 --out_dir out/niah_pkm
-    python train.py --config config/niah_cpu.py --fwpkm_layers 1 --swa_prob 0.9 --out_dir out/niah_fwpkm
-    python eval_niah.py --ckpt out/niah_fwpkm/ckpt.pt --iters 1,2,3
+    python train.py --config config/fwpkm_testbed.py --fwpkm_layers 0 --out_dir out/tb_fwpkm   # only it can answer
+    python eval_niah.py --ckpt out/tb_fwpkm/ckpt.pt --window 16 --iters 1,2,3                  # iterative reading
 
 Product keys. A memory of N = n² slots is addressed with two tables of n sub-keys each. The query q (d_k) is split
 into halves q¹, q²; slot (i, j) scores s¹_i + s²_j. The top-k slots over all N are among the k × k pairs of the
@@ -30,18 +29,16 @@ chunked and causal: chunk c (C tokens) is read with the memory left by chunk c�
 no clipping) on
 
     L_mem  = Σ_t ½·g_t·‖v_{t+1} − v̂_t‖²          (lookahead: store the NEXT token's value under this token's
-                                                   query; without it the paper's NIAH-4K fell from 80.8% to 8.2%)
+                                                   query, so that reading a key's token returns what followed it)
     L_addr = −H(p̄¹) − H(p̄²)                       (p̄^m: the chunk's mean top-k softmax over half m's sub-keys;
                                                    spreading usage fights slot collapse)
 
 updates V (from L_mem) and K (from L_addr). Per slot i the value step is the official code's, not the paper's
 equation: ΔV_i = −(k / N_i)·Σ_{t reading i} g_t·w_{t,i}·(v̂_t − v_{t+1}), N_i the reads of slot i in the chunk,
 so that one step nearly rewrites a row read by one token. The pair that crosses a chunk boundary (the chunk's last
-token and the next chunk's first) is not written: a write must wait for its target otherwise.
-
-The key step with lr 1 raised the usage entropy in every one of 20 random trials with 32-token chunks and 32-dim
-key halves (this project's default), but lowered it with 8-token chunks or 8-dim halves: one lr-1 step overshoots
-when few queries pull on small keys.
+token and the next chunk's first) is not written: a write must wait for its target otherwise. One lr-1 key step
+spreads usage when many queries pull on wide keys (the default 32-token chunks and 32-dim halves) and overshoots
+when few pull on small ones.
 
 In training the value step is part of the graph: the LM loss of later chunks reaches W_v, W_q and the gate through
 the writes (that is how the slow weights learn what to write). The key step is taken on detached inputs.
@@ -49,19 +46,11 @@ the writes (that is how the slow weights learn what to write). The key step is t
 The query's span (`--memory_query_span S`, this project's addition; 1 is the paper's). With the lookahead, the
 token before a value writes it and the same token reads it back, so that token's query must name the key: for
 "... of Mia is 4821" the query at " is" must hold "Mia", and the query at "8" must hold "Mia ... 4". With S = 1 the
-query sees one token's hidden state, so the key has to come from attention in the layers below. Training does not
-find that composition at our scale: the queries of all answer tokens fall onto the same few slots, the read returns
-the average of every value written, and the loss settles at "some value" (results/fwpkm.md: the testbed; and
-tests/test_fwpkm_retrieval.py, where the same memory with S = 2 learns a recall task in 40 steps and S = 1 stays
-near chance). With S > 1 the query is a linear map of the last S tokens' normalised inputs,
+query sees one token's hidden state, so the key has to come from attention in the layers below, a composition
+training did not find at our scale (tests/test_fwpkm_retrieval.py shows the difference on a recall task). With
+S > 1 the query is a linear map of the last S tokens' normalised inputs,
 q_t = W_q [RMSNorm(h_{t−S+1}); …; RMSNorm(h_t)], so the local context that names the key is in the query from
 the first step (a short causal convolution, as in the recurrent layers FwPKM is paired with in the paper).
-Measured in the testbed (results/fwpkm.md: sliding-window attention of 16 in training and evaluation, so only the
-memory can answer; L = 128, 3,000 steps): span 1 at layer 1, 0% exact at every length and number of reads; span 8 at
-layer 0, 71 / 91 / 93% at 1x with 1 / 2 / 3 reads, and 83 / 57 / 44% at 2x / 4x / 8x with 3 reads (means of 3
-seeds). Hence the default 8. What is not known: whether a span > 1 also helps after attention layers (not measured),
-and how to keep the 1x score at 4x-8x (the read still finds the needle's slots, but later writes to them dilute its
-value).
 
 Sliding-window attention (window = C) on a fraction of training steps (`train.py --swa_prob 0.9`, the paper's
 trick): with full attention always available, the model learns to ignore the memory (gate → 0).
@@ -74,8 +63,7 @@ The memory's lifetime (`--memory_lifetime`):
   sample from the trained memory and does not write it back, so samples do not leak into each other.
 
 Iterative reading (`eval_niah.py --iters n`, read_iteratively below): before answering, the haystack is read n−1
-extra times with the write chunk = the whole haystack; only the fast weights carry over between passes. The paper
-reports 1 pass often < 10% NIAH, 2 passes > 50-70%, 3-4 > 70%, and FwPKM retrieving far past the training length.
+extra times with the write chunk = the whole haystack; only the fast weights carry over between passes.
 The memory's health is reported in `self.health`: gate mean, slot coverage (% of slots read), collision rate
 (% of a chunk's tokens whose top-1 slot another token of the chunk also has).
 """

@@ -7,8 +7,10 @@ official code github.com/SakanaAI/repo (an OLMo fork, mode `swigluex_multihead`;
 
     python train.py --pe repo                                                  # from scratch
     python train.py --pe repo --init_from out/rope/ckpt.pt --out_dir out/repo_cont  # the paper's protocol
-    python repo.py --ckpt out/repo/ckpt.pt                                     # plot the learned positions
-    python eval_niah.py --ckpt out/repo/ckpt.pt --variants multikey --scaling none,yarn   # retrieval, attention
+    python repo.py --ckpt out/repo_cont/ckpt.pt                                # plot the learned positions
+    python eval_niah.py --ckpt out/repo_cont/ckpt.pt --variants multikey --scaling none,yarn   # retrieval
+
+What we measured, and what the paper reports: results/repo.md.
 
 The position network f_φ of one layer, for the normalised hidden state h_i [C] that also feeds q, k and v:
 
@@ -27,10 +29,9 @@ pretraining an OLMo-2 1B RoPE checkpoint for 50B tokens with fresh f_φ weights:
 here. Beyond the training length it uses RePo + YaRN: a RoPE scaling changes θ_k and the attention factor, so it
 applies to learned positions unchanged (eval_niah.py --scaling).
 
-Reported (second-hand, v1 and v2 differ): noisy context (RULER <= 4K) RePo beats RoPE by ~5-11 points, LongBench at
-8K-16K 28.31 vs 21.07, short benchmarks comparable; +0.9% parameters and FLOPs at 1B. The learned positions are
-"dense": a head's spread (max z − min z) grows with length but stays far below it, in plateaus, monotone runs
-and jumps. At our scale f_φ starts near zero (std-0.02 weights make z ~ 0.002), so RePo layers begin as NoPE.
+The paper describes the learned positions as "dense": a head's spread (max z − min z) grows with length but stays
+far below it, in plateaus, monotone runs and jumps (`python repo.py` plots ours). At initialisation f_φ is near zero
+(std-0.02 weights make z ~ 0.002), so RePo layers begin as NoPE and learn their positions.
 
 Also here: "rope_nope", the control with the same layer split (RoPE below, NoPE from ⌈L/3⌉ up), to tell learned
 positions apart from merely dropping RoPE in the upper layers.
