@@ -44,16 +44,14 @@ import argparse
 import math
 import os
 
-import matplotlib
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn as nn
 
 from cli import ArgumentParser, check_minimum, load_checkpoint, parse_list, resolve_device
 from data.format import checkpoint_data_dir, get_batch, load_tokens, write_atomic
-from model import GPT, GPTConfig, register_positional
+from model import GPT, register_positional
+from plots import plt, save_figure
 
 
 def logit_scale(c, length, train_len):
@@ -164,8 +162,7 @@ def plot_fit(multiples, curves, c, path):
     ax.legend(title="context length")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None):
@@ -196,9 +193,7 @@ def main(argv=None):
     if ckpt["model_config"]["pe"] != "drope":
         raise SystemExit(f"error: {args.ckpt} has pe={ckpt['model_config']['pe']!r}; beta is fitted for pe='drope'")
     val = load_tokens(checkpoint_data_dir(ckpt, args.data_dir), "val")
-    model = GPT(GPTConfig(**ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
-    model.to(args.device).eval()
+    model = GPT.from_checkpoint(ckpt, args.device)
     train_len = model.config.block_size
 
     batches = {m: [t.to(args.device) for t in get_batch(val, args.rows, int(m * train_len),

@@ -45,16 +45,14 @@ import sys
 import time
 from contextlib import contextmanager
 
-import matplotlib
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
 from cli import ArgumentParser, check_minimum, check_writable_dir, load_checkpoint, parse_list, resolve_device
-from data.format import checkpoint_data_dir, load_tokenizer, load_tokens, write_atomic, write_json
+from data.format import checkpoint_data_dir, load_tokenizer, load_tokens, write_json
 from data.niah import HAYSTACKS, VARIANTS, WORDINGS, make_sample
 from model import GPT, GPTConfig, format_health
+from plots import plot_accuracy, plt, save_figure
 from fwpkm import needle_trace, read_iteratively
 from kernels import MODES as KERNEL_MODES, check_available
 from rope import SCALINGS, RotaryEmbedding
@@ -97,13 +95,10 @@ def has_rotary(config):
 
 def load_model(ckpt, changes, length, device):
     """The checkpoint's model with the config changes of settings(); a RoPE scaling is configured for `length`."""
-    config = {**ckpt["model_config"], **changes}
-    factor = max(1.0, length / config["block_size"])
-    if config.get("rope_scaling") not in (None, "dyn_ntk"):
-        config["rope_factor"] = factor
-    model = GPT(GPTConfig(**config))
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval()
+    scaling = changes.get("rope_scaling", ckpt["model_config"].get("rope_scaling"))
+    if scaling not in (None, "dyn_ntk"):
+        changes = {**changes, "rope_factor": max(1.0, length / ckpt["model_config"]["block_size"])}
+    return GPT.from_checkpoint(ckpt, device, **changes)
 
 
 @contextmanager
@@ -279,11 +274,6 @@ def print_tables(results, lengths):
                     print(f"{f'{label} L{layer}':{width}s}" + "".join(f"{c:>18s}" for c in cells))
 
 
-def save_figure(fig, path):
-    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
-
-
 def plot_heatmaps(results, lengths, out_dir):
     """heatmaps_<label>_<wordings>.png: exact match % per depth x length, one panel per variant (first haystack)."""
     variants = list(dict.fromkeys(r["variant"] for r in results))
@@ -308,43 +298,6 @@ def plot_heatmaps(results, lengths, out_dir):
                     ax.text(j, i, f"{100 * grid[i, j]:.0f}", ha="center", va="center", fontsize=8)
         fig.colorbar(im, ax=axes[0].tolist(), label="exact match %")
         save_figure(fig, os.path.join(out_dir, files[label]))
-
-
-def line_style(i):
-    """(colour, marker) of the i-th line of a figure: tab20's 20 colours, then again with squares (the study has 21
-    rows), so no two lines look alike."""
-    return plt.cm.tab20(i % 20), "os"[i // 20 % 2]
-
-
-def plot_accuracy(results, lengths, path, caption=None):
-    """Exact match % against the context length: one panel per variant and wordings, one line (the same colour in
-    every panel) per checkpoint[+setting], first haystack only. summarize.py draws the whole study with it.
-    caption: a line over the panels (what was run, where, when)."""
-    haystack = results[0]["haystack"]
-    results = [r for r in results if r["haystack"] == haystack]
-    panels = list(dict.fromkeys((r["variant"], r["wordings"]) for r in results))
-    labels = list(dict.fromkeys(r["label"] for r in results))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels) + 2, max(3.5, 1 + 0.2 * len(labels))),
-                             squeeze=False, sharey=True, layout="constrained")
-    for ax, (variant, wordings) in zip(axes[0], panels):
-        for i, label in enumerate(labels):
-            rows = [r for r in results if r["label"] == label and r["variant"] == variant and r["wordings"] == wordings]
-            if rows:
-                acc = [100 * np.mean([r["exact"] for r in rows if r["multiple"] == m]) for m in lengths]
-                color, marker = line_style(i)
-                ax.plot(lengths, acc, marker + "-", color=color, label=label)
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(lengths, [f"{m}x" for m in lengths])
-        ax.set_ylim(-3, 103)
-        ax.set_xlabel("context length (x training length)")
-        ax.set_title(f"{variant} needle, {haystack} haystack, {wordings} wordings", fontsize=9)
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("exact match %")
-    handles = {h.get_label(): h for ax in axes[0] for h in ax.get_lines()}  # each label once, in the order drawn
-    fig.legend(handles.values(), handles.keys(), loc="outside right upper", fontsize=8)
-    if caption:
-        fig.suptitle(caption, fontsize=8)
-    save_figure(fig, path)
 
 
 def run_info(argv):

@@ -34,19 +34,17 @@ import functools
 import glob
 import os
 
-import matplotlib
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.colors import LogNorm
 
 from cli import ArgumentParser, check_writable_dir, load_checkpoint, resolve_device
 from data.format import checkpoint_data_dir, load_tokenizer, load_tokens
-from eval_niah import (attention_stats, attention_weights, cell_samples, line_style, load_model, save_figure,
-                       settings, start_cache, teacher_forced)
+from eval_niah import (attention_stats, attention_weights, cell_samples, load_model, settings, start_cache,
+                       teacher_forced)
 from fwpkm import FastWeightProductKeyMemory, needle_trace, value_positions
 from model import GPTConfig
+from plots import line_style, plt, save_figure
 from summarize import load_results
 
 STUDY = {"rope": "out/study_cpu/rope/ckpt.pt", "nope": "out/study_cpu/nope/ckpt.pt",

@@ -306,6 +306,14 @@ class GPT(nn.Module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, std=0.02)
 
+    @classmethod
+    def from_checkpoint(cls, ckpt, device="cpu", **changes):
+        """The model of a checkpoint (the dict cli.load_checkpoint returns), in evaluation mode on device. `changes`
+        override config fields that leave the weights' meaning alone (a RoPE scaling, DroPE's c)."""
+        model = cls(GPTConfig(**{**ckpt["model_config"], **changes}))
+        model.load_state_dict(ckpt["model"])
+        return model.to(device).eval()
+
     def num_params(self):
         return sum(p.numel() for p in self.parameters())
 

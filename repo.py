@@ -41,17 +41,15 @@ import math
 import os
 import random
 
-import matplotlib
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from cli import ArgumentParser, check_minimum, load_checkpoint, parse_list, resolve_device
-from data.format import checkpoint_data_dir, load_tokenizer, load_tokens, write_atomic
+from data.format import checkpoint_data_dir, load_tokenizer, load_tokens
 from data.niah import VARIANTS, WORDINGS, make_sample
-from model import GPT, GPTConfig, NoPositionalEncoding, register_positional
+from model import GPT, NoPositionalEncoding, register_positional
+from plots import plt, save_figure
 from rope import RotaryEmbedding
 
 
@@ -109,13 +107,6 @@ register_positional("rope_nope", rope_nope_layer)
 # ----------------------------------------------------------------------------------------------------------------
 # The learned positions of a checkpoint on a needle-in-a-haystack prompt (or any text): a figure and statistics.
 
-def load(path, device):
-    ckpt = load_checkpoint(path)
-    model = GPT(GPTConfig(**ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval(), checkpoint_data_dir(ckpt)
-
-
 def needle_prompt(enc, data_dir, length, variant, seed):
     """A NIAH sample (data/niah.py) from the validation haystack, in the first seen wording: a needle among
     distractors, then the question."""
@@ -161,12 +152,12 @@ def plot_positions(positions, marks, path, title):
             if row == len(layers) - 1:
                 ax.set_xlabel("token index")
     fig.suptitle(f"{title}\nred: the asked needle, green: the question", fontsize=10)
-    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def positions_command(args):
-    model, data_dir = load(args.ckpt, args.device)
+    ckpt = load_checkpoint(args.ckpt)
+    model, data_dir = GPT.from_checkpoint(ckpt, args.device), checkpoint_data_dir(ckpt)
     if model.config.pe != "repo":
         raise SystemExit(f"error: {args.ckpt} has pe={model.config.pe!r}; learned positions need pe='repo'")
     enc = load_tokenizer(data_dir)

@@ -29,7 +29,7 @@ import torch
 
 from cli import ArgumentParser, check_writable_dir
 from data.format import write_atomic
-from eval_niah import plot_accuracy
+from plots import plot_accuracy
 
 
 def load_results(paths):

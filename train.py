@@ -26,9 +26,6 @@ import threading
 import time
 from contextlib import nullcontext
 
-import matplotlib
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -41,6 +38,7 @@ from data.format import PREPARE_COMMANDS, dataset_dir, get_batch, load_meta, loa
 from data.niah import make_drill
 from kernels import check_available
 from model import GPT, GPTConfig, format_health, positional_choices, stage_defaults
+from plots import plt, save_figure
 
 OPTIONS = {  # name: (default, help); the defaults are the CPU default run
     # I/O
@@ -322,8 +320,7 @@ def plot_losses(history, path, title):
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 class BatchPrefetcher:
