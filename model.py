@@ -132,9 +132,8 @@ class GPTConfig:
     rope_factor: float = 1.0       # s = eval length / block_size for the scaling
     qk_norm: bool = False          # RMSNorm over the whole q and k projections (DroPE's optional stabiliser)
     logit_scale_c: float = 0.0     # DroPE: logits x beta = 1 + c·ln(T / block_size) beyond block_size (drope.py)
-    # memory sublayers (fwpkm.py), before attention in the listed layers (0-based), e.g. (1, 3) or "1,3"
-    pkm_layers: tuple = ()         # static product-key memory (slow weights)
-    fwpkm_layers: tuple = ()       # fast-weight product-key memory
+    pkm_layers: tuple = ()         # layers (0-based, e.g. 1,3) with a static product-key memory before attention
+    fwpkm_layers: tuple = ()       # layers (0-based, e.g. 1,3) with a fast-weight product-key memory (fwpkm.py)
     memory_n_sub: int = 32         # sub-keys per half; N = n_sub² slots
     memory_topk: int = 8           # slots read per token
     memory_key_dim: int = 64       # query / key size d_k (two halves of d_k/2)

@@ -15,16 +15,20 @@ What it writes to out_dir: ckpt.pt (model config, weights, optimizer, RNG and da
 to a temporary file and renamed, so a kill never corrupts it) and loss.png (train and validation loss curves).
 """
 import argparse
+import inspect
 import math
 import os
 import queue
 import random
+import re
 import runpy
 import shlex
 import sys
 import threading
 import time
 from contextlib import nullcontext
+from dataclasses import fields
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -40,32 +44,23 @@ from kernels import check_available
 from model import GPT, GPTConfig, format_health, positional_choices, stage_defaults
 from plots import plt, save_figure
 
+# The model's options are GPTConfig's fields, with its defaults and its comments as help (model.py declares each once);
+# not the vocabulary (the data's), nor what is chosen at evaluation (a RoPE scaling, DroPE's c: eval_niah.py)
+MODEL_OPTIONS = [f.name for f in fields(GPTConfig)
+                 if f.name not in ("vocab_size", "rope_scaling", "rope_factor", "logit_scale_c")]
+FIELD_COMMENTS = dict(re.findall(r"^    (\w+): \w+ = .*?  # (.*)$", inspect.getsource(GPTConfig), re.M))
 OPTIONS = {  # name: (default, help); the defaults are the CPU default run
     # I/O
     "out_dir": (None, "default: out/<pe>"),
     "config": ("", "a Python file of option assignments, e.g. config/tinystories_gpu.py"),
     "resume": (False, "continue from out_dir/ckpt.pt (refused when there is none: nothing to continue)"),
-    "init_from": ("", "start a new stage from this checkpoint's weights (fresh optimizer, iteration 0)"),
+    "init_from": ("", "start a new stage from this checkpoint's weights (fresh optimizer, iteration 0; the "
+                      "architecture is the checkpoint's, only pe and qk_norm may change)"),
     "dataset": ("embedded", "embedded, tinystories or openwebtext"),
     "data_dir": (None, "default: data/<dataset> (a directory in the format of data/format.py)"),
-    # model (the architecture comes from --init_from's checkpoint when given; only pe and qk_norm may change there)
-    "pe": ("rope", "positional encoding: one registered in model.py's interface"),
-    "n_layer": (4, "transformer blocks"),
-    "n_head": (4, "attention heads"),
-    "n_embd": (128, "residual width"),
-    "block_size": (256, "training context length"),
-    "rope_base": (10000.0, "RoPE base"),
-    "qk_norm": (False, "RMSNorm on the q and k projections (DroPE's optional stabiliser; may be added at --init_from)"),
-    # memory sublayers (fwpkm.py)
-    "pkm_layers": ("", "comma list of layers (0-based) with a static product-key memory before attention"),
-    "fwpkm_layers": ("", "comma list of layers (0-based) with a fast-weight product-key memory before attention"),
-    "memory_n_sub": (32, "sub-keys per half; N = n_sub^2 slots"),
-    "memory_topk": (8, "slots read per token"),
-    "memory_key_dim": (64, "memory query/key size"),
-    "memory_value_dim": (128, "memory value size"),
-    "memory_query_span": (8, "FwPKM query from this many tokens' hidden states (1: the paper's; fwpkm.py)"),
-    "memory_chunk": (32, "FwPKM tokens per write, and the sliding window of --swa_prob steps"),
-    "memory_lifetime": ("sequence", "FwPKM memory: sequence (fresh per sequence) or persistent (fwpkm.py)"),
+    # the model (GPTConfig's fields; tuples of layers are given as comma lists)
+    **{f.name: ("" if f.type is tuple else f.default, FIELD_COMMENTS[f.name])
+       for f in fields(GPTConfig) if f.name in MODEL_OPTIONS},
     "swa_prob": (0.0, "probability of a step with sliding-window attention (FwPKM's trick; 1: every step)"),
     "swa_window": (0, "tokens each query sees on --swa_prob steps, itself included (0: memory_chunk)"),
     # data
@@ -90,7 +85,6 @@ OPTIONS = {  # name: (default, help); the defaults are the CPU default run
     "device": ("auto", "auto (cuda if available), cpu, cuda, cuda:1, mps"),
     "dtype": ("auto", "auto (bfloat16 on cuda, float32 elsewhere), float32, bfloat16"),
     "compile": (False, "torch.compile the model"),
-    "kernels": ("auto", "fused Triton fast paths (kernels/): auto (on CUDA when triton is installed), on, off"),
     "seed": (1337, "seeds the initialisation and the batch stream"),
 }
 DEFAULTS = {name: default for name, (default, _) in OPTIONS.items()}
@@ -272,9 +266,7 @@ def model_config_for(o, explicit, vocab_size, init=None):
     """The model config of this run: from the options, or from the --init_from checkpoint `init` with a new pe
     (and QK-norm, if asked for)."""
     try:
-        arch = GPTConfig(**{k: o[k] for k in (*GPTConfig.ARCHITECTURE, "memory_chunk", "memory_lifetime", "kernels")
-                            if k in o},
-                         vocab_size=vocab_size).to_dict()
+        arch = GPTConfig(**{k: o[k] for k in MODEL_OPTIONS}, vocab_size=vocab_size).to_dict()
     except ValueError as e:
         sys.exit(f"error: {e}")
     if init is not None:
@@ -376,27 +368,33 @@ def format_seconds(s):
     return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m" if s >= 3600 else f"{int(s // 60)}m{int(s % 60):02d}s"
 
 
-def main(argv=None):
-    o, explicit = parse_args(argv)
-    ddp = "RANK" in os.environ  # launched by torchrun
-    rank, world = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])) if ddp else (0, 1)
-    master = rank == 0
-    device = resolve_device(o["device"])
-    if ddp:
-        if device.startswith("cuda"):
-            device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-            torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-    device_type = torch.device(device).type
-    check_available(o["kernels"], device_type)
-    if o["grad_accum"] % world:
-        sys.exit(f"error: --grad_accum {o['grad_accum']} must be a multiple of the number of processes ({world})")
-    accum_here = o["grad_accum"] // world
-    dtype = o["dtype"] if o["dtype"] != "auto" else ("bfloat16" if device_type == "cuda" else "float32")
-    ctx = (torch.autocast(device_type, dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext())
+def start_processes(o):
+    """The device, the processes (one, or torchrun's N with DDP) and the precision of this run."""
+    env = SimpleNamespace(ddp="RANK" in os.environ)  # launched by torchrun
+    env.rank, env.world = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])) if env.ddp else (0, 1)
+    env.master = env.rank == 0
+    env.device = resolve_device(o["device"])
+    if env.ddp:
+        if env.device.startswith("cuda"):
+            env.device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+            torch.cuda.set_device(env.device)
+        dist.init_process_group(backend="nccl" if env.device.startswith("cuda") else "gloo")
+    env.device_type = torch.device(env.device).type
+    check_available(o["kernels"], env.device_type)
+    if o["grad_accum"] % env.world:
+        sys.exit(f"error: --grad_accum {o['grad_accum']} must be a multiple of the number of processes ({env.world})")
+    env.accum_here = o["grad_accum"] // env.world
+    env.dtype = o["dtype"] if o["dtype"] != "auto" else ("bfloat16" if env.device_type == "cuda" else "float32")
+    env.ctx = torch.autocast(env.device_type, dtype=torch.bfloat16) if env.dtype == "bfloat16" else nullcontext()
+    return env
+
+
+def check_inputs(o, explicit, env):
+    """Every check that needs no data, before anything is written (a refused command leaves no out_dir behind:
+    write_atomic makes it with the first file). Returns the checkpoint to resume, the one to start a stage from
+    (or None), and the defaults the stage's method set."""
     ckpt_path = os.path.join(o["out_dir"], "ckpt.pt")
-    # every check before anything is written: a refused command leaves no out_dir behind (write_atomic makes it)
-    if master:
+    if env.master:
         check_writable_dir(o["out_dir"], "--out_dir")
     if o["resume"] and not os.path.exists(ckpt_path):
         sys.exit(f"error: --resume: no checkpoint at {ckpt_path} to continue; leave out --resume to start a new run "
@@ -404,180 +402,232 @@ def main(argv=None):
     if not o["resume"] and os.path.exists(ckpt_path):
         sys.exit(f"error: {ckpt_path} exists; pass --resume to continue it, or choose another --out_dir "
                  f"(nothing is overwritten)")
-    ckpt = load_checkpoint(ckpt_path, "--resume") if o["resume"] else None
+    resumed = load_checkpoint(ckpt_path, "--resume") if o["resume"] else None
     init = load_checkpoint(o["init_from"], "--init_from") if o["init_from"] else None
     method_defaults = {}
     if init is not None:  # the method's defaults for a stage from a checkpoint (DroPE: its recalibration schedule)
         method_defaults = {k: v for k, v in stage_defaults(o["pe"], init).items() if k not in explicit}
         o.update(method_defaults)
     check_schedule(o, method_defaults)
-    if ckpt is not None:
-        check_kept_iterations(o, ckpt["iter"])
-    data_dir = data_dir_for(o, explicit, master)
-    if ddp:
-        dist.barrier()
-    meta = load_meta(data_dir)
-    config = model_config_for(o, explicit, meta["vocab_size"], init)
-    o.update({k: getattr(config, k) for k in GPTConfig.ARCHITECTURE if k in o})
-    splits = {split: load_tokens(data_dir, split, min_tokens=config.block_size + 2) for split in ("train", "val")}
-    check_memory(config, o["batch_size"], device)
-    enc = load_tokenizer(data_dir) if o["niah_mix"] > 0 else None
-    if master and method_defaults:
-        print(f"defaults of pe={o['pe']} for a stage from a checkpoint: {method_defaults}")
+    if resumed is not None:
+        check_kept_iterations(o, resumed["iter"])
+    return resumed, init, method_defaults
 
+
+def load_data(o, explicit, init, env):
+    """The model config (it needs the data's vocabulary) and the data: (config, {split: tokens}, the tokenizer
+    when drills are made)."""
+    data_dir = data_dir_for(o, explicit, env.master)
+    if env.ddp:
+        dist.barrier()  # rank 0 may have generated the embedded corpus
+    config = model_config_for(o, explicit, load_meta(data_dir)["vocab_size"], init)
+    o.update({k: getattr(config, k) for k in MODEL_OPTIONS})
+    splits = {split: load_tokens(data_dir, split, min_tokens=config.block_size + 2) for split in ("train", "val")}
+    check_memory(config, o["batch_size"], env.device)
+    enc = load_tokenizer(data_dir) if o["niah_mix"] > 0 else None
+    return config, splits, enc
+
+
+def build(o, config, resumed, init, env):
+    """The run: model, optimizer, loss history and batch stream, fresh, from a stage's checkpoint, or resumed."""
     torch.manual_seed(o["seed"])
-    model = GPT(config)
-    data_gen = torch.Generator().manual_seed(o["seed"])  # the train-batch stream; its state is the data position
-    history = {"iter": [], "train_loss": [], "grad_norm": [], "eval_iter": [], "val_loss": []}
-    start_iter, optimizer_state, seconds_before = 0, None, 0.0
-    if ckpt is not None:
-        diff = architecture_diff(ckpt["model_config"], config.to_dict())
+    run = SimpleNamespace(o=o, config=config, env=env, model=GPT(config), ckpt_path=os.path.join(o["out_dir"], "ckpt.pt"),
+                          history={"iter": [], "train_loss": [], "grad_norm": [], "eval_iter": [], "val_loss": []},
+                          start_iter=0, seconds_before=0.0, saved_at=None, t_start=time.time())
+    run.data_gen = torch.Generator().manual_seed(o["seed"])  # the train-batch stream; its state is the data position
+    if resumed is not None:
+        diff = architecture_diff(resumed["model_config"], config.to_dict())
         if diff:
-            sys.exit(f"error: refusing to resume {ckpt_path} with a different model; differs: {'; '.join(diff)}")
-        model.load_state_dict(ckpt["model"])
-        optimizer_state, history, start_iter = ckpt["optimizer"], ckpt["history"], ckpt["iter"]
-        seconds_before = ckpt.get("seconds", 0.0)
-        data_gen.set_state(ckpt["data_rng"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        if master:
-            print(f"resuming {ckpt_path} at iteration {start_iter}")
+            sys.exit(f"error: refusing to resume {run.ckpt_path} with a different model; differs: {'; '.join(diff)}")
+        run.model.load_state_dict(resumed["model"])
+        run.history, run.start_iter = resumed["history"], resumed["iter"]
+        run.saved_at, run.seconds_before = resumed["iter"], resumed.get("seconds", 0.0)
+        run.data_gen.set_state(resumed["data_rng"])
+        torch.set_rng_state(resumed["torch_rng"])
+        if env.master:
+            print(f"resuming {run.ckpt_path} at iteration {run.start_iter}")
     elif init is not None:
-        missing, unexpected = model.load_state_dict(init["model"], strict=False)
-        if master:
+        missing, unexpected = run.model.load_state_dict(init["model"], strict=False)
+        if env.master:
             print(f"initialised from {o['init_from']} (pe {init['model_config']['pe']} -> {config.pe}); "
                   f"fresh: {missing or 'none'}; not used: {unexpected or 'none'}")
-    model.to(device)
-    optimizer = make_optimizer(model, o, device_type)
-    if optimizer_state is not None:
-        optimizer.load_state_dict(optimizer_state)
-    train_model = torch.compile(model) if o["compile"] else model
-    if ddp:
-        train_model = DDP(train_model, device_ids=[device] if device_type == "cuda" else None)
-    if master:
-        print(f"{model.num_params():,} parameters | pe={config.pe} | {o['dataset']} | device {device} {dtype} | "
-              f"{world} process(es) | {o['batch_size'] * o['grad_accum'] * config.block_size:,} tokens/step")
+    run.model.to(env.device)
+    run.optimizer = make_optimizer(run.model, o, env.device_type)
+    if resumed is not None:
+        run.optimizer.load_state_dict(resumed["optimizer"])
+    run.train_model = torch.compile(run.model) if o["compile"] else run.model
+    if env.ddp:
+        run.train_model = DDP(run.train_model, device_ids=[env.device] if env.device_type == "cuda" else None)
+    run.data_state = run.data_gen.get_state()  # the batch stream after the last step taken
+    if env.master:
+        print(f"{run.model.num_params():,} parameters | pe={config.pe} | {o['dataset']} | device {env.device} "
+              f"{env.dtype} | {env.world} process(es) | {tokens_per_step(run):,} tokens/step")
+    return run
 
-    t_start = time.time()
-    data_state = data_gen.get_state()  # the batch stream after the last step taken
 
-    saved_at = [start_iter if ckpt is not None else None]  # the iteration ckpt.pt holds, for an interrupt's message
+def tokens_per_step(run):
+    return run.o["batch_size"] * run.o["grad_accum"] * run.config.block_size
 
-    def checkpoint(it, path=ckpt_path):  # and the loss curve beside it
-        saved_at[0] = it if path == ckpt_path else saved_at[0]
-        save_checkpoint(path, {
-            # the kernel switch is a choice of the machine that runs the model, not of the model: stored as "auto"
-            "model_config": {**config.to_dict(), "kernels": "auto"}, "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "iter": it, "options": o, "history": history, "seconds": seconds_before + time.time() - t_start,
-            "data_rng": data_state, "torch_rng": torch.get_rng_state()})
-        plot_losses(history, os.path.join(o["out_dir"], "loss.png"), f"{config.pe}, {o['dataset']}")
 
-    def make_step():
-        """This process's micro-batches of one optimiser step, and its attention window (runs in the prefetcher).
-        Every process draws the whole step's rows and keeps its share, so N processes see exactly the batches
-        that one process with the same grad_accum would see."""
-        rows = [train_batch(splits["train"], o, config.block_size, data_gen, enc)
-                for _ in range(o["grad_accum"])][rank::world]
-        if device_type == "cuda":  # page-locked, so the copy to the GPU does not wait for the host
-            rows = [(x.pin_memory(), y.pin_memory()) for x, y in rows]
-        # FwPKM's trick: some steps attend only within a sliding window, so lookups further back need the memory
-        swa = o["swa_prob"] > 0 and torch.rand(1, generator=data_gen) < o["swa_prob"]
-        window = (o["swa_window"] or o["memory_chunk"]) if swa else None
-        return rows, window
+def save(run, it, path=None):
+    """A checkpoint of iteration `it` (ckpt.pt unless path names a kept copy), and the loss curve beside it."""
+    path = path or run.ckpt_path
+    if path == run.ckpt_path:
+        run.saved_at = it
+    save_checkpoint(path, {
+        # the kernel switch is a choice of the machine that runs the model, not of the model: stored as "auto"
+        "model_config": {**run.config.to_dict(), "kernels": "auto"}, "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(), "iter": it, "options": run.o, "history": run.history,
+        "seconds": run.seconds_before + time.time() - run.t_start,
+        "data_rng": run.data_state, "torch_rng": torch.get_rng_state()})
+    plot_losses(run.history, os.path.join(run.o["out_dir"], "loss.png"), f"{run.config.pe}, {run.o['dataset']}")
 
-    tokens_per_iter = o["batch_size"] * o["grad_accum"] * config.block_size
-    flops_per_token = 6 * model.num_params() + 12 * config.n_layer * config.n_embd * config.block_size
-    peak_flops = 989e12 if dtype == "bfloat16" else 67e12  # H100 SXM dense bf16 / fp32; for the MFU estimate
+
+def step_batches(run, train_tokens, enc):
+    """This process's micro-batches of one optimiser step, and its attention window (runs in the prefetcher).
+    Every process draws the whole step's rows and keeps its share, so N processes see exactly the batches that
+    one process with the same grad_accum would see."""
+    o, env = run.o, run.env
+    rows = [train_batch(train_tokens, o, run.config.block_size, run.data_gen, enc)
+            for _ in range(o["grad_accum"])][env.rank::env.world]
+    if env.device_type == "cuda":  # page-locked, so the copy to the GPU does not wait for the host
+        rows = [(x.pin_memory(), y.pin_memory()) for x, y in rows]
+    # FwPKM's trick: some steps attend only within a sliding window, so lookups further back need the memory
+    swa = o["swa_prob"] > 0 and torch.rand(1, generator=run.data_gen) < o["swa_prob"]
+    window = (o["swa_window"] or o["memory_chunk"]) if swa else None
+    return rows, window
+
+
+def optimizer_step(run, it, rows, window):
+    """One optimiser step over the micro-batches rows; returns (mean loss, gradient norm before clipping)."""
+    o, env = run.o, run.env
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr_at(it, o)
+    loss_sum = torch.zeros((), device=env.device)
+    for micro, (x, y) in enumerate(rows):
+        if env.ddp:  # all-reduce gradients only on the last micro-step
+            run.train_model.require_backward_grad_sync = micro == env.accum_here - 1
+        with env.ctx:
+            _, loss = run.train_model(x.to(env.device, non_blocking=True), y.to(env.device, non_blocking=True),
+                                      window=window)
+        (loss / env.accum_here).backward()
+        loss_sum += loss.detach()
+    if env.ddp:  # the logged loss is the mean over all processes, and all stop together if it is not finite
+        dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), o["grad_clip"] or float("inf")).item()
+    loss_value = loss_sum.item() / env.accum_here
+    if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
+        kept = (f"the last good checkpoint {run.ckpt_path} is kept" if os.path.exists(run.ckpt_path)
+                else "no checkpoint")
+        sys.exit(f"error: non-finite loss {loss_value} (grad norm {grad_norm}) at iteration {it}; stopping; {kept}. "
+                 f"Try a lower --lr.")
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return loss_value, grad_norm
+
+
+def evaluate(run, splits, it):
+    """The validation loss at iteration it, into the history (and onto the screen)."""
+    t_eval = time.perf_counter()
+    losses = estimate_loss(run.model, splits, run.o, run.env.ctx, run.env.device)
+    run.history["eval_iter"].append(it)
+    run.history["val_loss"].append(losses["val"])
+    print(f"eval iter {it}: train {losses['train']:.4f} val {losses['val']:.4f} "
+          f"({time.perf_counter() - t_eval:.1f}s){format_health(run.model.health_reports())}")
+    return losses
+
+
+def progress_line(run, it, loss, interval):
+    """The line every log_interval steps: loss, learning rate, training speed, the data wait, ETA (and MFU)."""
+    rate = tokens_per_step(run) * interval["steps"] / interval["seconds"]
+    eta = interval["seconds"] / interval["steps"] * (run.o["max_iters"] - it - 1)
+    mfu = ""
+    if run.env.device_type == "cuda":
+        flops_per_token = 6 * run.model.num_params() + 12 * run.config.n_layer * run.config.n_embd * run.config.block_size
+        peak_flops = 989e12 if run.env.dtype == "bfloat16" else 67e12  # H100 SXM dense bf16 / fp32
+        mfu = f" | MFU {100 * rate * flops_per_token / (peak_flops * run.env.world):.1f}%"
+    return (f"iter {it + 1}/{run.o['max_iters']} | loss {loss:.4f} | lr {lr_at(it, run.o):.2e} | "
+            f"{rate / 1e3:.1f}k tok/s | data {100 * interval['data'] / interval['seconds']:.1f}% of step | "
+            f"ETA {format_seconds(eta)}{mfu}")
+
+
+def train(run, splits, enc, argv):
+    """The loop from the run's iteration to max_iters: evaluations and checkpoints every eval_interval, kept copies
+    at keep_iters, a progress line every log_interval. Ctrl-C ends it with one line saying how to resume."""
+    o, master = run.o, run.env.master
     # the progress line's rates count training steps only: evaluation and checkpoints are timed on their own
     interval = {"steps": 0, "seconds": 0.0, "data": 0.0}
-    prefetcher = BatchPrefetcher(make_step, data_gen, o["max_iters"] - start_iter)
-    it = start_iter
+    prefetcher = BatchPrefetcher(lambda: step_batches(run, splits["train"], enc), run.data_gen,
+                                 o["max_iters"] - run.start_iter)
+    it = run.start_iter
     try:
-        for it in range(start_iter, o["max_iters"]):
-            if master and (it % o["eval_interval"] == 0 and it > start_iter or it == 0 and not history["eval_iter"]):
-                t_eval = time.perf_counter()
-                losses = estimate_loss(model, splits, o, ctx, device)
-                history["eval_iter"].append(it)
-                history["val_loss"].append(losses["val"])
-                if it > start_iter:
-                    checkpoint(it)
-                print(f"eval iter {it}: train {losses['train']:.4f} val {losses['val']:.4f} "
-                      f"({time.perf_counter() - t_eval:.1f}s){format_health(model.health_reports())}")
+        for it in range(run.start_iter, o["max_iters"]):
+            if master and (it % o["eval_interval"] == 0 and it > run.start_iter
+                           or it == 0 and not run.history["eval_iter"]):
+                evaluate(run, splits, it)
+                if it > run.start_iter:
+                    save(run, it)
             keep_path = os.path.join(o["out_dir"], f"ckpt_{it}.pt")
             # also at the resume's first iteration when the file is missing: a kill after ckpt.pt was written at
             # this iteration and before this copy would otherwise lose the drop point that later stages start from
-            if master and it in o["keep_iters"] and (it > start_iter or not os.path.exists(keep_path)):
-                checkpoint(it, keep_path)
-
+            if master and it in o["keep_iters"] and (it > run.start_iter or not os.path.exists(keep_path)):
+                save(run, it, keep_path)
             t_step = time.perf_counter()
             (rows, window), step_data_state = prefetcher.next()
             t_data = time.perf_counter() - t_step
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(it, o)
-            loss_sum = torch.zeros((), device=device)
-            for micro, (x, y) in enumerate(rows):
-                if ddp:  # all-reduce gradients only on the last micro-step
-                    train_model.require_backward_grad_sync = micro == accum_here - 1
-                with ctx:
-                    _, loss = train_model(x.to(device, non_blocking=True), y.to(device, non_blocking=True),
-                                          window=window)
-                (loss / accum_here).backward()
-                loss_sum += loss.detach()
-            if ddp:  # the logged loss is the mean over all processes, and all stop together if it is not finite
-                dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), o["grad_clip"] or float("inf")).item()
-            loss_value = loss_sum.item() / accum_here
-            if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
-                kept = f"the last good checkpoint {ckpt_path} is kept" if os.path.exists(ckpt_path) else "no checkpoint"
-                sys.exit(f"error: non-finite loss {loss_value} (grad norm {grad_norm}) at iteration {it}; "
-                         f"stopping; {kept}. Try a lower --lr.")
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            data_state = step_data_state
-            step_seconds = time.perf_counter() - t_step  # .item() above waited for the device
-            if o["compile"] and it == start_iter:
+            loss, grad_norm = optimizer_step(run, it, rows, window)
+            run.data_state = step_data_state
+            step_seconds = time.perf_counter() - t_step  # .item() in the step waited for the device
+            if o["compile"] and it == run.start_iter:
                 if master:
                     print(f"first step, with torch.compile compiling: {step_seconds:.1f}s (not in the rates)")
             else:
-                interval["steps"] += 1
-                interval["seconds"] += step_seconds
-                interval["data"] += t_data
-
+                interval = {"steps": interval["steps"] + 1, "seconds": interval["seconds"] + step_seconds,
+                            "data": interval["data"] + t_data}
             if master:
-                history["iter"].append(it)
-                history["train_loss"].append(loss_value)
-                history["grad_norm"].append(grad_norm)
+                for key, value in (("iter", it), ("train_loss", loss), ("grad_norm", grad_norm)):
+                    run.history[key].append(value)
             # the first step too: a run whose steps take long says so at once, with its ETA
-            if master and ((it + 1) % o["log_interval"] == 0 or it == start_iter) and interval["steps"]:
-                rate = tokens_per_iter * interval["steps"] / interval["seconds"]
-                eta = interval["seconds"] / interval["steps"] * (o["max_iters"] - it - 1)
-                mfu = (f" | MFU {100 * rate * flops_per_token / (peak_flops * world):.1f}%"
-                       if device_type == "cuda" else "")
-                print(f"iter {it + 1}/{o['max_iters']} | loss {loss_value:.4f} | lr {lr_at(it, o):.2e} | "
-                      f"{rate / 1e3:.1f}k tok/s | data {100 * interval['data'] / interval['seconds']:.1f}% of step | "
-                      f"ETA {format_seconds(eta)}{mfu}", flush=True)
+            if master and ((it + 1) % o["log_interval"] == 0 or it == run.start_iter) and interval["steps"]:
+                print(progress_line(run, it, loss, interval), flush=True)
                 interval = {"steps": 0, "seconds": 0.0, "data": 0.0}
     except KeyboardInterrupt:  # Ctrl-C: one line on what is kept and how to go on, instead of a traceback
         if master:
-            print(interrupted_message(it, saved_at[0], ckpt_path, sys.argv[1:] if argv is None else argv),
+            print(interrupted_message(it, run.saved_at, run.ckpt_path, sys.argv[1:] if argv is None else argv),
                   file=sys.stderr)
         raise SystemExit(130) from None
     finally:
         prefetcher.close()
 
-    if master and start_iter >= o["max_iters"]:
-        print(f"{ckpt_path} already finished its {o['max_iters']} iterations (raise --max_iters to train on)")
-    elif master:
-        losses = estimate_loss(model, splits, o, ctx, device)
-        history["eval_iter"].append(o["max_iters"])
-        history["val_loss"].append(losses["val"])
-        checkpoint(o["max_iters"])
-        this_run = time.time() - t_start
-        took = (f"{format_seconds(seconds_before + this_run)} in all, {format_seconds(this_run)} since the resume"
-                if start_iter else format_seconds(this_run))
-        print(f"done: val loss {losses['val']:.4f} after {o['max_iters']} iterations ({took}); wrote {ckpt_path}")
-    if ddp:
+
+def finish(run, splits):
+    """The last evaluation and checkpoint, and the line that says what the run took."""
+    o = run.o
+    if run.start_iter >= o["max_iters"]:
+        print(f"{run.ckpt_path} already finished its {o['max_iters']} iterations (raise --max_iters to train on)")
+        return
+    losses = evaluate(run, splits, o["max_iters"])
+    save(run, o["max_iters"])
+    this_run = time.time() - run.t_start
+    took = (f"{format_seconds(run.seconds_before + this_run)} in all, {format_seconds(this_run)} since the resume"
+            if run.start_iter else format_seconds(this_run))
+    print(f"done: val loss {losses['val']:.4f} after {o['max_iters']} iterations ({took}); wrote {run.ckpt_path}")
+
+
+def main(argv=None):
+    o, explicit = parse_args(argv)                               # options: defaults < --config file < flags
+    env = start_processes(o)                                     # device, processes, precision
+    resumed, init, method_defaults = check_inputs(o, explicit, env)  # refused before anything is written
+    config, splits, enc = load_data(o, explicit, init, env)
+    if env.master and method_defaults:
+        print(f"defaults of pe={o['pe']} for a stage from a checkpoint: {method_defaults}")
+    run = build(o, config, resumed, init, env)                   # model, optimizer, history, batch stream
+    train(run, splits, enc, argv)                                # the loop, with checkpoints as it goes
+    if env.master:
+        finish(run, splits)                                      # the last evaluation and checkpoint
+    if env.ddp:
         dist.destroy_process_group()
-    return history
+    return run.history
 
 
 if __name__ == "__main__":
