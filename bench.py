@@ -21,17 +21,17 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from cli import ArgumentParser, check_minimum, resolve_device
+from cli import DEVICE_HELP, ArgumentParser, check_minimum, resolve_device
 from data.format import dataset_dir, load_meta
 from kernels import MODES as KERNEL_MODES, check_available
-from model import GPT, GPTConfig, positional_choices
+from model import GPT, GPTConfig, POSITIONAL
 
 
 def parse_arm(arm):
     """'rope+fwpkm_layers=1,3+memory_chunk=64' -> {'pe': 'rope', 'fwpkm_layers': '1,3', 'memory_chunk': 64}"""
     pe, *fields = arm.split("+")
-    if pe not in positional_choices():
-        choices = ", ".join(positional_choices())
+    if pe not in POSITIONAL:
+        choices = ", ".join(sorted(POSITIONAL))
         raise SystemExit(f"error: unknown pe {pe!r} in --arms {arm!r}; valid choices: {choices}")
     overrides = {"pe": pe}
     for field in fields:
@@ -128,7 +128,7 @@ def main(argv=None):
     p.add_argument("--block_size", type=int, default=256)
     p.add_argument("--rounds", type=int, default=20, help="timed steps per arm")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per arm first")
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, mps")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
                    help="auto: bfloat16 autocast on cuda, float32 elsewhere")
     p.add_argument("--compile", action="store_true", help="torch.compile every arm")

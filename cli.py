@@ -43,6 +43,9 @@ def check_minimum(values, minimum, names):
             raise SystemExit(f"error: --{name} {values[name]} must be at least {minimum}")
 
 
+DEVICE_HELP = "auto (cuda if available), cpu, cuda, cuda:1, mps"  # the --device flag of every program
+
+
 def resolve_device(name):
     """'auto' -> cuda if available, else cpu; a device torch cannot use here ends the program."""
     if name == "auto":

@@ -7,7 +7,7 @@ What we measured, and the paper's numbers: results/drope.md.
 
     python train.py --pe rope --out_dir out/rope_keep --keep_iters 1312                    # 1. pretrain with RoPE
     python train.py --pe drope --init_from out/rope_keep/ckpt_1312.pt --out_dir out/drope --max_iters 188  # 2.-3.
-    python drope.py --ckpt out/drope/ckpt.pt                                                # 4. fit c of beta
+    python drope_fit.py --ckpt out/drope/ckpt.pt                                            # 4. fit c of beta
     python eval_niah.py --ckpt out/drope/ckpt.pt --logit_scale_c fitted,0                  # 5. retrieve beyond L
 
 The recipe:
@@ -26,9 +26,9 @@ The recipe:
 
        beta = 1 + c·ln(s),   s = T / L   (T: the current context length; beta = 1 for T <= L)
 
-   and fit c on held-out text by minimising perplexity over beta at several lengths (`python drope.py`, this
-   file's command: a grid, extended past an end while the best sits there, then refined; it says whether each
-   optimum is interior). Without position, the logits of a query spread over more keys as T grows, so attention
+   and fit c on held-out text by minimising perplexity over beta at several lengths (search_beta and fit_c
+   below, which `python drope_fit.py` runs on a checkpoint: a grid, extended past an end while the best sits
+   there, then refined; it says whether each optimum is interior). Without position, the logits of a query spread over more keys as T grows, so attention
    gets flatter (its entropy grows ~ln T); beta > 1 sharpens it back, like YaRN's mscale or the log-length scaling
    of "scalable softmax".
 
@@ -40,17 +40,12 @@ RoPE's rotations at positions never seen in training break retrieval beyond L, a
 perplexity (PI, YaRN) compress the low frequencies so that far needles blur; without rotations nothing is out of
 distribution except the number of keys.
 """
-import argparse
 import math
-import os
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from cli import ArgumentParser, check_minimum, load_checkpoint, parse_list, resolve_device
-from data.format import checkpoint_data_dir, get_batch, load_tokens, write_atomic
-from model import GPT, register_positional
 from plots import plt, save_figure
 
 
@@ -88,9 +83,6 @@ def recalibration_defaults(init_ckpt):
     LR 1e-3, cosine (to 1e-4: the paper does not give its final LR)."""
     steps = max(1, round(init_ckpt["iter"] / 7))
     return {"max_iters": steps, "warmup_iters": max(1, round(0.035 * steps)), "lr": 1e-3, "min_lr": 1e-4}
-
-
-register_positional("drope", lambda config, layer_idx: DroppedPositionalEncoding(config), recalibration_defaults)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -163,67 +155,3 @@ def plot_fit(multiples, curves, c, path):
     ax.grid(alpha=0.3)
     fig.tight_layout()
     save_figure(fig, path)
-
-
-def main(argv=None):
-    p = ArgumentParser(prog="drope.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="a DroPE checkpoint (train.py --pe drope); c is written into it")
-    p.add_argument("--lengths", default="2,4,8", help="context lengths, as multiples (> 1) of the training length")
-    p.add_argument("--betas", default="0.8,2.5,0.05", help="the first beta grid: start,stop,step (stop included); "
-                   "extended past an end while the best is there, then refined around the best")
-    p.add_argument("--rows", type=int, default=32, help="held-out sequences per length (the same for every beta)")
-    p.add_argument("--batch_size", type=int, default=8, help="sequences per forward pass")
-    p.add_argument("--data_dir", default=None, help="held-out data; default: the checkpoint's dataset")
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, mps")
-    p.add_argument("--seed", type=int, default=0, help="which held-out windows")
-    args = p.parse_args(argv)
-    check_minimum(args, 1, ("rows", "batch_size"))
-    check_minimum(args, 0, ("seed",))
-    multiples = parse_list(args.lengths, float, "lengths")
-    if not min(multiples) > 1:
-        raise SystemExit(f"error: --lengths {args.lengths!r} must be multiples > 1 of the training length")
-    grid = parse_list(args.betas, float, "betas")
-    if len(grid) != 3 or not 0 < grid[0] < grid[1] or not grid[2] > 0:
-        raise SystemExit(f"error: --betas {args.betas!r} must be start,stop,step with 0 < start < stop and step > 0, "
-                         f"e.g. 0.8,2.5,0.05")
-    start, stop, step = grid
-    betas = np.round(np.arange(start, stop + step / 2, step), 6).tolist()
-    args.device = resolve_device(args.device)
-    ckpt = load_checkpoint(args.ckpt)
-    if ckpt["model_config"]["pe"] != "drope":
-        raise SystemExit(f"error: {args.ckpt} has pe={ckpt['model_config']['pe']!r}; beta is fitted for pe='drope'")
-    val = load_tokens(checkpoint_data_dir(ckpt, args.data_dir), "val")
-    model = GPT.from_checkpoint(ckpt, args.device)
-    train_len = model.config.block_size
-
-    batches = {m: [t.to(args.device) for t in get_batch(val, args.rows, int(m * train_len),
-                                                         torch.Generator().manual_seed(args.seed))]
-               for m in multiples}  # [rows, length] inputs and targets per length
-    curves, best, interior = [], [], []
-    for m in multiples:
-        beta, tried, inside = search_beta(lambda b: loss_at(model, *batches[m], b, args.batch_size), betas, step)
-        curves.append(sorted(tried.items()))
-        best.append(beta)
-        interior.append(inside)
-        unscaled = loss_at(model, *batches[m], 1.0, args.batch_size)
-        where = "interior" if inside else f"AT THE EDGE of the search ({BETA_LIMITS[0]}-{BETA_LIMITS[1]})"
-        print(f"{m:g}x ({int(m * train_len)} tokens): loss {unscaled:.4f} at beta 1, best {tried[beta]:.4f} at beta "
-              f"{beta:.3f} ({where}; {len(tried)} betas tried, {min(tried):g}-{max(tried):g})", flush=True)
-    c = fit_c(multiples, best)
-    fitted = [loss_at(model, *batches[m], logit_scale(c, m, 1), args.batch_size) for m in multiples]
-    print(f"fitted c = {c:.4f}: beta = " + ", ".join(f"{logit_scale(c, m, 1):.3f} at {m:g}x (loss {f:.4f})"
-                                                    for m, f in zip(multiples, fitted)))
-
-    ckpt["model_config"]["logit_scale_c"] = c
-    ckpt["logit_scale_fit"] = {"multiples": multiples, "curves": curves, "best_betas": best, "interior": interior,
-                               "c": c, "rows": args.rows, "seed": args.seed}
-    write_atomic(args.ckpt, lambda tmp: torch.save(ckpt, tmp))
-    figure = os.path.join(os.path.dirname(args.ckpt), "beta_fit.png")
-    plot_fit(multiples, curves, c, figure)
-    print(f"stored c in {args.ckpt}; wrote {figure}")
-    return c
-
-
-if __name__ == "__main__":
-    import drope  # run the imported module's main(): model.py builds layers from its classes, not __main__'s
-    drope.main()

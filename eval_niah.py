@@ -27,7 +27,7 @@ per variant and wordings, one line per checkpoint[+setting]).
 
 RoPE scalings (rope.py) are applied with factor s = length / training length (at least 1), as one would configure
 them for each target length; dyn_ntk uses factor 1, so it is NTK-aware scaling computed from the current length.
-DroPE checkpoints are evaluated with each --logit_scale_c: "fitted" is the c that `python drope.py` stored in the
+DroPE checkpoints are evaluated with each --logit_scale_c: "fitted" is the c that `python drope_fit.py` stored in the
 checkpoint, 0 turns the logit scale off.
 Samples depend only on --seed, the wordings, length, depth, variant and haystack, so every checkpoint sees the same
 samples. The k-th sample of a (variant, haystack, length) uses wording k mod the set's size, so every wording is
@@ -48,7 +48,8 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from cli import ArgumentParser, check_minimum, check_writable_dir, load_checkpoint, parse_list, resolve_device
+from cli import (DEVICE_HELP, ArgumentParser, check_minimum, check_writable_dir, load_checkpoint, parse_list,
+                 resolve_device)
 from data.format import checkpoint_data_dir, load_tokenizer, load_tokens, write_json
 from data.niah import HAYSTACKS, VARIANTS, WORDINGS, make_sample
 from model import GPT, GPTConfig, format_health
@@ -323,7 +324,7 @@ def main(argv=None):
                    help=f"comma list of none, {', '.join(SCALINGS)} (models with RoPE layers: rope, repo, rope_nope)")
     p.add_argument("--logit_scale_c", default="fitted",
                    help="comma list of c for DroPE models' beta = 1 + c·ln(s): numbers, or fitted (the c stored by "
-                        "python drope.py; 0 if none)")
+                        "python drope_fit.py; 0 if none)")
     p.add_argument("--iters", default="1", help="comma list of reading passes for models with FwPKM layers: n > 1 "
                    "reads the haystack n − 1 extra times first, carrying only the fast weights (fwpkm.py)")
     p.add_argument("--window", type=int, default=0, help="sliding-window attention of this many tokens in every "
@@ -331,7 +332,7 @@ def main(argv=None):
     p.add_argument("--data_dir", default=None, help="haystack data; default: the checkpoint's dataset")
     p.add_argument("--out_dir", default="out/niah")
     p.add_argument("--batch_size", type=int, default=10, help="samples per forward pass")
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, mps")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--kernels", default="auto", choices=KERNEL_MODES,
                    help="fused Triton fast paths (kernels/): auto (on CUDA when triton is installed), on, off")
     p.add_argument("--seed", type=int, default=0)

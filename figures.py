@@ -10,7 +10,7 @@ It writes to --out_dir:
 - attention_maps.png: one prompt per length (eval_niah.py's first sample of a cell: single needle, val haystack,
   seen wording 0, --depth, --seed), the same for every model, read at 1x and 4x the training length L by RoPE
   (plain and with YaRN, factor s = length / L as eval_niah.py sets it), NoPE and DroPE (with the c of beta that
-  `python drope.py` stored, eval_niah.py's "fitted"). One head of one layer, chosen as the one whose last prompt
+  `python drope_fit.py` stored, eval_niah.py's "fitted"). One head of one layer, chosen as the one whose last prompt
   token (the query that must produce the answer) puts the most attention on the needle for RoPE at 1x. Per model
   and length: that query's attention over the key positions (needle shaded; where the keys reach position L and
   distance L from the query, dotted and dashed), and the attention of the last 64 queries (query x key, log
@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from matplotlib.colors import LogNorm
 
-from cli import ArgumentParser, check_writable_dir, load_checkpoint, resolve_device
+from cli import DEVICE_HELP, ArgumentParser, check_writable_dir, load_checkpoint, resolve_device
 from data.format import checkpoint_data_dir, load_tokenizer, load_tokens
 from eval_niah import (attention_stats, attention_weights, cell_samples, load_model, settings, start_cache,
                        teacher_forced)
@@ -277,7 +277,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0, help="the sample seed (eval_niah.py's --seed)")
     p.add_argument("--fwpkm_window", type=int, default=None, help="attention window for fwpkm_slots.png (0: full "
                    "attention; default: the checkpoint's training window if every step had one)")
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, mps")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     args = p.parse_args(argv)
     if not 0 <= args.depth <= 1:
         raise SystemExit(f"error: --depth {args.depth} must be between 0 and 1")

@@ -74,7 +74,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kernels import use_kernels
-from model import KVCache, register_sublayer
 
 IDW_EPS = 1e-3  # s = −log(eps + distance²): a slot at distance 0 scores −log(eps) ≈ 6.9, not infinity
 
@@ -354,8 +353,6 @@ def memory_layer(config, layer_idx):
     return None
 
 
-register_sublayer(memory_layer)
-
 
 @torch.no_grad()
 def read_iteratively(model, context, passes, window=None):
@@ -365,9 +362,9 @@ def read_iteratively(model, context, passes, window=None):
     memories = [m for m in model.modules() if isinstance(m, FastWeightProductKeyMemory)]
     state = {m.name: m.fresh_state(context.shape[0], chunk=context.shape[1]) for m in memories}
     for _ in range(passes):
-        model(context, cache=KVCache(model.config.n_layer, state=state), window=window)  # a fresh attention cache
+        model(context, cache=model.new_cache(state), window=window)  # a fresh attention cache
         for m in memories:
             state[m.name].restart()
     for m in memories:
         state[m.name].chunk = m.chunk
-    return KVCache(model.config.n_layer, state=state)
+    return model.new_cache(state)

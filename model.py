@@ -7,13 +7,10 @@ The model: tied token embedding, pre-norm blocks of causal multi-head self-atten
 a final RMSNorm. There is no learned position table, so the model runs on sequences of any length; whatever it
 knows about order comes from its positional module and the causal mask.
 
-The positional interface. Every attention layer owns one positional module, made by the factory registered under
-the config's `pe` name:
+The positional interface. Every attention layer owns one positional module, made by the factory that the table
+POSITIONAL below lists under the config's `pe` name, next to the file that teaches it:
 
-    register_positional(name, factory, stage_defaults=None)
-        factory(config, layer_idx) -> nn.Module
-        stage_defaults(init_ckpt) -> dict   optional: train.py option defaults for a stage that starts from a
-                                            checkpoint with this method (DroPE's recalibration schedule)
+    factory(config, layer_idx) -> module
     module(q, k, h, pos) -> (q, k)
 
         q, k  [B, H, T, D]  this layer's queries and keys for the T new tokens
@@ -24,15 +21,13 @@ The module returns transformed q and k; the model then takes softmax(q·kᵀ/sqr
 are transformed before they enter the KV cache, so a module whose output for token t depends only on tokens ≤ t
 gives the same result with and without the cache. Rotations (RoPE, RePo), the identity (NoPE, DroPE) and a
 scale of the logits (DroPE's β, YaRN's attention factor: multiply q, or q and k) all fit this shape. A module may
-own parameters (RePo's position network); they are part of the model's state dict.
+own parameters (RePo's position network); they are part of the model's state dict. A method may also set
+train.py's defaults for a stage that starts from a checkpoint (STAGE_DEFAULTS: DroPE's recalibration schedule).
+Adding a method is writing its file and one line in the table; the method files do not import this one.
 
-Method files register themselves on import: rope.py registers "rope", drope.py "drope", repo.py "repo" and
-"rope_nope", and this file "nope" and "abs" (learned absolute positions, the classic baseline). The files listed in
-METHOD_FILES are imported when a model is built.
-
-The sublayer interface, for memories (fwpkm.py: static PKM and FwPKM). A factory registered with
-register_sublayer(factory) is asked for every layer; where it returns a module, that module is an extra residual
-sublayer before the layer's attention:
+The sublayer interface, for memories (fwpkm.py: static PKM and FwPKM) and the learned absolute positions of
+"abs". Every factory in SUBLAYERS is asked for every layer; where it returns a module, that module is an extra
+residual sublayer before the layer's attention:
 
     factory(config, layer_idx) -> nn.Module or None
     module(x, pos, cache) -> [B, T, C]   added to the residual stream x [B, T, C]; pos as above; cache: the
@@ -46,7 +41,6 @@ the W−1 tokens before it. The plain path builds a dense [T, T] mask for SDPA; 
 mask computes only the blocks inside the window (tests check that both agree).
 """
 import functools
-import importlib
 import math
 from dataclasses import dataclass, asdict
 
@@ -56,51 +50,10 @@ import torch.nn.functional as F
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 import kernels
-
-METHOD_FILES = ("rope", "drope", "repo", "fwpkm")  # modules that call register_positional when imported
-_POSITIONAL = {}                  # name -> factory(config, layer_idx) -> nn.Module
-_STAGE_DEFAULTS = {}              # name -> stage_defaults(init_ckpt) -> dict of train.py option defaults
-_SUBLAYERS = []                   # factory(config, layer_idx) -> nn.Module or None
-
-
-def register_positional(name, factory, stage_defaults=None):
-    _POSITIONAL[name] = factory
-    if stage_defaults is not None:
-        _STAGE_DEFAULTS[name] = stage_defaults
-
-
-def register_sublayer(factory):
-    _SUBLAYERS.append(factory)
-
-
-def positional_choices():
-    for module in METHOD_FILES:
-        importlib.import_module(module)
-    return sorted(_POSITIONAL)
-
-
-def make_positional(config, layer_idx):
-    choices = positional_choices()
-    if config.pe not in choices:
-        raise ValueError(f"unknown positional encoding pe={config.pe!r}; valid choices: {', '.join(choices)}")
-    return _POSITIONAL[config.pe](config, layer_idx)
-
-
-def stage_defaults(pe, init_ckpt):
-    """Training-option defaults the method `pe` sets for a stage started from the checkpoint init_ckpt ({} if none)."""
-    positional_choices()
-    return _STAGE_DEFAULTS[pe](init_ckpt) if pe in _STAGE_DEFAULTS else {}
-
-
-class NoPositionalEncoding(nn.Module):
-    """NoPE: q and k pass through unchanged; the causal mask is the only order signal (Kazemnejad et al. 2023)."""
-
-    def forward(self, q, k, h, pos):
-        return q, k
-
-
-register_positional("nope", lambda config, layer_idx: NoPositionalEncoding())
-
+from drope import DroppedPositionalEncoding, recalibration_defaults
+from fwpkm import memory_layer
+from repo import repo_layer, rope_nope_layer
+from rope import NoPositionalEncoding, RotaryEmbedding
 
 class LearnedPositions(nn.Module):
     """"abs": GPT-2's learned absolute position table, added to the residual stream before the first block (a
@@ -115,8 +68,33 @@ class LearnedPositions(nn.Module):
         return self.table(pos.clamp_max(self.table.num_embeddings - 1))  # [T, C], the same for every row
 
 
-register_positional("abs", lambda config, layer_idx: NoPositionalEncoding())
-register_sublayer(lambda config, layer_idx: LearnedPositions(config) if config.pe == "abs" and layer_idx == 0 else None)
+POSITIONAL = {  # --pe name -> factory(config, layer_idx) -> the layer's positional module      where it is taught
+    "rope": lambda config, layer_idx: RotaryEmbedding(config),                                 # rope.py
+    "nope": lambda config, layer_idx: NoPositionalEncoding(),                                  # rope.py
+    "abs": lambda config, layer_idx: NoPositionalEncoding(),  # + LearnedPositions (SUBLAYERS)   this file
+    "drope": lambda config, layer_idx: DroppedPositionalEncoding(config),                      # drope.py
+    "repo": repo_layer,                                                                        # repo.py
+    "rope_nope": rope_nope_layer,  # RePo's control: the same layer split without learned positions   repo.py
+}
+STAGE_DEFAULTS = {  # --pe name -> train.py option defaults for a stage that starts from a checkpoint
+    "drope": recalibration_defaults,                                                           # drope.py
+}
+SUBLAYERS = (  # factory(config, layer_idx) -> an extra residual sublayer before attention, or None
+    lambda config, layer_idx: LearnedPositions(config) if config.pe == "abs" and layer_idx == 0 else None,
+    memory_layer,                                                                              # fwpkm.py
+)
+
+
+def make_positional(config, layer_idx):
+    if config.pe not in POSITIONAL:
+        raise ValueError(f"unknown positional encoding pe={config.pe!r}; valid choices: "
+                         f"{', '.join(sorted(POSITIONAL))}")
+    return POSITIONAL[config.pe](config, layer_idx)
+
+
+def stage_defaults(pe, init_ckpt):
+    """Training-option defaults the method `pe` sets for a stage started from the checkpoint init_ckpt ({} if none)."""
+    return STAGE_DEFAULTS[pe](init_ckpt) if pe in STAGE_DEFAULTS else {}
 
 
 @dataclass
@@ -126,7 +104,7 @@ class GPTConfig:
     n_layer: int = 4               # transformer blocks
     n_head: int = 4                # attention heads per block
     n_embd: int = 128              # residual width C; head dim D = C / n_head
-    pe: str = "rope"               # positional module registered under this name
+    pe: str = "rope"               # positional encoding: a name in the table POSITIONAL (model.py)
     rope_base: float = 10000.0     # RoPE base b, θ_i = b^(−2i/D)
     rope_scaling: str = None       # evaluation-time context extension: None, pi, ntk, dyn_ntk, yarn (rope.py)
     rope_factor: float = 1.0       # s = eval length / block_size for the scaling
@@ -274,8 +252,8 @@ class Block(nn.Module):
     def __init__(self, config, layer_idx):
         super().__init__()
         self.attn_norm = nn.RMSNorm(config.n_embd)
-        self.attn = CausalSelfAttention(config, layer_idx)  # imports the method files, which register sublayers
-        self.sublayers = nn.ModuleList(m for factory in _SUBLAYERS if (m := factory(config, layer_idx)) is not None)
+        self.attn = CausalSelfAttention(config, layer_idx)
+        self.sublayers = nn.ModuleList(m for factory in SUBLAYERS if (m := factory(config, layer_idx)) is not None)
         self.mlp_norm = nn.RMSNorm(config.n_embd)
         self.mlp = MLP(config)
 
@@ -312,6 +290,10 @@ class GPT(nn.Module):
         model = cls(GPTConfig(**{**ckpt["model_config"], **changes}))
         model.load_state_dict(ckpt["model"])
         return model.to(device).eval()
+
+    def new_cache(self, state=None):
+        """An empty KVCache; state: the sublayers' per-sequence state to start from (FwPKM's fast weights)."""
+        return KVCache(self.config.n_layer, state)
 
     def num_params(self):
         return sum(p.numel() for p in self.parameters())

@@ -115,7 +115,7 @@ arm nope           $N             "--pe nope"                                  "
 # "DroPE learned it again without positions"
 kept rope_at_late $LATE
 kept rope_at_half $HALF
-# DroPE with beta = 1 + c ln(s): c fitted by drope.py, the paper's c = 0.412 (0.5B from scratch), and no beta
+# DroPE with beta = 1 + c ln(s): c fitted by drope_fit.py, the paper's c = 0.412 (0.5B from scratch), and no beta
 arm drope_late     $(( N - LATE )) "--pe drope $(stage $LATE $(( N - LATE )))"  "--logit_scale_c fitted,0.412,0" rope
 arm drope_half     $(( N - HALF )) "--pe drope $(stage $HALF $(( N - HALF )))"  "--logit_scale_c fitted,0.412,0" rope
 arm repo_cont      $(( N - LATE )) "--pe repo $(stage $LATE $(( N - LATE )))"   "" rope
@@ -142,7 +142,7 @@ fi
 # ---------------------------------------------------------------------------------------------------------------
 # The plan and the time it should take: training steps at SEC_PER_STEP, evaluation settings (a RoPE scaling, a
 # DroPE beta, a number of FwPKM reads) at SEC_PER_EVAL, ~10 s of start-up per arm, JOBS arms at a time. Memory arms
-# step 1.1-1.4x slower than RoPE (bench.py) and drope.py's fits take minutes; the estimate leaves both out.
+# step 1.1-1.4x slower than RoPE (bench.py) and drope_fit.py's fits take minutes; the estimate leaves both out.
 hms() { printf "%dh%02dm%02ds" $(( $1 / 3600 )) $(( $1 % 3600 / 60 )) $(( $1 % 60 )); }
 echo "$COMMAND: $CONFIG, $N steps per arm, $JOBS arm(s) at a time; checkpoints in $OUT/, results in $RES/"
 printf "  %-15s %6s  %-46s %s\n" arm steps "starts from" "evaluation (eval_niah.py)"
@@ -182,9 +182,9 @@ do_arm() {
             --eval_interval $(( every > 0 ? every : 1 )) ${TRAIN[$arm]} "${SEED_TRAIN[@]}" "${SMOKE_TRAIN[@]}" \
             "${resume[@]}"
     fi
-    # drope.py stores c in the checkpoint and then writes beta_fit.png: a figure newer than the checkpoint means done
+    # drope_fit.py stores c in the checkpoint and then writes beta_fit.png: a figure newer than the checkpoint means done
     if [[ ${TRAIN[$arm]} == "--pe drope "* && ! $dir/beta_fit.png -nt $dir/ckpt.pt ]]; then
-        run python drope.py --ckpt "$dir/ckpt.pt" "${SMOKE_FIT[@]}"
+        run python drope_fit.py --ckpt "$dir/ckpt.pt" "${SMOKE_FIT[@]}"
     fi
     if [[ $RES/$arm/results.json -nt $ckpt ]]; then
         echo "evaluated already: $RES/$arm/results.json"

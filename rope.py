@@ -1,5 +1,6 @@
 """
-Rotary position embedding (RoPE) and the context-extension scalings PI, NTK-aware, dynamic NTK and YaRN.
+Rotary position embedding (RoPE) and the context-extension scalings PI, NTK-aware, dynamic NTK and YaRN; and
+NoPE, the absence of any positional encoding, at the end.
 
 Papers: RoFormer (Su et al. 2021, arXiv 2104.09864); Position Interpolation (Chen et al. 2023, arXiv 2306.15595);
 NTK-aware scaling (bloc97, 2023); YaRN (Peng et al. 2023, arXiv 2309.00071).
@@ -51,7 +52,6 @@ import torch
 import torch.nn as nn
 
 from kernels import use_kernels
-from model import register_positional
 
 SCALINGS = ("pi", "ntk", "dyn_ntk", "yarn")  # the context-extension methods; None = plain RoPE
 YARN_BETA_FAST = 32.0  # pairs turning more than this many times over the training context are left untouched
@@ -177,4 +177,8 @@ class RotaryEmbedding(nn.Module):
         return apply_rotation(q, cos, sin), apply_rotation(k, cos, sin)
 
 
-register_positional("rope", lambda config, layer_idx: RotaryEmbedding(config))
+class NoPositionalEncoding(nn.Module):
+    """NoPE: q and k pass through unchanged; the causal mask is the only order signal (Kazemnejad et al. 2023)."""
+
+    def forward(self, q, k, h, pos):
+        return q, k

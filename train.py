@@ -37,11 +37,11 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from cli import ArgumentParser, check_minimum, check_writable_dir, load_checkpoint, resolve_device
+from cli import DEVICE_HELP, ArgumentParser, check_minimum, check_writable_dir, load_checkpoint, resolve_device
 from data.format import PREPARE_COMMANDS, dataset_dir, get_batch, load_meta, load_tokenizer, load_tokens, write_atomic
 from data.niah import make_drill
 from kernels import check_available
-from model import GPT, GPTConfig, format_health, positional_choices, stage_defaults
+from model import GPT, GPTConfig, POSITIONAL, format_health, stage_defaults
 from plots import plt, save_figure
 
 # The model's options are GPTConfig's fields, with its defaults and its comments as help (model.py declares each once);
@@ -82,15 +82,15 @@ OPTIONS = {  # name: (default, help); the defaults are the CPU default run
     "log_interval": (25, "steps between progress lines"),
     "keep_iters": ("", "comma list of iterations at which to also keep out_dir/ckpt_<iter>.pt (e.g. drop points)"),
     # system
-    "device": ("auto", "auto (cuda if available), cpu, cuda, cuda:1, mps"),
+    "device": ("auto", DEVICE_HELP),
     "dtype": ("auto", "auto (bfloat16 on cuda, float32 elsewhere), float32, bfloat16"),
     "compile": (False, "torch.compile the model"),
     "seed": (1337, "seeds the initialisation and the batch stream"),
 }
 DEFAULTS = {name: default for name, (default, _) in OPTIONS.items()}
 AT_LEAST_ONE = ("n_layer", "n_head", "n_embd", "block_size", "memory_n_sub", "memory_topk", "memory_key_dim",
-                "memory_value_dim", "memory_query_span", "memory_chunk", "batch_size", "grad_accum", "max_iters", "eval_interval",
-                "eval_iters", "log_interval")
+                "memory_value_dim", "memory_query_span", "memory_chunk", "batch_size", "grad_accum", "max_iters",
+                "eval_interval", "eval_iters", "log_interval")
 AT_LEAST_ZERO = ("warmup_iters", "lr", "min_lr", "weight_decay", "grad_clip", "swa_window", "seed")
 FRACTIONS = ("niah_mix", "swa_prob")
 
@@ -112,8 +112,8 @@ def parse_args(argv=None):
     opts = {**DEFAULTS, **explicit}
     if opts["out_dir"] is None:
         opts["out_dir"] = os.path.join("out", opts["pe"])
-    if opts["pe"] not in positional_choices():
-        parser.error(f"unknown --pe {opts['pe']!r}; valid choices: {', '.join(positional_choices())}")
+    if opts["pe"] not in POSITIONAL:
+        parser.error(f"unknown --pe {opts['pe']!r}; valid choices: {', '.join(sorted(POSITIONAL))}")
     try:
         opts["keep_iters"] = sorted({int(x) for x in str(opts["keep_iters"]).split(",") if x})
     except ValueError:
@@ -431,7 +431,8 @@ def load_data(o, explicit, init, env):
 def build(o, config, resumed, init, env):
     """The run: model, optimizer, loss history and batch stream, fresh, from a stage's checkpoint, or resumed."""
     torch.manual_seed(o["seed"])
-    run = SimpleNamespace(o=o, config=config, env=env, model=GPT(config), ckpt_path=os.path.join(o["out_dir"], "ckpt.pt"),
+    run = SimpleNamespace(o=o, config=config, env=env, model=GPT(config),
+                          ckpt_path=os.path.join(o["out_dir"], "ckpt.pt"),
                           history={"iter": [], "train_loss": [], "grad_norm": [], "eval_iter": [], "val_loss": []},
                           start_iter=0, seconds_before=0.0, saved_at=None, t_start=time.time())
     run.data_gen = torch.Generator().manual_seed(o["seed"])  # the train-batch stream; its state is the data position
@@ -543,7 +544,8 @@ def progress_line(run, it, loss, interval):
     eta = interval["seconds"] / interval["steps"] * (run.o["max_iters"] - it - 1)
     mfu = ""
     if run.env.device_type == "cuda":
-        flops_per_token = 6 * run.model.num_params() + 12 * run.config.n_layer * run.config.n_embd * run.config.block_size
+        c = run.config
+        flops_per_token = 6 * run.model.num_params() + 12 * c.n_layer * c.n_embd * c.block_size
         peak_flops = 989e12 if run.env.dtype == "bfloat16" else 67e12  # H100 SXM dense bf16 / fp32
         mfu = f" | MFU {100 * rate * flops_per_token / (peak_flops * run.env.world):.1f}%"
     return (f"iter {it + 1}/{run.o['max_iters']} | loss {loss:.4f} | lr {lr_at(it, run.o):.2e} | "

@@ -13,14 +13,14 @@ import pytest
 import torch
 
 import bench
-import drope
+import drope_fit
 import eval_niah
-import repo
+import repo_positions
 import train
 from data.format import write_atomic
 from tests.test_train import ROOT, TINY
 
-PROGRAMS = {"train.py": train.main, "eval_niah.py": eval_niah.main, "drope.py": drope.main, "repo.py": repo.main,
+PROGRAMS = {"train.py": train.main, "eval_niah.py": eval_niah.main, "drope_fit.py": drope_fit.main, "repo_positions.py": repo_positions.main,
             "bench.py": bench.main}
 NO_SUCH_GPU = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
 
@@ -84,17 +84,17 @@ CASES = [
     case("eval_niah.py", ["--ckpt", f"{W}/good/ckpt.pt", "--logit_scale_c", "0.4"],
          "--logit_scale_c applies only to DroPE models"),
     case("eval_niah.py", ["--ckpt", f"{W}/good/ckpt.pt", "--iters", "3"], "--iters applies only to models with FwPKM"),
-    *(case("drope.py", ["--ckpt", f"{W}/good/ckpt.pt", f"--{name}", "0"], f"--{name} 0 must be at least 1")
+    *(case("drope_fit.py", ["--ckpt", f"{W}/good/ckpt.pt", f"--{name}", "0"], f"--{name} 0 must be at least 1")
       for name in ("rows", "batch_size")),
-    case("repo.py", ["--ckpt", f"{W}/good/ckpt.pt", "--length", "-5"], "--length -5 must be at least 0"),
+    case("repo_positions.py", ["--ckpt", f"{W}/good/ckpt.pt", "--length", "-5"], "--length -5 must be at least 0"),
     case("bench.py", ["--warmup", "-1"], "--warmup -1 must be at least 0"),
     case("eval_niah.py", ["--ckpt", f"{W}/good/ckpt.pt", "--wordings", "seen,all"],
          "unknown --wordings ['all']; valid choices: seen, heldout"),
     *(case(program, ["--ckpt", f"{W}/{bad}"], f"{bad} is not a valid checkpoint")
-      for program in ("eval_niah.py", "drope.py", "repo.py") for bad in ("truncated/ckpt.pt", "random.pt", "pickled.pt")),
-    case("drope.py", ["--ckpt", f"{W}/good/ckpt.pt", "--betas", "abc"], "--betas 'abc'"),
-    case("drope.py", ["--ckpt", f"{W}/good/ckpt.pt", "--betas", "2,1,0.1"], "--betas '2,1,0.1'"),
-    case("repo.py", ["--ckpt", f"{W}/missing.pt"], "missing.pt"),
+      for program in ("eval_niah.py", "drope_fit.py", "repo_positions.py") for bad in ("truncated/ckpt.pt", "random.pt", "pickled.pt")),
+    case("drope_fit.py", ["--ckpt", f"{W}/good/ckpt.pt", "--betas", "abc"], "--betas 'abc'"),
+    case("drope_fit.py", ["--ckpt", f"{W}/good/ckpt.pt", "--betas", "2,1,0.1"], "--betas '2,1,0.1'"),
+    case("repo_positions.py", ["--ckpt", f"{W}/missing.pt"], "missing.pt"),
     case("bench.py", ["--arms", "rope+n_layer=abc"], "n_layer='abc'"),
 ]
 
@@ -126,7 +126,7 @@ def test_bad_input_is_one_line_and_changes_nothing(workspace, program, args, nam
 
 
 @pytest.mark.parametrize("argv", [["train.py", "--block_size", "0"], ["eval_niah.py", "--ckpt", "random.pt"],
-                                  ["drope.py", "--ckpt", "good/ckpt.pt", "--betas", "abc"]], ids=lambda a: a[0])
+                                  ["drope_fit.py", "--ckpt", "good/ckpt.pt", "--betas", "abc"]], ids=lambda a: a[0])
 def test_command_line_prints_one_line_without_traceback(workspace, argv):
     done = subprocess.run([sys.executable, os.path.join(ROOT, argv[0]), *argv[1:]], cwd=workspace,
                           capture_output=True, text=True, timeout=600)

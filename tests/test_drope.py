@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import drope
+import drope_fit
 import eval_niah
 import model as model_module
 import train
@@ -120,7 +121,7 @@ def test_fitted_c_is_stored_reloaded_and_overridable(tmp_path, tiny_data, rope_c
     run(tmp_path, tiny_data, "--pe", "drope", "--init_from", str(rope_ckpt), "--max_iters", "2")
     path = str(tmp_path / "run" / "ckpt.pt")
     # as a user runs it: a script whose classes are __main__'s, while model.py builds layers from drope's
-    done = subprocess.run([sys.executable, "drope.py", "--ckpt", path, "--lengths", "2,4", "--betas", "0.6,2.0,0.2",
+    done = subprocess.run([sys.executable, "drope_fit.py", "--ckpt", path, "--lengths", "2,4", "--betas", "0.6,2.0,0.2",
                            "--rows", "4"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     ckpt = load(tmp_path)
@@ -138,13 +139,13 @@ def test_fitted_c_is_stored_reloaded_and_overridable(tmp_path, tiny_data, rope_c
     model = eval_niah.load_model(ckpt, fit, 64, "cpu")
     assert all(m.c == c for m in model.modules() if isinstance(m, drope.DroppedPositionalEncoding))
     with pytest.raises(SystemExit, match="pe='rope'"):
-        drope.main(["--ckpt", str(rope_ckpt)])
+        drope_fit.main(["--ckpt", str(rope_ckpt)])
 
 
 def test_train_rejects_unknown_pe_naming_drope():
     with pytest.raises(SystemExit):
         train.parse_args(["--pe", "dope"])
-    assert "drope" in model_module.positional_choices()
+    assert "drope" in model_module.POSITIONAL
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -99,7 +99,7 @@ def test_positional_plugin_sees_hidden_state_and_positions(monkeypatch):
             seen.setdefault("calls", []).append((q.shape, h.shape, pos.tolist()))
             return q, k
 
-    monkeypatch.setitem(model_module._POSITIONAL, "test_recorder", lambda config, layer_idx: Recorder())
+    monkeypatch.setitem(model_module.POSITIONAL, "test_recorder", lambda config, layer_idx: Recorder())
     model = tiny_model(pe="test_recorder")
     cache = KVCache(TINY["n_layer"])
     with torch.no_grad():

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 import eval_niah
 import repo
+import repo_positions
 from model import GPT, GPTConfig
 from rope import RotaryEmbedding
 from tests.test_model import check_kv_cache
@@ -53,7 +54,7 @@ def test_position_network_is_a_gated_projection_to_one_position_per_head():
 
 def test_positions_are_per_head_and_move(monkeypatch):
     model = repo_model()
-    z = repo.learned_positions(model, torch.randint(64, (20,)).tolist())
+    z = repo_positions.learned_positions(model, torch.randint(64, (20,)).tolist())
     assert sorted(z) == [0, 1, 2] and z[0].shape == (2, 20), f"layers {sorted(z)}, z[0] of shape {z[0].shape}"
     assert z[0].std() > 1, f"positions must depend on the content: std {z[0].std():.4f} over tokens and heads"
 
@@ -110,7 +111,7 @@ def test_yarn_applies_to_learned_positions():
 
 def test_position_stats():
     z = torch.stack((torch.arange(10.0), torch.tensor([0.0, 1, 1, 5, 5, 5, 2, 2, 9, 9])))
-    a, b = repo.position_stats(z)
+    a, b = repo_positions.position_stats(z)
     assert a == {"spread": 9.0, "monotone": 1.0, "corr": pytest.approx(1.0)}
     assert b["spread"] == 9.0 and b["monotone"] == pytest.approx(8 / 9) and 0 < b["corr"] < 1
 
@@ -126,11 +127,11 @@ def test_continue_from_rope_gets_fresh_position_network(tmp_path, tiny_data, cap
     args = argparse.Namespace(scaling=[None, "yarn"], iters=[1], logit_scale_c=["fitted"])
     ckpt = torch.load(tmp_path / "repo" / "ckpt.pt", weights_only=True)
     assert [label for label, _, _ in eval_niah.settings(ckpt, "repo", args)] == ["repo", "repo+yarn"]
-    positions = repo.main(["--ckpt", str(tmp_path / "repo" / "ckpt.pt"), "--length", "128"])
+    positions = repo_positions.main(["--ckpt", str(tmp_path / "repo" / "ckpt.pt"), "--length", "128"])
     assert sorted(positions) == [0, 1, 2] and (tmp_path / "repo" / "positions.png").stat().st_size > 1000
-    done = subprocess.run([sys.executable, "repo.py", "--ckpt", str(tmp_path / "repo" / "ckpt.pt"), "--length", "128",
+    done = subprocess.run([sys.executable, "repo_positions.py", "--ckpt", str(tmp_path / "repo" / "ckpt.pt"), "--length", "128",
                            "--layers", "2", "--out", str(tmp_path / "one.png")],
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.count("layer 2 head") == 2, done.stderr  # as a user runs it
     with pytest.raises(SystemExit, match="pe='rope'"):
-        repo.main(["--ckpt", str(tmp_path / "rope" / "ckpt.pt")])
+        repo_positions.main(["--ckpt", str(tmp_path / "rope" / "ckpt.pt")])

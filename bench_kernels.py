@@ -2,8 +2,8 @@
 The fast paths of kernels/ against the plain code they replace, side by side in one process on a GPU: the rotary
 (kernels/rotary.py vs rope.py), then the memories' read and FwPKM's write (kernels/pkm.py vs fwpkm.py).
 
-    python kernels/bench.py                      # B=8, H=12, D=64, T = 1024, 2048, 4096, bf16, an H100 SXM's peak
-    python kernels/bench.py --peak_gbps 4800     # an H200's peak bandwidth
+    python bench_kernels.py                      # B=8, H=12, D=64, T = 1024, 2048, 4096, bf16, an H100 SXM's peak
+    python bench_kernels.py --peak_gbps 4800     # an H200's peak bandwidth
 
 Each case is a forward and backward pass of the rotation of q and k [B, H, T, D] (views with the model's strides),
 for RoPE's positions (token indices [T], no gradient) and RePo's (real-valued [B, H, T], with gradient). Printed per
@@ -28,13 +28,9 @@ memory the call allocates beyond its inputs (writes). The value tables are large
 4 GiB at the defaults), and a dense gradient of one is as large, for both paths alike.
 """
 import argparse
-import os
-import sys
 
 import torch
 import torch.nn.functional as F
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 
 from rope import apply_rotation, rope_frequencies, rotation
 
@@ -154,7 +150,7 @@ def bench_memories(args, triton_testing):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="kernels/bench.py", description=__doc__,
+    p = argparse.ArgumentParser(prog="bench_kernels.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--n_head", type=int, default=12)
@@ -171,7 +167,7 @@ def main(argv=None):
     p.add_argument("--memory_chunk", type=int, default=32, help="FwPKM's write chunk C")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
-        raise SystemExit("kernels/bench.py needs a CUDA GPU and there is none here; tests/test_kernels*.py check the "
+        raise SystemExit("bench_kernels.py needs a CUDA GPU and there is none here; tests/test_kernels*.py check the "
                          "kernels on the CPU")
     # imported only now: triton comes with torch's CUDA builds, and this machine has CUDA
     import triton.testing

@@ -1,0 +1,83 @@
+"""
+DroPE's step 4: fit c of the logit scale beta = 1 + c·ln(s) on held-out text, and store it in the checkpoint.
+
+    python drope_fit.py --ckpt out/drope/ckpt.pt     # the DroPE recipe of drope.py; then eval_niah.py uses "fitted"
+
+For each length s·L (--lengths) the held-out loss is searched over beta (drope.search_beta: a grid, extended past
+an end while the best sits there, then refined), and c is the least-squares fit through the best betas
+(drope.fit_c). The checkpoint gets model_config["logit_scale_c"] = c and the curves; beta_fit.png is written
+beside it.
+"""
+import argparse
+import os
+
+import numpy as np
+import torch
+
+from cli import DEVICE_HELP, ArgumentParser, check_minimum, load_checkpoint, parse_list, resolve_device
+from data.format import checkpoint_data_dir, get_batch, load_tokens, write_atomic
+from drope import BETA_LIMITS, fit_c, logit_scale, loss_at, plot_fit, search_beta
+from model import GPT
+
+
+def main(argv=None):
+    p = ArgumentParser(prog="drope_fit.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", required=True, help="a DroPE checkpoint (train.py --pe drope); c is written into it")
+    p.add_argument("--lengths", default="2,4,8", help="context lengths, as multiples (> 1) of the training length")
+    p.add_argument("--betas", default="0.8,2.5,0.05", help="the first beta grid: start,stop,step (stop included); "
+                   "extended past an end while the best is there, then refined around the best")
+    p.add_argument("--rows", type=int, default=32, help="held-out sequences per length (the same for every beta)")
+    p.add_argument("--batch_size", type=int, default=8, help="sequences per forward pass")
+    p.add_argument("--data_dir", default=None, help="held-out data; default: the checkpoint's dataset")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--seed", type=int, default=0, help="which held-out windows")
+    args = p.parse_args(argv)
+    check_minimum(args, 1, ("rows", "batch_size"))
+    check_minimum(args, 0, ("seed",))
+    multiples = parse_list(args.lengths, float, "lengths")
+    if not min(multiples) > 1:
+        raise SystemExit(f"error: --lengths {args.lengths!r} must be multiples > 1 of the training length")
+    grid = parse_list(args.betas, float, "betas")
+    if len(grid) != 3 or not 0 < grid[0] < grid[1] or not grid[2] > 0:
+        raise SystemExit(f"error: --betas {args.betas!r} must be start,stop,step with 0 < start < stop and step > 0, "
+                         f"e.g. 0.8,2.5,0.05")
+    start, stop, step = grid
+    betas = np.round(np.arange(start, stop + step / 2, step), 6).tolist()
+    args.device = resolve_device(args.device)
+    ckpt = load_checkpoint(args.ckpt)
+    if ckpt["model_config"]["pe"] != "drope":
+        raise SystemExit(f"error: {args.ckpt} has pe={ckpt['model_config']['pe']!r}; beta is fitted for pe='drope'")
+    val = load_tokens(checkpoint_data_dir(ckpt, args.data_dir), "val")
+    model = GPT.from_checkpoint(ckpt, args.device)
+    train_len = model.config.block_size
+
+    batches = {m: [t.to(args.device) for t in get_batch(val, args.rows, int(m * train_len),
+                                                         torch.Generator().manual_seed(args.seed))]
+               for m in multiples}  # [rows, length] inputs and targets per length
+    curves, best, interior = [], [], []
+    for m in multiples:
+        beta, tried, inside = search_beta(lambda b: loss_at(model, *batches[m], b, args.batch_size), betas, step)
+        curves.append(sorted(tried.items()))
+        best.append(beta)
+        interior.append(inside)
+        unscaled = loss_at(model, *batches[m], 1.0, args.batch_size)
+        where = "interior" if inside else f"AT THE EDGE of the search ({BETA_LIMITS[0]}-{BETA_LIMITS[1]})"
+        print(f"{m:g}x ({int(m * train_len)} tokens): loss {unscaled:.4f} at beta 1, best {tried[beta]:.4f} at beta "
+              f"{beta:.3f} ({where}; {len(tried)} betas tried, {min(tried):g}-{max(tried):g})", flush=True)
+    c = fit_c(multiples, best)
+    fitted = [loss_at(model, *batches[m], logit_scale(c, m, 1), args.batch_size) for m in multiples]
+    print(f"fitted c = {c:.4f}: beta = " + ", ".join(f"{logit_scale(c, m, 1):.3f} at {m:g}x (loss {f:.4f})"
+                                                    for m, f in zip(multiples, fitted)))
+
+    ckpt["model_config"]["logit_scale_c"] = c
+    ckpt["logit_scale_fit"] = {"multiples": multiples, "curves": curves, "best_betas": best, "interior": interior,
+                               "c": c, "rows": args.rows, "seed": args.seed}
+    write_atomic(args.ckpt, lambda tmp: torch.save(ckpt, tmp))
+    figure = os.path.join(os.path.dirname(args.ckpt), "beta_fit.png")
+    plot_fit(multiples, curves, c, figure)
+    print(f"stored c in {args.ckpt}; wrote {figure}")
+    return c
+
+
+if __name__ == "__main__":
+    main()
