@@ -55,6 +55,7 @@ from fwpkm import memory_layer
 from repo import repo_layer, rope_nope_layer
 from rope import NoPositionalEncoding, RotaryEmbedding
 
+
 class LearnedPositions(nn.Module):
     """"abs": GPT-2's learned absolute position table, added to the residual stream before the first block (a
     sublayer of layer 0; attention itself is NoPE). The classic baseline, and the reference of bench.py's speed
@@ -71,10 +72,10 @@ class LearnedPositions(nn.Module):
 POSITIONAL = {  # --pe name -> factory(config, layer_idx) -> the layer's positional module      where it is taught
     "rope": lambda config, layer_idx: RotaryEmbedding(config),                                 # rope.py
     "nope": lambda config, layer_idx: NoPositionalEncoding(),                                  # rope.py
-    "abs": lambda config, layer_idx: NoPositionalEncoding(),  # + LearnedPositions (SUBLAYERS)   this file
+    "abs": lambda config, layer_idx: NoPositionalEncoding(),  # and LearnedPositions below     model.py
     "drope": lambda config, layer_idx: DroppedPositionalEncoding(config),                      # drope.py
     "repo": repo_layer,                                                                        # repo.py
-    "rope_nope": rope_nope_layer,  # RePo's control: the same layer split without learned positions   repo.py
+    "rope_nope": rope_nope_layer,  # RePo's control: its layer split, no learned positions    repo.py
 }
 STAGE_DEFAULTS = {  # --pe name -> train.py option defaults for a stage that starts from a checkpoint
     "drope": recalibration_defaults,                                                           # drope.py
