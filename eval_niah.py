@@ -197,6 +197,26 @@ def cell_samples(enc, val, seed, variant, haystack, wordings, length, depth, n):
                         choices[(d * n + i) % len(choices)]) for i in range(n)]
 
 
+PROBE_DEPTHS = (0.25, 0.5, 0.75)  # the training probe's needle depths
+PROBE_PER_DEPTH = 4               # samples per depth: 12 in all, one batch, seconds on a CPU
+
+
+def probe_samples(enc, val, length):
+    """The samples of the probe train.py runs at every evaluation of a retrieval run: single needles in the
+    validation haystack at the training length, in held-out wordings, the same at every evaluation."""
+    return [s for d, depth in enumerate(PROBE_DEPTHS)
+            for s in cell_samples(enc, val, 0, "single", "val", "heldout", length, (d, depth), PROBE_PER_DEPTH)]
+
+
+@torch.no_grad()
+def probe(model, samples, enc, device):
+    """(exact match %, needle attention %) of model on the probe's samples: greedy answers as eval_niah.py scores
+    them, and the most attention any layer's answer query puts on the needle (mean over heads and samples). The
+    lookup appearing shows as both rising together: an induction head forming."""
+    exact, _, attention, _ = score_batch(model, samples, enc, device)
+    return 100 * float(np.mean(exact)), 100 * max(stats[0] for stats in attention.values())
+
+
 def evaluate(ckpt_path, ckpt, args, device):
     """Yields one result dict per (scaling, variant, haystack, wordings, length, depth) for the checkpoint ckpt."""
     config = ckpt["model_config"]

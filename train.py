@@ -41,6 +41,7 @@ from cli import DEVICE_HELP, ArgumentParser, check_minimum, check_writable_dir, 
 from data.format import PREPARE_COMMANDS, dataset_dir, get_batch, load_meta, load_tokenizer, load_tokens, write_atomic
 from data.niah import make_drill
 from kernels import check_available
+from eval_niah import probe, probe_samples
 from model import GPT, GPTConfig, POSITIONAL, format_health, stage_defaults
 from plots import plt, save_figure
 
@@ -298,7 +299,10 @@ def estimate_loss(model, splits, o, ctx, device):
 
 
 def plot_losses(history, path, title):
-    fig, ax = plt.subplots(figsize=(6, 4))
+    """The loss curves; in a retrieval run, a second panel with the NIAH probe: where the lookup appears."""
+    probed = bool(history["probe_iter"])
+    fig, axes = plt.subplots(1, 2 if probed else 1, figsize=(11 if probed else 6, 4), squeeze=False)
+    ax = axes[0][0]
     ax.plot(history["iter"], history["train_loss"], label="train: each step's batch", alpha=0.7, lw=0.8)
     # points, not a line: the first interval would otherwise be drawn as a straight drop the model never took
     ax.plot(history["eval_iter"], history["val_loss"], "o", label="validation: held-out batches")
@@ -311,6 +315,16 @@ def plot_losses(history, path, title):
     ax.set_title(title)
     ax.legend()
     ax.grid(alpha=0.3)
+    if probed:
+        ax = axes[0][1]
+        ax.plot(history["probe_iter"], history["probe_exact"], "o-", label="exact match (held-out wordings)")
+        ax.plot(history["probe_iter"], history["probe_needle"], "s--", label="attention on the needle (best layer)")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("%")
+        ax.set_ylim(-3, 103)
+        ax.set_title("NIAH probe at the training length")
+        ax.legend()
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     save_figure(fig, path)
 
@@ -415,8 +429,8 @@ def check_inputs(o, explicit, env):
 
 
 def load_data(o, explicit, init, env):
-    """The model config (it needs the data's vocabulary) and the data: (config, {split: tokens}, the tokenizer
-    when drills are made)."""
+    """The model config (it needs the data's vocabulary) and the data: (config, {split: tokens}, the tokenizer and
+    the NIAH probe's samples when drills are made, else None and [])."""
     data_dir = data_dir_for(o, explicit, env.master)
     if env.ddp:
         dist.barrier()  # rank 0 may have generated the embedded corpus
@@ -424,8 +438,15 @@ def load_data(o, explicit, init, env):
     o.update({k: getattr(config, k) for k in MODEL_OPTIONS})
     splits = {split: load_tokens(data_dir, split, min_tokens=config.block_size + 2) for split in ("train", "val")}
     check_memory(config, o["batch_size"], env.device)
-    enc = load_tokenizer(data_dir) if o["niah_mix"] > 0 else None
-    return config, splits, enc
+    if not o["niah_mix"] > 0:
+        return config, splits, None, []
+    enc = load_tokenizer(data_dir)
+    try:  # the same held-out samples at every evaluation
+        probes = probe_samples(enc, splits["val"], config.block_size)
+    except ValueError as e:  # the context cannot hold a needle and its question
+        sys.exit(f"error: --niah_mix {o['niah_mix']} needs retrieval drills, and --block_size {config.block_size} is "
+                 f"too short for them ({e}); config/niah_cpu.py uses 128")
+    return config, splits, enc, probes
 
 
 def build(o, config, resumed, init, env):
@@ -433,7 +454,8 @@ def build(o, config, resumed, init, env):
     torch.manual_seed(o["seed"])
     run = SimpleNamespace(o=o, config=config, env=env, model=GPT(config),
                           ckpt_path=os.path.join(o["out_dir"], "ckpt.pt"),
-                          history={"iter": [], "train_loss": [], "grad_norm": [], "eval_iter": [], "val_loss": []},
+                          history={"iter": [], "train_loss": [], "grad_norm": [], "eval_iter": [], "val_loss": [],
+                                   "probe_iter": [], "probe_exact": [], "probe_needle": []},
                           start_iter=0, seconds_before=0.0, saved_at=None, t_start=time.time())
     run.data_gen = torch.Generator().manual_seed(o["seed"])  # the train-batch stream; its state is the data position
     if resumed is not None:
@@ -441,7 +463,7 @@ def build(o, config, resumed, init, env):
         if diff:
             sys.exit(f"error: refusing to resume {run.ckpt_path} with a different model; differs: {'; '.join(diff)}")
         run.model.load_state_dict(resumed["model"])
-        run.history, run.start_iter = resumed["history"], resumed["iter"]
+        run.history, run.start_iter = {**run.history, **resumed["history"]}, resumed["iter"]  # older: no probe
         run.saved_at, run.seconds_before = resumed["iter"], resumed.get("seconds", 0.0)
         run.data_gen.set_state(resumed["data_rng"])
         torch.set_rng_state(resumed["torch_rng"])
@@ -528,12 +550,22 @@ def optimizer_step(run, it, rows, window):
 
 
 def evaluate(run, splits, it):
-    """The validation loss at iteration it, into the history (and onto the screen)."""
+    """The validation loss at iteration it, into the history (and onto the screen); in a retrieval run
+    (niah_mix > 0) also the NIAH probe: exact match at 1x and the attention on the needle (eval_niah.probe)."""
     t_eval = time.perf_counter()
     losses = estimate_loss(run.model, splits, run.o, run.env.ctx, run.env.device)
     run.history["eval_iter"].append(it)
     run.history["val_loss"].append(losses["val"])
-    print(f"eval iter {it}: train {losses['train']:.4f} val {losses['val']:.4f} "
+    probed = ""
+    if run.probe_samples:
+        run.model.eval()
+        with run.env.ctx:
+            exact, needle = probe(run.model, run.probe_samples, run.enc, run.env.device)
+        run.model.train()
+        for key, value in (("probe_iter", it), ("probe_exact", exact), ("probe_needle", needle)):
+            run.history[key].append(value)
+        probed = f" | NIAH at 1x: {exact:.0f}% exact, {needle:.0f}% attention on the needle"
+    print(f"eval iter {it}: train {losses['train']:.4f} val {losses['val']:.4f}{probed} "
           f"({time.perf_counter() - t_eval:.1f}s){format_health(run.model.health_reports())}")
     return losses
 
@@ -620,10 +652,11 @@ def main(argv=None):
     o, explicit = parse_args(argv)                               # options: defaults < --config file < flags
     env = start_processes(o)                                     # device, processes, precision
     resumed, init, method_defaults = check_inputs(o, explicit, env)  # refused before anything is written
-    config, splits, enc = load_data(o, explicit, init, env)
+    config, splits, enc, probes = load_data(o, explicit, init, env)
     if env.master and method_defaults:
         print(f"defaults of pe={o['pe']} for a stage from a checkpoint: {method_defaults}")
     run = build(o, config, resumed, init, env)                   # model, optimizer, history, batch stream
+    run.enc, run.probe_samples = enc, probes                     # a retrieval run probes the lookup at evaluations
     train(run, splits, enc, argv)                                # the loop, with checkpoints as it goes
     if env.master:
         finish(run, splits)                                      # the last evaluation and checkpoint

@@ -8,6 +8,7 @@ import torch
 
 import model as model_module
 import train
+from plots import plt
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--n_layer", "2", "--n_head", "2", "--n_embd", "32", "--block_size", "32", "--batch_size", "4",
@@ -128,6 +129,26 @@ def test_embedded_corpus_goes_to_a_new_data_dir_only_when_asked(tmp_path, tiny_d
     train.main([*TINY, "--dataset", "embedded", "--data_dir", str(tmp_path / "corpus"), "--out_dir",
                 str(tmp_path / "run"), "--max_iters", "2"])
     assert asked == [str(tmp_path / "corpus")] and load(tmp_path)["iter"] == 2
+
+
+def test_a_retrieval_run_probes_the_lookup_and_still_resumes_exactly(tmp_path, tiny_data, monkeypatch, capsys):
+    """With drills in training (niah_mix > 0), every evaluation runs the NIAH probe (exact match at 1x and attention
+    on the needle) onto the eval line, into the history and as loss.png's second panel; the probe draws no random
+    numbers from the training streams, so a killed and resumed run still reproduces the uninterrupted one."""
+    retrieval = ("--niah_mix", "1", "--block_size", "64", "--max_iters", "10")
+    uninterrupted = run(tmp_path, tiny_data, *retrieval, out="a")
+    assert "NIAH at 1x:" in capsys.readouterr().out
+    assert uninterrupted["probe_iter"] == [0, 4, 8, 10]
+    assert all(0 <= v <= 100 for v in uninterrupted["probe_exact"] + uninterrupted["probe_needle"])
+    assert max(uninterrupted["probe_needle"]) > 0
+    width = plt.imread(tmp_path / "a" / "loss.png").shape[1]
+    assert width > 1000, width  # two panels (600 px for the loss alone)
+    real_lr_at = train.lr_at
+    monkeypatch.setattr(train, "lr_at", lambda it, o: (_ for _ in ()).throw(Killed) if it == 6 else real_lr_at(it, o))
+    with pytest.raises(Killed):
+        run(tmp_path, tiny_data, *retrieval, out="b")
+    monkeypatch.setattr(train, "lr_at", real_lr_at)
+    assert run(tmp_path, tiny_data, *retrieval, "--resume", out="b") == uninterrupted  # bit-exact on one machine
 
 
 def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, tiny_data, monkeypatch):
