@@ -506,12 +506,12 @@ def save(run, it, path=None):
     plot_losses(run.history, os.path.join(run.o["out_dir"], "loss.png"), f"{run.config.pe}, {run.o['dataset']}")
 
 
-def step_batches(run, train_tokens, enc):
+def step_batches(run, train_tokens):
     """This process's micro-batches of one optimiser step, and its attention window (runs in the prefetcher).
     Every process draws the whole step's rows and keeps its share, so N processes see exactly the batches that
     one process with the same grad_accum would see."""
     o, env = run.o, run.env
-    rows = [train_batch(train_tokens, o, run.config.block_size, run.data_gen, enc)
+    rows = [train_batch(train_tokens, o, run.config.block_size, run.data_gen, run.enc)
             for _ in range(o["grad_accum"])][env.rank::env.world]
     if env.device_type == "cuda":  # page-locked, so the copy to the GPU does not wait for the host
         rows = [(x.pin_memory(), y.pin_memory()) for x, y in rows]
@@ -585,13 +585,13 @@ def progress_line(run, it, loss, interval):
             f"ETA {format_seconds(eta)}{mfu}")
 
 
-def train(run, splits, enc, argv):
+def train(run, splits, argv):
     """The loop from the run's iteration to max_iters: evaluations and checkpoints every eval_interval, kept copies
     at keep_iters, a progress line every log_interval. Ctrl-C ends it with one line saying how to resume."""
     o, master = run.o, run.env.master
     # the progress line's rates count training steps only: evaluation and checkpoints are timed on their own
     interval = {"steps": 0, "seconds": 0.0, "data": 0.0}
-    prefetcher = BatchPrefetcher(lambda: step_batches(run, splits["train"], enc), run.data_gen,
+    prefetcher = BatchPrefetcher(lambda: step_batches(run, splits["train"]), run.data_gen,
                                  o["max_iters"] - run.start_iter)
     it = run.start_iter
     try:
@@ -616,8 +616,9 @@ def train(run, splits, enc, argv):
                 if master:
                     print(f"first step, with torch.compile compiling: {step_seconds:.1f}s (not in the rates)")
             else:
-                interval = {"steps": interval["steps"] + 1, "seconds": interval["seconds"] + step_seconds,
-                            "data": interval["data"] + t_data}
+                interval["steps"] += 1
+                interval["seconds"] += step_seconds
+                interval["data"] += t_data
             if master:
                 for key, value in (("iter", it), ("train_loss", loss), ("grad_norm", grad_norm)):
                     run.history[key].append(value)
@@ -657,7 +658,7 @@ def main(argv=None):
         print(f"defaults of pe={o['pe']} for a stage from a checkpoint: {method_defaults}")
     run = build(o, config, resumed, init, env)                   # model, optimizer, history, batch stream
     run.enc, run.probe_samples = enc, probes                     # a retrieval run probes the lookup at evaluations
-    train(run, splits, enc, argv)                                # the loop, with checkpoints as it goes
+    train(run, splits, argv)                                     # the loop, with checkpoints as it goes
     if env.master:
         finish(run, splits)                                      # the last evaluation and checkpoint
     if env.ddp:

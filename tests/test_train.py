@@ -24,6 +24,15 @@ def run(tmp_path, data, *extra, out="run"):
     return train.main(argv)
 
 
+def raising_at(stop, error, real_lr_at=train.lr_at):
+    """train.lr_at that raises `error` at iteration `stop`: a kill (Killed) or Ctrl-C (KeyboardInterrupt) there."""
+    def lr_at(it, o):
+        if it == stop:
+            raise error
+        return real_lr_at(it, o)
+    return lr_at
+
+
 def load(tmp_path, out="run"):
     return torch.load(tmp_path / out / "ckpt.pt", weights_only=True)
 
@@ -50,17 +59,11 @@ def test_tiny_training_lowers_loss(tmp_path, tiny_data):
 
 def test_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path, tiny_data, monkeypatch, capsys):
     uninterrupted = run(tmp_path, tiny_data, "--max_iters", "14", out="a")
-
-    real_lr_at = train.lr_at
-
-    def die_at_iteration_10(it, o):  # 2 steps after the checkpoint at 8, while the prefetcher has batches ready
-        if it == 10:
-            raise Killed
-        return real_lr_at(it, o)
-    monkeypatch.setattr(train, "lr_at", die_at_iteration_10)
+    # killed 2 steps after the checkpoint at 8, while the prefetcher has batches ready
+    monkeypatch.setattr(train, "lr_at", raising_at(10, Killed))
     with pytest.raises(Killed):
         run(tmp_path, tiny_data, "--max_iters", "14", out="b")
-    monkeypatch.setattr(train, "lr_at", real_lr_at)
+    monkeypatch.undo()
     assert load(tmp_path, "b")["iter"] == 8
     resumed = run(tmp_path, tiny_data, "--max_iters", "14", "--resume", out="b")
     out = capsys.readouterr().out
@@ -72,29 +75,21 @@ def test_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path, tiny_data,
 
 
 def test_ctrl_c_says_where_it_stopped_and_how_to_resume(tmp_path, tiny_data, monkeypatch, capsys):
-    real_lr_at = train.lr_at
-
-    def interrupt_at(stop):
-        def lr_at(it, o):
-            if it == stop:
-                raise KeyboardInterrupt
-            return real_lr_at(it, o)
-        return lr_at
-    monkeypatch.setattr(train, "lr_at", interrupt_at(2))  # before the first checkpoint (iteration 4)
+    monkeypatch.setattr(train, "lr_at", raising_at(2, KeyboardInterrupt))  # before the first checkpoint (iteration 4)
     with pytest.raises(SystemExit) as exit_:
         run(tmp_path, tiny_data, "--max_iters", "14")
     assert exit_.value.code == 130
     err = capsys.readouterr().err.strip()
     assert err.startswith("interrupted at iteration 2, before the first checkpoint") and "--resume" not in err, err
     assert not (tmp_path / "run" / "ckpt.pt").exists()
-    monkeypatch.setattr(train, "lr_at", interrupt_at(10))
+    monkeypatch.setattr(train, "lr_at", raising_at(10, KeyboardInterrupt))
     with pytest.raises(SystemExit):
         run(tmp_path, tiny_data, "--max_iters", "14")
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "interrupted at iteration 10;" in err and "holds iteration 8;" in err, err
     command = err.split("resume with: ")[1]
     assert command.startswith("python train.py --data_dir") and command.endswith("--max_iters 14 --resume")
-    monkeypatch.setattr(train, "lr_at", real_lr_at)  # the command it gives goes on
+    monkeypatch.undo()  # the command it gives goes on
     assert run(tmp_path, tiny_data, "--max_iters", "14", "--resume")["iter"][-1] == 13
 
 
@@ -143,11 +138,10 @@ def test_a_retrieval_run_probes_the_lookup_and_still_resumes_exactly(tmp_path, t
     assert max(uninterrupted["probe_needle"]) > 0
     width = plt.imread(tmp_path / "a" / "loss.png").shape[1]
     assert width > 1000, width  # two panels (600 px for the loss alone)
-    real_lr_at = train.lr_at
-    monkeypatch.setattr(train, "lr_at", lambda it, o: (_ for _ in ()).throw(Killed) if it == 6 else real_lr_at(it, o))
+    monkeypatch.setattr(train, "lr_at", raising_at(6, Killed))
     with pytest.raises(Killed):
         run(tmp_path, tiny_data, *retrieval, out="b")
-    monkeypatch.setattr(train, "lr_at", real_lr_at)
+    monkeypatch.undo()
     assert run(tmp_path, tiny_data, *retrieval, "--resume", out="b") == uninterrupted  # bit-exact on one machine
 
 
