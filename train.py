@@ -39,7 +39,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from cli import DEVICE_HELP, ArgumentParser, check_minimum, check_writable_dir, load_checkpoint, resolve_device
 from data.format import PREPARE_COMMANDS, dataset_dir, get_batch, load_meta, load_tokenizer, load_tokens, write_atomic
-from data.niah import make_drill, make_list
+from data.niah import make_drill
 from kernels import check_available
 from eval_niah import probe, probe_samples
 from model import GPT, GPTConfig, POSITIONAL, format_health, stage_defaults
@@ -66,7 +66,6 @@ OPTIONS = {  # name: (default, help); the defaults are the CPU default run
     "swa_window": (0, "tokens each query sees on --swa_prob steps, itself included (0: memory_chunk)"),
     # data
     "niah_mix": (0.0, "fraction of training rows replaced by needle-in-a-haystack documents (data/niah.py)"),
-    "niah_lists": (0.0, "fraction of those drill rows that are key-value lists instead (data/niah.py make_list)"),
     # optimisation
     "batch_size": (16, "sequences per micro-step (per process)"),
     "grad_accum": (1, "micro-steps per optimiser step, summed over all processes"),
@@ -94,7 +93,7 @@ AT_LEAST_ONE = ("n_layer", "n_head", "n_embd", "block_size", "memory_n_sub", "me
                 "memory_value_dim", "memory_query_span", "memory_chunk", "batch_size", "grad_accum", "max_iters",
                 "eval_interval", "eval_iters", "log_interval")
 AT_LEAST_ZERO = ("warmup_iters", "lr", "min_lr", "weight_decay", "grad_clip", "swa_window", "seed")
-FRACTIONS = ("niah_mix", "niah_lists", "swa_prob")
+FRACTIONS = ("niah_mix", "swa_prob")
 
 
 def parse_args(argv=None):
@@ -225,9 +224,7 @@ def train_batch(tokens, o, block_size, gen, enc):
     if o["niah_mix"] > 0:
         for row in (torch.rand(len(x), generator=gen) < o["niah_mix"]).nonzero().flatten().tolist():
             rng = random.Random(int(torch.randint(2 ** 62, (1,), generator=gen)))
-            lists = o["niah_lists"] > 0 and rng.random() < o["niah_lists"]  # (no draw at 0: streams unchanged)
-            seq = make_list(rng, enc, block_size + 1, "train") if lists else make_drill(rng, enc, tokens, block_size + 1,
-                                                                                         "train")
+            seq = make_drill(rng, enc, tokens, block_size + 1, "train")
             x[row], y[row] = torch.tensor(seq[:-1]), torch.tensor(seq[1:])
     return x, y
 

@@ -252,25 +252,3 @@ def make_drill(rng, enc, source, length, split, max_needles=3):
     for at, ids in sorted(zip(rng.choices(starts, k=len(needles)), needles), reverse=True):
         tokens[at:at] = ids
     return tokens + [t for i in rng.sample(range(len(answers)), len(answers)) for t in answers[i]]
-
-
-LIST_PAIRS = 6  # key-value pairs a list drill holds at most
-
-
-def make_list(rng, enc, length, split):
-    """A key-value list of exactly `length` tokens: the noise sentences, then " Mia 4821. Tom 553." (up to LIST_PAIRS
-    pairs, values of 3 to 5 digits), then the same pairs again in another order. In the second half each key is the
-    token right before its value: the lookup that one induction head solves (attend to the token after the earlier
-    " Mia", copy the digits that follow it). A share of these among the drills (train.py --niah_lists) gives the
-    harder lookups of the worded drills (the key several tokens away from its value, or after it) a circuit to
-    build on, which is what shortens the plateau before any lookup is learned."""
-    keys = rng.sample([k for k in KEYS if split_of(k) == split], LIST_PAIRS)
-    taken = set()
-    pairs = [enc.encode_ordinary(f" {k} {draw_value(rng, split, taken, rng.choice(DRILL_DIGITS))}.") for k in keys]
-    while sum(map(len, pairs)) * 2 > length - MIN_HAYSTACK:
-        pairs.pop()
-        if not pairs:
-            raise ValueError(f"list length {length} is too short for one pair and {MIN_HAYSTACK} tokens of haystack")
-    asked = rng.sample(pairs, len(pairs))
-    body = [t for pair in pairs + asked for t in pair]
-    return haystack_tokens(rng, enc, None, length - len(body)) + body

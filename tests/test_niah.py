@@ -12,8 +12,8 @@ import eval_niah
 from data.embedded import PAT_STR, generate_stories
 from data.format import load_tokenizer, load_tokens
 import data.niah as niah
-from data.niah import (DRILL_DIGITS, LIST_PAIRS, PARTS, PASSKEY, VARIANTS, WORDINGS, compose, draw_wording,
-                       make_drill, make_list, make_sample, plan_needles, split_of)
+from data.niah import (DRILL_DIGITS, PARTS, PASSKEY, VARIANTS, WORDINGS, compose, draw_wording, make_drill,
+                       make_sample, plan_needles, split_of)
 from model import GPT, GPTConfig
 
 EVERY_WORDING = WORDINGS["seen"] + WORDINGS["heldout"]
@@ -285,27 +285,6 @@ def test_drills_fit_short_lengths(enc_and_val, monkeypatch):
     assert set(counts) == {1, 2}
     with pytest.raises(ValueError, match="drill length 20 is too short: .* fewer than 8 of haystack"):
         make_drill(random.Random(0), enc, val, 20, "train")
-
-
-def test_lists_repeat_their_pairs_with_each_key_right_before_its_value(enc_and_val):
-    """A list drill is noise, then " Key 123." pairs from the training half, then the same pairs shuffled:
-    every value in the second half follows its own key, the one token before it; short lengths hold fewer pairs,
-    and a length that holds none is a clear error."""
-    enc, _ = enc_and_val
-    orders = set()
-    for length, pairs in ((129, LIST_PAIRS), (65, None)):
-        for i in range(50):
-            tokens = make_list(random.Random(i), enc, length, "train")
-            assert len(tokens) == length
-            found = re.findall(r" (\w+) (\d+)\.", enc.decode(tokens).split("again.")[-1])
-            n = len(found) // 2
-            assert sorted(found[n:]) == sorted(found[:n]) and n == (pairs or n) and 1 <= n <= LIST_PAIRS
-            assert all(split_of(k) == "train" and split_of(v) == "train" and len(v) in DRILL_DIGITS for k, v in found)
-            assert len({k for k, _ in found}) == n  # every key once per half: its value is the one after it
-            orders.add(tuple(found[n:]))
-    assert len(orders) == 100
-    with pytest.raises(ValueError, match="list length 20 is too short for one pair"):
-        make_list(random.Random(0), enc, 20, "train")
 
 
 def test_eval_reports_seen_and_heldout_wordings(tiny_data, tmp_path, monkeypatch, capsys):
