@@ -303,9 +303,9 @@ class GPT(nn.Module):
         """{module name: its health dict} for the modules that report one (FwPKM's memory health)."""
         return {name: m.health for name, m in self.named_modules() if isinstance(getattr(m, "health", None), dict)}
 
-    def forward(self, idx, targets=None, cache=None, window=None):
+    def forward(self, idx, targets=None, cache=None, window=None, weights=None):
         """idx: [B, T] token ids. Returns logits [B, T, V] and the mean cross-entropy (None without targets;
-        targets of -1 are ignored)."""
+        targets of -1 are ignored), weighted by weights [B, T] when given: sum(w · loss) / sum(w)."""
         n_past = cache.length() if cache is not None else 0
         pos = torch.arange(n_past, n_past + idx.shape[1], device=idx.device)  # [T]
         x = self.tok_emb(idx)
@@ -314,7 +314,11 @@ class GPT(nn.Module):
         logits = self.lm_head(self.norm(x))
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1,
+                                   reduction="mean" if weights is None else "none")
+            if weights is not None:  # train.py --answer_weight; ignored targets have a loss of 0
+                weights = weights.flatten() * (targets.flatten() != -1)
+                loss = (loss * weights).sum() / weights.sum()
         return logits, loss
 
     @torch.no_grad()

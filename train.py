@@ -66,6 +66,8 @@ OPTIONS = {  # name: (default, help); the defaults are the CPU default run
     "swa_window": (0, "tokens each query sees on --swa_prob steps, itself included (0: memory_chunk)"),
     # data
     "niah_mix": (0.0, "fraction of training rows replaced by needle-in-a-haystack documents (data/niah.py)"),
+    "answer_weight": (1.0, "loss weight of a drill's answer tokens, the rest weigh 1: the few tokens only a lookup "
+                           "predicts, weighted up, end the plateau before the lookup is learned sooner"),
     # optimisation
     "batch_size": (16, "sequences per micro-step (per process)"),
     "grad_accum": (1, "micro-steps per optimiser step, summed over all processes"),
@@ -92,7 +94,7 @@ DEFAULTS = {name: default for name, (default, _) in OPTIONS.items()}
 AT_LEAST_ONE = ("n_layer", "n_head", "n_embd", "block_size", "memory_n_sub", "memory_topk", "memory_key_dim",
                 "memory_value_dim", "memory_query_span", "memory_chunk", "batch_size", "grad_accum", "max_iters",
                 "eval_interval", "eval_iters", "log_interval")
-AT_LEAST_ZERO = ("warmup_iters", "lr", "min_lr", "weight_decay", "grad_clip", "swa_window", "seed")
+AT_LEAST_ZERO = ("answer_weight", "warmup_iters", "lr", "min_lr", "weight_decay", "grad_clip", "swa_window", "seed")
 FRACTIONS = ("niah_mix", "swa_prob")
 
 
@@ -219,14 +221,18 @@ def read_config(path, parser):
 
 def train_batch(tokens, o, block_size, gen, enc):
     """Random windows of the training data; with niah_mix > 0, some rows become retrieval documents: needles inside
-    a haystack of training text, within the training length, keys and values from the "train" half."""
+    a haystack of training text, within the training length, keys and values from the "train" half. Returns
+    (x, y, the targets' loss weights: None for a plain mean, else answer_weight at drills' answers and 1 elsewhere)."""
     x, y = get_batch(tokens, o["batch_size"], block_size, gen)
+    weights = torch.ones(y.shape) if o["niah_mix"] > 0 and o["answer_weight"] != 1 else None
     if o["niah_mix"] > 0:
         for row in (torch.rand(len(x), generator=gen) < o["niah_mix"]).nonzero().flatten().tolist():
             rng = random.Random(int(torch.randint(2 ** 62, (1,), generator=gen)))
-            seq = make_drill(rng, enc, tokens, block_size + 1, "train")
+            seq, is_answer = make_drill(rng, enc, tokens, block_size + 1, "train")
             x[row], y[row] = torch.tensor(seq[:-1]), torch.tensor(seq[1:])
-    return x, y
+            if weights is not None:
+                weights[row, torch.tensor(is_answer[1:])] = o["answer_weight"]
+    return x, y, weights
 
 
 def parse_bool(text):
@@ -514,7 +520,7 @@ def step_batches(run, train_tokens):
     rows = [train_batch(train_tokens, o, run.config.block_size, run.data_gen, run.enc)
             for _ in range(o["grad_accum"])][env.rank::env.world]
     if env.device_type == "cuda":  # page-locked, so the copy to the GPU does not wait for the host
-        rows = [(x.pin_memory(), y.pin_memory()) for x, y in rows]
+        rows = [tuple(t if t is None else t.pin_memory() for t in row) for row in rows]
     # FwPKM's trick: some steps attend only within a sliding window, so lookups further back need the memory
     swa = o["swa_prob"] > 0 and torch.rand(1, generator=run.data_gen) < o["swa_prob"]
     window = (o["swa_window"] or o["memory_chunk"]) if swa else None
@@ -527,12 +533,12 @@ def optimizer_step(run, it, rows, window):
     for group in run.optimizer.param_groups:
         group["lr"] = lr_at(it, o)
     loss_sum = torch.zeros((), device=env.device)
-    for micro, (x, y) in enumerate(rows):
+    for micro, row in enumerate(rows):
         if env.ddp:  # all-reduce gradients only on the last micro-step
             run.train_model.require_backward_grad_sync = micro == env.accum_here - 1
+        x, y, weights = (t if t is None else t.to(env.device, non_blocking=True) for t in row)
         with env.ctx:
-            _, loss = run.train_model(x.to(env.device, non_blocking=True), y.to(env.device, non_blocking=True),
-                                      window=window)
+            _, loss = run.train_model(x, y, window=window, weights=weights)
         (loss / env.accum_here).backward()
         loss_sum += loss.detach()
     if env.ddp:  # the logged loss is the mean over all processes, and all stop together if it is not finite

@@ -232,14 +232,19 @@ def make_drill(rng, enc, source, length, split, max_needles=3):
     wording with a value of 3 to 5 digits, at random sentence starts of a haystack (the noise sentences in a
     DRILL_NOISE share of drills, else source), then one question and answer per needle, in random order. Several
     answers per row is what lets a small model leave the long plateau before lookups are learned (README, "Needle
-    in a haystack")."""
+    in a haystack").
+
+    Returns (tokens, is_answer): is_answer[i] is True where tokens[i] is part of an answer (" 4821"), the tokens
+    only a lookup predicts (train.py --answer_weight weighs them in the loss)."""
     pool = haystack_tokens(rng, enc, None if rng.random() < DRILL_NOISE else source, length)
     free = unused_keys(split, enc.decode(pool))
     keys = rng.sample(free, min(rng.randint(1, max_needles), len(free)))
     taken = set()
     drawn = [(k, draw_value(rng, split, taken, rng.choice(DRILL_DIGITS)), draw_wording(rng)) for k in keys]
     needles = [enc.encode_ordinary(w.needle.format(name=k, value=v)) for k, v, w in drawn]
-    answers = [enc.encode_ordinary("".join(question_and_answer(w, [k], [v]))) for k, v, w in drawn]
+    asked = [question_and_answer(w, [k], [v]) for k, v, w in drawn]
+    answers = [enc.encode_ordinary(question) + enc.encode_ordinary(answer) for question, answer in asked]
+    answer_lens = [len(enc.encode_ordinary(answer)) for _, answer in asked]
     while len(needles) > 1 and sum(map(len, needles + answers)) > length - MIN_HAYSTACK:
         needles.pop()
         answers.pop()
@@ -251,4 +256,8 @@ def make_drill(rng, enc, source, length, split, max_needles=3):
     starts = sentence_starts(enc, tokens)
     for at, ids in sorted(zip(rng.choices(starts, k=len(needles)), needles), reverse=True):
         tokens[at:at] = ids
-    return tokens + [t for i in rng.sample(range(len(answers)), len(answers)) for t in answers[i]]
+    is_answer = [False] * len(tokens)
+    for i in rng.sample(range(len(answers)), len(answers)):
+        tokens += answers[i]
+        is_answer += [False] * (len(answers[i]) - answer_lens[i]) + [True] * answer_lens[i]
+    return tokens, is_answer

@@ -156,3 +156,24 @@ def test_generation_with_a_window_equals_the_windowed_forward():
         full = torch.cat([model(out[:, :n], window=5)[0][:, -1:] for n in range(20, 26)], dim=1)
     assert out.shape == (2, 26) and torch.equal(out[:, :20], prompt)
     assert_greedy(full, out[:, 20:])
+
+
+def test_loss_weights():
+    """weights [B, T] make the loss sum(w · loss) / sum(w): all ones is the plain mean, a weight of 0 drops a target
+    like -1 does, a weight of 3 counts a target three times."""
+    model = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    idx, targets = torch.randint(64, (2, 16)), torch.randint(64, (2, 16))
+    plain = model(idx, targets)[1]
+    torch.testing.assert_close(model(idx, targets, weights=torch.ones(2, 16))[1], plain)
+    dropped = targets.clone()
+    dropped[:, :5] = -1
+    weights = torch.ones(2, 16)
+    weights[:, :5] = 0
+    torch.testing.assert_close(model(idx, targets, weights=weights)[1], model(idx, dropped)[1])
+    tripled = torch.cat((targets, targets[:, :1], targets[:, :1]), 1)  # the first targets twice more
+    logits = model(idx)[0]
+    expected = F.cross_entropy(torch.cat((logits, logits[:, :1], logits[:, :1]), 1).flatten(0, 1), tripled.flatten())
+    weights = torch.ones(2, 16)
+    weights[:, 0] = 3
+    torch.testing.assert_close(model(idx, targets, weights=weights)[1], expected)
+    torch.testing.assert_close(model(idx, dropped, weights=weights)[1], model(idx, dropped)[1])  # 0 where ignored

@@ -249,7 +249,7 @@ def test_long_prompt_is_not_cropped(tiny_data, tmp_path, monkeypatch):
 
 
 def test_drills_ask_in_composed_wordings_only(enc_and_val, monkeypatch):
-    """Drills end with 1-3 questions, each in the composed wording drawn for its needle (hundreds of different ones,
+    """Drills end with 1-3 questions (their answers' tokens marked), each in the composed wording drawn for its needle (hundreds of different ones,
     with answers right after the "?", prompts without a question and values before their keys), values of 3 to 5
     digits from the training half, on both haystacks; no held-out needle or question ever occurs."""
     enc, val = enc_and_val
@@ -257,11 +257,12 @@ def test_drills_ask_in_composed_wordings_only(enc_and_val, monkeypatch):
     used, digits, noise = set(), set(), 0
     for i in range(300):
         drawn.clear()
-        tokens = make_drill(random.Random(i), enc, val, 129, "train")
+        tokens, is_answer = make_drill(random.Random(i), enc, val, 129, "train")
         assert len(tokens) == 129
         text = enc.decode(tokens)
         answers = drill_answers(text, drawn)
         assert 1 <= len(answers) <= 3 and len({k for _, k, _ in answers}) == len(answers), text
+        assert enc.decode([t for t, a in zip(tokens, is_answer) if a]) == "".join(f" {v}" for _, _, v in answers)
         for wording, key, value in answers:
             assert split_of(key) == "train" and split_of(value) == "train"
             used.add(wording)
@@ -281,7 +282,7 @@ def test_drills_fit_short_lengths(enc_and_val, monkeypatch):
     drawn, counts = record_draws(monkeypatch), []
     for i in range(200):
         drawn.clear()
-        counts.append(len(drill_answers(enc.decode(make_drill(random.Random(i), enc, val, 64, "train")), drawn)))
+        counts.append(len(drill_answers(enc.decode(make_drill(random.Random(i), enc, val, 64, "train")[0]), drawn)))
     assert set(counts) == {1, 2}
     with pytest.raises(ValueError, match="drill length 20 is too short: .* fewer than 8 of haystack"):
         make_drill(random.Random(0), enc, val, 20, "train")

@@ -242,23 +242,33 @@ def test_retrieval_mix_rows(tiny_data, monkeypatch):
     from tests.test_niah import drill_answers, record_draws
     drawn = record_draws(monkeypatch)
     enc, tokens = load_tokenizer(tiny_data), load_tokens(tiny_data, "train")
-    o = {"batch_size": 8, "niah_mix": 0.0}
-    plain = train.train_batch(tokens, o, 128, torch.Generator().manual_seed(1), enc)
+    o = {"batch_size": 8, "niah_mix": 0.0, "answer_weight": 1.0}
+    *plain, weights = train.train_batch(tokens, o, 128, torch.Generator().manual_seed(1), enc)
     assert all(torch.equal(a, b) for a, b in zip(plain, get_batch(tokens, 8, 128, torch.Generator().manual_seed(1))))
-    x, y = train.train_batch(tokens, {**o, "niah_mix": 1.0}, 128, torch.Generator().manual_seed(1), enc)
-    assert x.shape == y.shape == (8, 128) and torch.equal(x[:, 1:], y[:, :-1])
+    assert weights is None
+    x, y, weights = train.train_batch(tokens, {**o, "niah_mix": 1.0}, 128, torch.Generator().manual_seed(1), enc)
+    assert x.shape == y.shape == (8, 128) and torch.equal(x[:, 1:], y[:, :-1]) and weights is None
     for row in torch.cat((x, y[:, -1:]), 1).tolist():  # every row a drill: questions about the training half
         answers = drill_answers(enc.decode(row), drawn)
         assert answers and all(split_of(k) == split_of(v) == "train" for _, k, v in answers)
+    # --answer_weight: the same rows, and the weight on exactly the answers' tokens (" 4821"), 1 elsewhere
+    drawn.clear()
+    *same, weights = train.train_batch(tokens, {**o, "niah_mix": 1.0, "answer_weight": 5.0}, 128,
+                                       torch.Generator().manual_seed(1), enc)
+    assert torch.equal(same[0], x) and torch.equal(same[1], y) and set(weights.unique().tolist()) == {1.0, 5.0}
+    for row, w in zip(torch.cat((x[:, :1], y), 1).tolist(), weights.tolist()):
+        answers = drill_answers(enc.decode(row), drawn)
+        weighted = enc.decode([t for t, wt in zip(row[1:], w) if wt == 5.0])
+        assert weighted == "".join(f" {v}" for _, _, v in answers)
 
 
 def test_sliding_window_steps_use_swa_window(tmp_path, tiny_data, monkeypatch):
     seen, real_forward = [], model_module.GPT.forward
 
-    def recording_forward(self, idx, targets=None, cache=None, window=None):
+    def recording_forward(self, idx, targets=None, cache=None, window=None, weights=None):
         if self.training:
             seen.append(window)
-        return real_forward(self, idx, targets, cache, window)
+        return real_forward(self, idx, targets, cache, window, weights)
     monkeypatch.setattr(model_module.GPT, "forward", recording_forward)
     run(tmp_path, tiny_data, "--max_iters", "2", "--swa_prob", "1", "--swa_window", "5", out="swa")
     run(tmp_path, tiny_data, "--max_iters", "2", "--swa_prob", "1", "--memory_chunk", "7", out="chunk")
