@@ -29,7 +29,7 @@ import torch
 
 from cli import ArgumentParser, check_writable_dir
 from data.format import write_atomic
-from plots import plot_accuracy
+from plots import line_style, plot_accuracy, plt, save_figure
 
 
 def load_results(paths):
@@ -61,16 +61,29 @@ def fitted_beta(result, args):
             and result["logit_scale_c"] not in [c for c in listed if c != "fitted"])
 
 
-def final_val_loss(ckpt_path):
-    """The last validation loss train.py stored in the checkpoint, or None when the checkpoint is not here."""
+LEARNED = 75  # % exact of train.py's NIAH probe (9 of its 12 held-out samples) that counts as the lookup learned
+
+
+def checkpoint_history(ckpt_path):
+    """The loss history train.py stored in the checkpoint ({} when the checkpoint is not here)."""
     if not os.path.isfile(ckpt_path):
+        return {}
+    return torch.load(ckpt_path, map_location="cpu", weights_only=True).get("history", {})
+
+
+def learned_at(history):
+    """The first step at which the probe reached LEARNED % ("no (best N%)" if never), or None without a probe."""
+    if not history.get("probe_iter"):
         return None
-    history = torch.load(ckpt_path, map_location="cpu", weights_only=True).get("history", {})
-    return history["val_loss"][-1] if history.get("val_loss") else None
+    steps = [it for it, exact in zip(history["probe_iter"], history["probe_exact"]) if exact >= LEARNED]
+    return str(steps[0]) if steps else f"no (best {max(history['probe_exact']):.0f}%)"
 
 
-def markdown_tables(results, losses):
-    """One Markdown table per (variant, haystack, wordings): rows are labels, columns val loss and the lengths."""
+def markdown_tables(results, histories):
+    """One Markdown table per (variant, haystack, wordings): rows are labels, columns val loss, the step the probe
+    says the lookup was learned at (for runs with a probe), and the lengths."""
+    losses = {ckpt: h["val_loss"][-1] for ckpt, h in histories.items() if h.get("val_loss")}
+    learned = {ckpt: learned_at(h) for ckpt, h in histories.items() if learned_at(h) is not None}
     lengths = sorted({r["multiple"] for r in results})
     lines = []
     for variant, haystack, wordings in dict.fromkeys((r["variant"], r["haystack"], r["wordings"]) for r in results):
@@ -83,8 +96,9 @@ def markdown_tables(results, losses):
         lines += [f"### {variant} needle, {haystack} haystack, {wordings} wordings", "",
                   f"Exact match % (teacher-forced value-token accuracy %), mean over {depths} depths x {samples} "
                   f"samples:", "",
-                  "| method | val loss | " + " | ".join(header) + " |",
-                  "| --- " * (2 + len(lengths)) + "|"]
+                  "| method | val loss | " + (f"probe ≥ {LEARNED}% at step | " if learned else "")
+                  + " | ".join(header) + " |",
+                  "| --- " * (2 + bool(learned) + len(lengths)) + "|"]
         for label in dict.fromkeys(r["label"] for r in rows):
             mine = [r for r in rows if r["label"] == label]
             seeds = list(dict.fromkeys(r["source"] for r in mine))
@@ -109,7 +123,8 @@ def markdown_tables(results, losses):
             loss = f"{np.mean(known):.3f}" if known else ""
             if known and len(known) < len(seeds):  # some seeds' checkpoints are not on this machine
                 loss += f" ({len(known)} of {len(seeds)} seeds)"
-            lines.append(f"| {name} | {loss} | " + " | ".join(cells) + " |")
+            steps = ", ".join(learned.get(ckpt, "") for ckpt in dict.fromkeys(r["ckpt"] for r in mine))
+            lines.append(f"| {name} | {loss} | " + (f"{steps} | " if learned else "") + " | ".join(cells) + " |")
         lines.append("")
     return lines
 
@@ -122,7 +137,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     runs, results = load_results(args.results)
     check_writable_dir(args.out_dir, "--out_dir")
-    losses = {path: final_val_loss(path) for path in dict.fromkeys(r["ckpt"] for r in results)}
+    histories = {path: checkpoint_history(path) for path in dict.fromkeys(r["ckpt"] for r in results)}
 
     def distinct(key):
         return ", ".join(dict.fromkeys(run.get(key, "not recorded") for run in runs))
@@ -134,7 +149,9 @@ def main(argv=None):
              f"Evaluated {when} on {distinct('machine')}, torch {distinct('torch')}. Val loss: the last validation "
              f"loss in each checkpoint (train.py, held-out text at the training length).", "",
              "![accuracy vs length](accuracy_vs_length.png)", "",
-             *markdown_tables(results, losses),
+             *(["![the NIAH probe over training](probe.png)", ""] if any(map(learned_at, histories.values()))
+               else []),
+             *markdown_tables(results, histories),
              "Evaluation commands:", "",
              *(f"- `{run.get('command', 'not recorded')}` ({run.get('date', 'no date')}): {run['file']}"
                for run in runs), ""]
@@ -146,8 +163,29 @@ def main(argv=None):
     write_atomic(path, write)
     plot_accuracy(results, sorted({r["multiple"] for r in results}),
                   os.path.join(args.out_dir, "accuracy_vs_length.png"), caption)
-    print("\n".join(markdown_tables(results, losses)))
-    print(f"wrote {path} and {os.path.join(args.out_dir, 'accuracy_vs_length.png')}")
+    written = [path, os.path.join(args.out_dir, "accuracy_vs_length.png")]
+    if any(map(learned_at, histories.values())):
+        written.append(plot_probes(histories, results, os.path.join(args.out_dir, "probe.png"), caption))
+    print("\n".join(markdown_tables(results, histories)))
+    print(f"wrote {', '.join(written)}")
+
+
+def plot_probes(histories, results, path, caption):
+    """The probe's exact match over training steps, one line per checkpoint that has one (labelled as in the
+    tables); returns path."""
+    fig, ax = plt.subplots(figsize=(8, 4.5), layout="constrained")
+    labels = {r["ckpt"]: r["label"].split("+")[0] for r in results}
+    for i, (ckpt, history) in enumerate(h for h in histories.items() if learned_at(h[1]) is not None):
+        color, marker = line_style(i)
+        ax.plot(history["probe_iter"], history["probe_exact"], marker + "-", ms=3, color=color, label=labels[ckpt])
+    ax.axhline(LEARNED, color="gray", lw=0.8, ls=":")
+    ax.set(xlabel="training step", ylabel="NIAH probe: exact match at 1x (%)", ylim=(-3, 103),
+           title="When the lookup is learned (train.py's probe, 12 held-out-wording samples)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.suptitle(caption, fontsize=8)
+    save_figure(fig, path)
+    return path
 
 
 if __name__ == "__main__":

@@ -84,3 +84,20 @@ def test_fitted_beta_of_several_seeds_is_one_row_with_each_c(tmp_path):
     md = (tmp_path / "out" / "results.md").read_text()
     assert "| drope+fitted beta (2 seeds; c = 0.112, 0.00742) |  | 50 [50-50] (50.0) |" in md
     assert "| drope+beta0.412 (2 seeds) |  | 0 [0-0] (50.0) |" in md
+
+
+def test_runs_with_the_niah_probe_say_when_they_learned_the_lookup(tmp_path):
+    """Checkpoints whose history has train.py's probe get a column with the first step at which it reached
+    summarize.LEARNED % (or "no" and the best), per seed, and the probe curves as probe.png."""
+    paths = []
+    for name, curve in (("s1", [0, 8, 50, 92]), ("s2", [0, 0, 8, 17])):
+        (tmp_path / name).mkdir()
+        ckpt = str(tmp_path / name / "ckpt.pt")
+        torch.save({"history": {"val_loss": [1.5], "probe_iter": [0, 250, 500, 750], "probe_exact": curve}}, ckpt)
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps({"results": [result(name, ckpt, "heldout", 1, 0, 0.5, 0.5)]}))
+    summarize.main([*map(str, paths), "--out_dir", str(tmp_path / "out")])
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert f"| method | val loss | probe ≥ {summarize.LEARNED}% at step | 1x (128) |" in md
+    assert "| s1 | 1.500 | 750 | 50 (50.0) |" in md and "| s2 | 1.500 | no (best 17%) | 50 (50.0) |" in md
+    assert (tmp_path / "out" / "probe.png").stat().st_size > 10_000 and "![the NIAH probe" in md
