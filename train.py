@@ -66,8 +66,8 @@ OPTIONS = {  # name: (default, help); the defaults are the CPU default run
     "swa_window": (0, "tokens each query sees on --swa_prob steps, itself included (0: memory_chunk)"),
     # data
     "niah_mix": (0.0, "fraction of training rows replaced by needle-in-a-haystack documents (data/niah.py)"),
-    "answer_weight": (1.0, "loss weight of a drill's answer tokens, the rest weigh 1: the few tokens only a lookup "
-                           "predicts, weighted up, end the plateau before the lookup is learned sooner"),
+    "answer_weight": (1.0, "loss weight of the drills' answer tokens (the rest weigh 1): the few tokens only a lookup "
+                           "predicts; weighted up, the plateau before the lookup is learned is shorter"),
     # optimisation
     "batch_size": (16, "sequences per micro-step (per process)"),
     "grad_accum": (1, "micro-steps per optimiser step, summed over all processes"),
@@ -128,6 +128,9 @@ def parse_args(argv=None):
     for name in FRACTIONS:
         if not 0 <= opts[name] <= 1:
             parser.error(f"--{name} {opts[name]} must be between 0 and 1")
+    if opts["answer_weight"] != 1 and not opts["niah_mix"] > 0:
+        parser.error(f"--answer_weight {opts['answer_weight']} weighs the answers of retrieval drills, and --niah_mix "
+                     f"is 0: there are none (e.g. --niah_mix 1.0, as config/niah_cpu.py)")
     if not opts["rope_base"] > 1:
         parser.error(f"--rope_base {opts['rope_base']} must be greater than 1")
     return opts, set(explicit)
