@@ -79,11 +79,9 @@ def learned_at(history):
     return str(steps[0]) if steps else f"no (best {max(history['probe_exact']):.0f}%)"
 
 
-def markdown_tables(results, histories):
+def markdown_tables(results, losses, learned):
     """One Markdown table per (variant, haystack, wordings): rows are labels, columns val loss, the step the probe
-    says the lookup was learned at (for runs with a probe), and the lengths."""
-    losses = {ckpt: h["val_loss"][-1] for ckpt, h in histories.items() if h.get("val_loss")}
-    learned = {ckpt: learned_at(h) for ckpt, h in histories.items() if learned_at(h) is not None}
+    says the lookup was learned at (learned: {checkpoint: learned_at}, of the runs with a probe), and the lengths."""
     lengths = sorted({r["multiple"] for r in results})
     lines = []
     for variant, haystack, wordings in dict.fromkeys((r["variant"], r["haystack"], r["wordings"]) for r in results):
@@ -138,6 +136,8 @@ def main(argv=None):
     runs, results = load_results(args.results)
     check_writable_dir(args.out_dir, "--out_dir")
     histories = {path: checkpoint_history(path) for path in dict.fromkeys(r["ckpt"] for r in results)}
+    losses = {ckpt: h["val_loss"][-1] for ckpt, h in histories.items() if h.get("val_loss")}
+    learned = {ckpt: step for ckpt, h in histories.items() if (step := learned_at(h)) is not None}
 
     def distinct(key):
         return ", ".join(dict.fromkeys(run.get(key, "not recorded") for run in runs))
@@ -149,9 +149,8 @@ def main(argv=None):
              f"Evaluated {when} on {distinct('machine')}, torch {distinct('torch')}. Val loss: the last validation "
              f"loss in each checkpoint (train.py, held-out text at the training length).", "",
              "![accuracy vs length](accuracy_vs_length.png)", "",
-             *(["![the NIAH probe over training](probe.png)", ""] if any(map(learned_at, histories.values()))
-               else []),
-             *markdown_tables(results, histories),
+             *(["![the NIAH probe over training](probe.png)", ""] if learned else []),
+             *markdown_tables(results, losses, learned),
              "Evaluation commands:", "",
              *(f"- `{run.get('command', 'not recorded')}` ({run.get('date', 'no date')}): {run['file']}"
                for run in runs), ""]
@@ -164,18 +163,19 @@ def main(argv=None):
     plot_accuracy(results, sorted({r["multiple"] for r in results}),
                   os.path.join(args.out_dir, "accuracy_vs_length.png"), caption)
     written = [path, os.path.join(args.out_dir, "accuracy_vs_length.png")]
-    if any(map(learned_at, histories.values())):
-        written.append(plot_probes(histories, results, os.path.join(args.out_dir, "probe.png"), caption))
-    print("\n".join(markdown_tables(results, histories)))
+    if learned:
+        probed = {ckpt: histories[ckpt] for ckpt in learned}
+        written.append(plot_probes(probed, results, os.path.join(args.out_dir, "probe.png"), caption))
+    print("\n".join(markdown_tables(results, losses, learned)))
     print(f"wrote {', '.join(written)}")
 
 
 def plot_probes(histories, results, path, caption):
-    """The probe's exact match over training steps, one line per checkpoint that has one (labelled as in the
-    tables); returns path."""
+    """The probe's exact match over training steps, one line per checkpoint of histories (each with a probe;
+    labelled as in the tables); returns path."""
     fig, ax = plt.subplots(figsize=(8, 4.5), layout="constrained")
     labels = {r["ckpt"]: r["label"].split("+")[0] for r in results}
-    for i, (ckpt, history) in enumerate(h for h in histories.items() if learned_at(h[1]) is not None):
+    for i, (ckpt, history) in enumerate(histories.items()):
         color, marker = line_style(i)
         ax.plot(history["probe_iter"], history["probe_exact"], marker + "-", ms=3, color=color, label=labels[ckpt])
     ax.axhline(LEARNED, color="gray", lw=0.8, ls=":")

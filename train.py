@@ -227,7 +227,7 @@ def train_batch(tokens, o, block_size, gen, enc):
     a haystack of training text, within the training length, keys and values from the "train" half. Returns
     (x, y, the targets' loss weights: None for a plain mean, else answer_weight at drills' answers and 1 elsewhere)."""
     x, y = get_batch(tokens, o["batch_size"], block_size, gen)
-    weights = torch.ones(y.shape) if o["niah_mix"] > 0 and o["answer_weight"] != 1 else None
+    weights = torch.ones(y.shape) if o["answer_weight"] != 1 else None  # parse_args: only with niah_mix > 0
     if o["niah_mix"] > 0:
         for row in (torch.rand(len(x), generator=gen) < o["niah_mix"]).nonzero().flatten().tolist():
             rng = random.Random(int(torch.randint(2 ** 62, (1,), generator=gen)))

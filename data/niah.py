@@ -242,9 +242,9 @@ def make_drill(rng, enc, source, length, split, max_needles=3):
     taken = set()
     drawn = [(k, draw_value(rng, split, taken, rng.choice(DRILL_DIGITS)), draw_wording(rng)) for k in keys]
     needles = [enc.encode_ordinary(w.needle.format(name=k, value=v)) for k, v, w in drawn]
-    asked = [question_and_answer(w, [k], [v]) for k, v, w in drawn]
-    answers = [enc.encode_ordinary(question) + enc.encode_ordinary(answer) for question, answer in asked]
-    answer_lens = [len(enc.encode_ordinary(answer)) for _, answer in asked]
+    asked = [[enc.encode_ordinary(text) for text in question_and_answer(w, [k], [v])] for k, v, w in drawn]
+    answers = [question + answer for question, answer in asked]
+    answer_lens = [len(answer) for _, answer in asked]
     while len(needles) > 1 and sum(map(len, needles + answers)) > length - MIN_HAYSTACK:
         needles.pop()
         answers.pop()

@@ -164,16 +164,18 @@ def test_loss_weights():
     model = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=16))
     idx, targets = torch.randint(64, (2, 16)), torch.randint(64, (2, 16))
     plain = model(idx, targets)[1]
-    torch.testing.assert_close(model(idx, targets, weights=torch.ones(2, 16))[1], plain)
+    close = dict(rtol=1e-5, atol=1e-6)  # sums of 32 terms in another order: a few ulps on another CPU
+    torch.testing.assert_close(model(idx, targets, weights=torch.ones(2, 16))[1], plain, **close)
     dropped = targets.clone()
     dropped[:, :5] = -1
     weights = torch.ones(2, 16)
     weights[:, :5] = 0
-    torch.testing.assert_close(model(idx, targets, weights=weights)[1], model(idx, dropped)[1])
+    torch.testing.assert_close(model(idx, targets, weights=weights)[1], model(idx, dropped)[1], **close)
     tripled = torch.cat((targets, targets[:, :1], targets[:, :1]), 1)  # the first targets twice more
     logits = model(idx)[0]
     expected = F.cross_entropy(torch.cat((logits, logits[:, :1], logits[:, :1]), 1).flatten(0, 1), tripled.flatten())
     weights = torch.ones(2, 16)
     weights[:, 0] = 3
-    torch.testing.assert_close(model(idx, targets, weights=weights)[1], expected)
-    torch.testing.assert_close(model(idx, dropped, weights=weights)[1], model(idx, dropped)[1])  # 0 where ignored
+    torch.testing.assert_close(model(idx, targets, weights=weights)[1], expected, **close)
+    ignored_first = model(idx, dropped, weights=weights)[1]  # the weight 3 falls on an ignored target: no effect
+    torch.testing.assert_close(ignored_first, model(idx, dropped)[1], **close)
