@@ -11,7 +11,9 @@ machine hits all of them alike; the reported time is the median over rounds. Pri
 ratio to the first arm, parameters, FLOPs per step (matrix products, as torch.utils.flop_counter counts them,
 forward and backward), the memory autograd keeps for the backward pass (distinct saved tensors, on any device), and
 on CUDA the peak memory of a step, measured for each arm alone (before the timed rounds, which keep every arm
-resident). The vocabulary is the embedded dataset's unless --vocab_size is given.
+resident), and the aten operators of one eager step (ops/step: on a GPU each is at least one kernel launch, so a
+method that is slow for its FLOPs shows here; the count is the same on any device; a fused Triton kernel counts as
+the few aten ops around it). The vocabulary is the embedded dataset's unless --vocab_size is given.
 """
 import argparse
 import gc
@@ -19,6 +21,7 @@ import statistics
 import time
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from cli import DEVICE_HELP, ArgumentParser, check_minimum, resolve_device
@@ -80,6 +83,26 @@ def saved_for_backward(model, x, ctx):
     loss.backward()
     model.zero_grad(set_to_none=True)
     return sum(seen.values())
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the aten operators dispatched while active: on CUDA each is (at least) one kernel launch, and the
+    count is the same on any device, so a step's launch overhead can be measured without a GPU."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def ops_per_step(model, optimizer, x, ctx):
+    """aten operators of one eager training step (forward, backward and the optimizer's step)."""
+    with OpCounter() as counter:
+        training_step(model, optimizer, x, ctx)
+    return counter.count
 
 
 def flops_per_step(model, x, ctx):
@@ -157,11 +180,12 @@ def main(argv=None):
         model, optimizer = build(args, overrides, arm)
         flops = flops_per_step(model, x, ctx)
         saved = saved_for_backward(model, x, ctx)
+        ops = ops_per_step(model, optimizer, x, ctx)
         step_model = torch.compile(model) if args.compile else model
         for _ in range(args.warmup):
             training_step(step_model, optimizer, x, ctx)
         runs[arm] = {"model": step_model, "optimizer": optimizer, "params": model.num_params(), "flops": flops,
-                     "saved": saved, "peak": peaks[arm], "times": []}
+                     "saved": saved, "ops": ops, "peak": peaks[arm], "times": []}
     print(f"{args.n_layer} layers, d={args.n_embd}, {args.n_head} heads, {args.batch_size} x {args.block_size} "
           f"tokens per step, {args.device} {'bf16' if bf16 else 'fp32'}{', compiled' if args.compile else ''}; "
           f"{args.rounds} rounds, arms alternating")
@@ -180,15 +204,15 @@ def main(argv=None):
     base_time = statistics.median(base["times"])
     width = max(12, *(len(arm) + 2 for arm in arms))
     print(f"{'arm':{width}s}{'step ms':>10s}{'ratio':>8s}{'params':>12s}{'+params':>9s}{'GFLOP/step':>12s}"
-          f"{'+FLOPs':>8s}{'saved MiB':>11s}{'peak MiB':>10s}")
+          f"{'+FLOPs':>8s}{'saved MiB':>11s}{'peak MiB':>10s}{'ops/step':>10s}")
     for pe, run in runs.items():
         t = statistics.median(run["times"])
         peak = f"{run['peak'] / 2 ** 20:10.0f}" if run["peak"] is not None else f"{'n/a':>10s}"
         print(f"{pe:{width}s}{1e3 * t:10.1f}{t / base_time:8.3f}{run['params']:12,d}"
               f"{100 * (run['params'] / base['params'] - 1):+8.2f}%{run['flops'] / 1e9:12.2f}"
-              f"{100 * (run['flops'] / base['flops'] - 1):+7.2f}%{run['saved'] / 2 ** 20:11.1f}{peak}")
+              f"{100 * (run['flops'] / base['flops'] - 1):+7.2f}%{run['saved'] / 2 ** 20:11.1f}{peak}{run['ops']:10d}")
     return {pe: {"time": statistics.median(run["times"]), "params": run["params"], "flops": run["flops"],
-                 "saved": run["saved"]}
+                 "saved": run["saved"], "ops": run["ops"]}
             for pe, run in runs.items()}
 
 

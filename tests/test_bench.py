@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 import bench
 
@@ -12,6 +13,14 @@ def test_bench_reports_repo_overhead():
     assert result["repo"]["flops"] > result["rope"]["flops"] and result["rope"]["time"] > 0
     assert result["rope+fwpkm_layers=1+memory_n_sub=8"]["params"] > result["rope"]["params"]
     assert result["repo"]["saved"] > result["rope"]["saved"] > 0  # RePo keeps its per-head cos/sin and f_φ inputs
+    assert result["rope+fwpkm_layers=1+memory_n_sub=8"]["ops"] > result["repo"]["ops"] > result["rope"]["ops"] > 0
+
+
+def test_op_counter_counts_each_operator_once():
+    x = torch.ones(3)
+    with bench.OpCounter() as counter:
+        (x + 1) * 2
+    assert counter.count == 2
 
 
 def test_bench_rejects_unknown_arms():
