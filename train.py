@@ -68,6 +68,9 @@ OPTIONS = {  # name: (default, help); the defaults are the CPU default run
     "niah_mix": (0.0, "fraction of training rows replaced by needle-in-a-haystack documents (data/niah.py)"),
     "answer_weight": (1.0, "loss weight of the drills' answer tokens (the rest weigh 1): the few tokens only a lookup "
                            "predicts; weighted up, the plateau before the lookup is learned is shorter"),
+    "curriculum_iters": (0, "first steps that train on rows of curriculum_len tokens (as many more rows, so tokens "
+                            "per step stay): a short drill holds one needle in a short haystack, a lookup found sooner"),
+    "curriculum_len": (48, "row length of the curriculum steps (48: every drill has one needle; results/niah.md)"),
     # optimisation
     "batch_size": (16, "sequences per micro-step (per process)"),
     "grad_accum": (1, "micro-steps per optimiser step, summed over all processes"),
@@ -91,10 +94,10 @@ OPTIONS = {  # name: (default, help); the defaults are the CPU default run
     "seed": (1337, "seeds the initialisation and the batch stream"),
 }
 DEFAULTS = {name: default for name, (default, _) in OPTIONS.items()}
-AT_LEAST_ONE = ("n_layer", "n_head", "n_embd", "block_size", "memory_n_sub", "memory_topk", "memory_key_dim",
+AT_LEAST_ONE = ("n_layer", "n_head", "n_embd", "block_size", "curriculum_len", "memory_n_sub", "memory_topk", "memory_key_dim",
                 "memory_value_dim", "memory_query_span", "memory_chunk", "batch_size", "grad_accum", "max_iters",
                 "eval_interval", "eval_iters", "log_interval")
-AT_LEAST_ZERO = ("answer_weight", "warmup_iters", "lr", "min_lr", "weight_decay", "grad_clip", "swa_window", "seed")
+AT_LEAST_ZERO = ("answer_weight", "curriculum_iters", "warmup_iters", "lr", "min_lr", "weight_decay", "grad_clip", "swa_window", "seed")
 FRACTIONS = ("niah_mix", "swa_prob")
 
 
@@ -344,16 +347,16 @@ class BatchPrefetcher:
     state after it: the checkpoint stores the state after the last step taken, so a resumed run continues the
     stream exactly where the uninterrupted one would."""
 
-    def __init__(self, make_step, stream, n_steps, ahead=4):
+    def __init__(self, make_step, stream, steps, ahead=4):
         self.queue = queue.Queue(maxsize=ahead)
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.produce, args=(make_step, stream, n_steps), daemon=True)
+        self.thread = threading.Thread(target=self.produce, args=(make_step, stream, steps), daemon=True)
         self.thread.start()
 
-    def produce(self, make_step, stream, n_steps):
+    def produce(self, make_step, stream, steps):
         try:
-            for _ in range(n_steps):
-                if not self.put((make_step(), stream.get_state())):
+            for it in steps:
+                if not self.put((make_step(it), stream.get_state())):
                     return
         except BaseException as e:  # handed to the training loop, which raises it
             self.put(e)
@@ -447,6 +450,9 @@ def load_data(o, explicit, init, env):
     o.update({k: getattr(config, k) for k in MODEL_OPTIONS})
     splits = {split: load_tokens(data_dir, split, min_tokens=config.block_size + 2) for split in ("train", "val")}
     check_memory(config, o["batch_size"], env.device)
+    if o["curriculum_iters"] and not o["curriculum_len"] < config.block_size:
+        sys.exit(f"error: --curriculum_len {o['curriculum_len']} must be shorter than --block_size "
+                 f"{config.block_size}: the curriculum's rows are the short ones")
     if not o["niah_mix"] > 0:
         return config, splits, None, []
     enc = load_tokenizer(data_dir)
@@ -455,6 +461,12 @@ def load_data(o, explicit, init, env):
     except ValueError as e:  # the context cannot hold a needle and its question
         sys.exit(f"error: --niah_mix {o['niah_mix']} needs retrieval drills, and --block_size {config.block_size} is "
                  f"too short for them ({e}); config/niah_cpu.py uses 128")
+    if o["curriculum_iters"]:
+        try:  # a drill of a short wording must fit; the longest ones are tried in turn, so one draw can pass
+            [make_drill(random.Random(i), enc, splits["train"], o["curriculum_len"] + 1, "train") for i in range(50)]
+        except ValueError as e:
+            sys.exit(f"error: --curriculum_len {o['curriculum_len']} is too short for retrieval drills ({e}); "
+                     f"config/niah_cpu.py uses 48")
     return config, splits, enc, probes
 
 
@@ -493,12 +505,23 @@ def build(o, config, resumed, init, env):
     run.data_state = run.data_gen.get_state()  # the batch stream after the last step taken
     if env.master:
         print(f"{run.model.num_params():,} parameters | pe={config.pe} | {o['dataset']} | device {env.device} "
-              f"{env.dtype} | {env.world} process(es) | {tokens_per_step(run):,} tokens/step")
+              f"{env.dtype} | {env.world} process(es) | {tokens_per_step(run, o['max_iters'] - 1):,} tokens/step"
+              + (f" ({o['curriculum_iters']:,} steps of {o['curriculum_len']}-token rows first)"
+                 if o["curriculum_iters"] else ""))
     return run
 
 
-def tokens_per_step(run):
-    return run.o["batch_size"] * run.o["grad_accum"] * run.config.block_size
+def row_shape(run, it):
+    """(rows per micro-batch, tokens per row) of step it: the curriculum's short rows first, then block_size."""
+    o, block_size = run.o, run.config.block_size
+    if it < o["curriculum_iters"]:
+        return o["batch_size"] * block_size // o["curriculum_len"], o["curriculum_len"]
+    return o["batch_size"], block_size
+
+
+def tokens_per_step(run, it):
+    rows, length = row_shape(run, it)
+    return rows * length * run.o["grad_accum"]
 
 
 def save(run, it, path=None):
@@ -515,12 +538,13 @@ def save(run, it, path=None):
     plot_losses(run.history, os.path.join(run.o["out_dir"], "loss.png"), f"{run.config.pe}, {run.o['dataset']}")
 
 
-def step_batches(run, train_tokens):
-    """This process's micro-batches of one optimiser step, and its attention window (runs in the prefetcher).
-    Every process draws the whole step's rows and keeps its share, so N processes see exactly the batches that
-    one process with the same grad_accum would see."""
+def step_batches(run, train_tokens, it):
+    """This process's micro-batches of step it, and its attention window (runs in the prefetcher). Every process
+    draws the whole step's rows and keeps its share, so N processes see exactly the batches that one process with
+    the same grad_accum would see."""
     o, env = run.o, run.env
-    rows = [train_batch(train_tokens, o, run.config.block_size, run.data_gen, run.enc)
+    n_rows, length = row_shape(run, it)
+    rows = [train_batch(train_tokens, {**o, "batch_size": n_rows}, length, run.data_gen, run.enc)
             for _ in range(o["grad_accum"])][env.rank::env.world]
     if env.device_type == "cuda":  # page-locked, so the copy to the GPU does not wait for the host
         rows = [tuple(t if t is None else t.pin_memory() for t in row) for row in rows]
@@ -581,7 +605,7 @@ def evaluate(run, splits, it):
 
 def progress_line(run, it, loss, interval):
     """The line every log_interval steps: loss, learning rate, training speed, the data wait, ETA (and MFU)."""
-    rate = tokens_per_step(run) * interval["steps"] / interval["seconds"]
+    rate = interval["tokens"] / interval["seconds"]
     eta = interval["seconds"] / interval["steps"] * (run.o["max_iters"] - it - 1)
     mfu = ""
     if run.env.device_type == "cuda":
@@ -599,9 +623,9 @@ def train(run, splits, argv):
     at keep_iters, a progress line every log_interval. Ctrl-C ends it with one line saying how to resume."""
     o, master = run.o, run.env.master
     # the progress line's rates count training steps only: evaluation and checkpoints are timed on their own
-    interval = {"steps": 0, "seconds": 0.0, "data": 0.0}
-    prefetcher = BatchPrefetcher(lambda: step_batches(run, splits["train"]), run.data_gen,
-                                 o["max_iters"] - run.start_iter)
+    interval = {"steps": 0, "tokens": 0, "seconds": 0.0, "data": 0.0}
+    prefetcher = BatchPrefetcher(lambda it: step_batches(run, splits["train"], it), run.data_gen,
+                                 range(run.start_iter, o["max_iters"]))
     it = run.start_iter
     try:
         for it in range(run.start_iter, o["max_iters"]):
@@ -626,6 +650,7 @@ def train(run, splits, argv):
                     print(f"first step, with torch.compile compiling: {step_seconds:.1f}s (not in the rates)")
             else:
                 interval["steps"] += 1
+                interval["tokens"] += tokens_per_step(run, it)
                 interval["seconds"] += step_seconds
                 interval["data"] += t_data
             if master:
@@ -634,7 +659,7 @@ def train(run, splits, argv):
             # the first step too: a run whose steps take long says so at once, with its ETA
             if master and ((it + 1) % o["log_interval"] == 0 or it == run.start_iter) and interval["steps"]:
                 print(progress_line(run, it, loss, interval), flush=True)
-                interval = {"steps": 0, "seconds": 0.0, "data": 0.0}
+                interval = {"steps": 0, "tokens": 0, "seconds": 0.0, "data": 0.0}
     except KeyboardInterrupt:  # Ctrl-C: one line on what is kept and how to go on, instead of a traceback
         if master:
             print(interrupted_message(it, run.saved_at, run.ckpt_path, sys.argv[1:] if argv is None else argv),

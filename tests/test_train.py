@@ -276,6 +276,37 @@ def test_sliding_window_steps_use_swa_window(tmp_path, tiny_data, monkeypatch):
     assert seen == [5] * 2 + [7] * 2 + [None] * 2
 
 
+def test_curriculum_steps_train_on_short_rows_and_resume_exactly(tmp_path, tiny_data, monkeypatch):
+    """--curriculum_iters: the first steps train on rows of curriculum_len tokens, as many more rows as keep the
+    tokens per step (4 x 64 = 5 x 48 + 16: 5 rows), then on block_size rows; a run killed inside the curriculum and
+    resumed after its end reproduces the uninterrupted one."""
+    shapes, real_forward = [], model_module.GPT.forward
+
+    def recording_forward(self, idx, targets=None, cache=None, window=None, weights=None):
+        if self.training:
+            shapes.append(tuple(idx.shape))
+        return real_forward(self, idx, targets, cache, window, weights)
+    monkeypatch.setattr(model_module.GPT, "forward", recording_forward)
+    curriculum = ("--niah_mix", "1", "--block_size", "64", "--max_iters", "10", "--curriculum_iters", "6",
+                  "--curriculum_len", "48")
+    uninterrupted = run(tmp_path, tiny_data, *curriculum, out="a")
+    assert shapes == [(5, 48)] * 6 + [(4, 64)] * 4
+    monkeypatch.setattr(train, "lr_at", raising_at(6, Killed))  # the checkpoint at 4 is inside the curriculum
+    with pytest.raises(Killed):
+        run(tmp_path, tiny_data, *curriculum, out="b")
+    monkeypatch.undo()
+    assert run(tmp_path, tiny_data, *curriculum, "--resume", out="b") == uninterrupted  # bit-exact on one machine
+
+
+def test_a_curriculum_longer_than_the_context_or_too_short_for_a_drill_is_refused(tmp_path, tiny_data):
+    with pytest.raises(SystemExit, match="--curriculum_len 64 must be shorter than --block_size 64"):
+        run(tmp_path, tiny_data, "--block_size", "64", "--curriculum_iters", "2", "--curriculum_len", "64")
+    with pytest.raises(SystemExit, match="--curriculum_len 20 is too short for retrieval drills"):
+        run(tmp_path, tiny_data, "--niah_mix", "1", "--block_size", "64", "--curriculum_iters", "2",
+            "--curriculum_len", "20")
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_kill_before_a_kept_checkpoint_is_written_is_made_good_by_the_resume(tmp_path, tiny_data, monkeypatch):
     # ckpt.pt is written at iteration 4, then the process dies before ckpt_4.pt (reproduce.sh's drop point) is
     real_save = torch.save
