@@ -4,6 +4,7 @@ Training-step cost of the positional methods, measured side by side in one proce
     python bench.py --arms rope repo                       # the CPU default model, 16 x 256 tokens per step
     python bench.py --arms rope rope+pkm_layers=1 rope+fwpkm_layers=1 --block_size 128
     python bench.py --arms rope repo --n_layer 12 --n_embd 768 --n_head 12 --batch_size 16 --block_size 1024
+    python bench.py --drills 0,2 --block_size 256          # retrieval drills per second, made in 0 or 2 workers
 
 Every arm is the same GPT with another --pe, and optionally other model-config fields after '+' (name=value).
 The arms take turns, one full training step each (forward, backward, AdamW step) per round, so a slow moment of the
@@ -139,6 +140,28 @@ def peak_alone(args, overrides, arm, x, ctx):
     return peak
 
 
+def drill_rates(workers_list, block_size, seconds=8.0):
+    """Retrieval drills (train.py's, of block_size + 1 tokens) made per second by a DrillMaker with each number of
+    worker processes (0: this process), each timed for `seconds`; returns {workers: tokens per second}."""
+    from data.embedded import prepare
+    from data.niah import DrillMaker
+    data_dir, rates = prepare(dataset_dir("embedded")), {}
+    for workers in workers_list:
+        maker = DrillMaker(data_dir, workers)
+        try:
+            maker(list(range(4 * workers)), block_size + 1)  # the workers are started and loaded before the clock
+            made, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds:
+                made += len(maker(list(range(made, made + 256)), block_size + 1))
+            rate = made / (time.perf_counter() - start)
+        finally:
+            maker.close()
+        rates[workers] = rate * (block_size + 1)
+        print(f"drills of {block_size + 1} tokens, {workers} worker process(es): {rate:,.0f} rows/s, "
+              f"{rates[workers] / 1e3:,.0f}k tokens/s ({rates[workers] / rates[workers_list[0]]:.2f}x)")
+    return rates
+
+
 def main(argv=None):
     p = ArgumentParser(prog="bench.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arms", nargs="+", default=["rope", "repo"],
@@ -155,9 +178,20 @@ def main(argv=None):
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
                    help="auto: bfloat16 autocast on cuda, float32 elsewhere")
     p.add_argument("--compile", action="store_true", help="torch.compile every arm")
+    p.add_argument("--drills", default=None,
+                   help="instead of the arms: the rate of the retrieval drills, made in each comma-listed number of "
+                        "worker processes (train.py --data_workers), e.g. 0,2,8")
     p.add_argument("--kernels", default="auto", choices=KERNEL_MODES,
                    help="fused Triton fast paths (kernels/) of every arm, unless the arm sets +kernels=...")
     args = p.parse_args(argv)
+    if args.drills is not None:
+        try:
+            workers = [int(w) for w in args.drills.split(",")]
+        except ValueError:
+            raise SystemExit(f"error: --drills {args.drills!r} must be a comma list of worker counts, e.g. 0,2,8")
+        if min(workers) < 0:
+            raise SystemExit(f"error: --drills {args.drills!r}: a worker count is 0 or more")
+        return drill_rates(workers, args.block_size)
     arms = {arm: parse_arm(arm) for arm in args.arms}
     check_minimum(args, 1, ("n_layer", "n_head", "n_embd", "batch_size", "block_size", "rounds"))
     check_minimum(args, 0, ("warmup",))

@@ -39,7 +39,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from cli import DEVICE_HELP, ArgumentParser, check_minimum, check_writable_dir, load_checkpoint, resolve_device
 from data.format import PREPARE_COMMANDS, dataset_dir, get_batch, load_meta, load_tokenizer, load_tokens, write_atomic
-from data.niah import make_drill
+from data.niah import DrillMaker, make_drill
 from kernels import check_available
 from eval_niah import probe, probe_samples
 from model import GPT, GPTConfig, POSITIONAL, format_health, stage_defaults
@@ -70,6 +70,8 @@ OPTIONS = {  # name: (default, help); the defaults are the CPU default run
                            "predicts; weighted up, the plateau before the lookup is learned is shorter"),
     "curriculum_iters": (0, "first steps that train on rows of curriculum_len tokens (as many more rows, so tokens "
                             "per step stay): a short drill holds one needle in a short haystack, a lookup found sooner"),
+    "data_workers": (0, "processes that make the retrieval drills (0: a thread of this process, enough on a CPU; one "
+                        "core makes ~250k drill tokens/s, a GPU step wants ~1M: config/niah_gpu.py uses 8)"),
     "curriculum_len": (48, "row length of the curriculum steps (48: every drill has one needle; results/niah.md)"),
     # optimisation
     "batch_size": (16, "sequences per micro-step (per process)"),
@@ -97,7 +99,7 @@ DEFAULTS = {name: default for name, (default, _) in OPTIONS.items()}
 AT_LEAST_ONE = ("n_layer", "n_head", "n_embd", "block_size", "curriculum_len", "memory_n_sub", "memory_topk", "memory_key_dim",
                 "memory_value_dim", "memory_query_span", "memory_chunk", "batch_size", "grad_accum", "max_iters",
                 "eval_interval", "eval_iters", "log_interval")
-AT_LEAST_ZERO = ("answer_weight", "curriculum_iters", "warmup_iters", "lr", "min_lr", "weight_decay", "grad_clip", "swa_window", "seed")
+AT_LEAST_ZERO = ("answer_weight", "curriculum_iters", "data_workers", "warmup_iters", "lr", "min_lr", "weight_decay", "grad_clip", "swa_window", "seed")
 FRACTIONS = ("niah_mix", "swa_prob")
 
 
@@ -225,16 +227,17 @@ def read_config(path, parser):
     return values
 
 
-def train_batch(tokens, o, block_size, gen, enc):
+def train_batch(tokens, o, block_size, gen, drills):
     """Random windows of the training data; with niah_mix > 0, some rows become retrieval documents: needles inside
-    a haystack of training text, within the training length, keys and values from the "train" half. Returns
-    (x, y, the targets' loss weights: None for a plain mean, else answer_weight at drills' answers and 1 elsewhere)."""
+    a haystack of training text, within the training length, keys and values from the "train" half, made by drills
+    (a data.niah.DrillMaker) from seeds drawn here. Returns (x, y, the targets' loss weights: None for a plain mean,
+    else answer_weight at drills' answers and 1 elsewhere)."""
     x, y = get_batch(tokens, o["batch_size"], block_size, gen)
     weights = torch.ones(y.shape) if o["answer_weight"] != 1 else None  # parse_args: only with niah_mix > 0
     if o["niah_mix"] > 0:
-        for row in (torch.rand(len(x), generator=gen) < o["niah_mix"]).nonzero().flatten().tolist():
-            rng = random.Random(int(torch.randint(2 ** 62, (1,), generator=gen)))
-            seq, is_answer = make_drill(rng, enc, tokens, block_size + 1, "train")
+        rows = (torch.rand(len(x), generator=gen) < o["niah_mix"]).nonzero().flatten().tolist()
+        seeds = [int(torch.randint(2 ** 62, (1,), generator=gen)) for _ in rows]
+        for row, (seq, is_answer) in zip(rows, drills(seeds, block_size + 1)):
             x[row], y[row] = torch.tensor(seq[:-1]), torch.tensor(seq[1:])
             if weights is not None:
                 weights[row, torch.tensor(is_answer[1:])] = o["answer_weight"]
@@ -442,7 +445,7 @@ def check_inputs(o, explicit, env):
 
 def load_data(o, explicit, init, env):
     """The model config (it needs the data's vocabulary) and the data: (config, {split: tokens}, the tokenizer and
-    the NIAH probe's samples when drills are made, else None and [])."""
+    the NIAH probe's samples when drills are made, else None and [], the data directory)."""
     data_dir = data_dir_for(o, explicit, env.master)
     if env.ddp:
         dist.barrier()  # rank 0 may have generated the embedded corpus
@@ -454,7 +457,7 @@ def load_data(o, explicit, init, env):
         sys.exit(f"error: --curriculum_len {o['curriculum_len']} must be shorter than --block_size "
                  f"{config.block_size}: the curriculum's rows are the short ones")
     if not o["niah_mix"] > 0:
-        return config, splits, None, []
+        return config, splits, None, [], data_dir
     enc = load_tokenizer(data_dir)
     try:  # the same held-out samples at every evaluation
         probes = probe_samples(enc, splits["val"], config.block_size)
@@ -467,7 +470,7 @@ def load_data(o, explicit, init, env):
         except ValueError as e:
             sys.exit(f"error: --curriculum_len {o['curriculum_len']} is too short for retrieval drills ({e}); "
                      f"config/niah_cpu.py uses 48")
-    return config, splits, enc, probes
+    return config, splits, enc, probes, data_dir
 
 
 def build(o, config, resumed, init, env):
@@ -544,7 +547,7 @@ def step_batches(run, train_tokens, it):
     the same grad_accum would see."""
     o, env = run.o, run.env
     n_rows, length = row_shape(run, it)
-    rows = [train_batch(train_tokens, {**o, "batch_size": n_rows}, length, run.data_gen, run.enc)
+    rows = [train_batch(train_tokens, {**o, "batch_size": n_rows}, length, run.data_gen, run.drills)
             for _ in range(o["grad_accum"])][env.rank::env.world]
     if env.device_type == "cuda":  # page-locked, so the copy to the GPU does not wait for the host
         rows = [tuple(t if t is None else t.pin_memory() for t in row) for row in rows]
@@ -687,12 +690,17 @@ def main(argv=None):
     o, explicit = parse_args(argv)                               # options: defaults < --config file < flags
     env = start_processes(o)                                     # device, processes, precision
     resumed, init, method_defaults = check_inputs(o, explicit, env)  # refused before anything is written
-    config, splits, enc, probes = load_data(o, explicit, init, env)
+    config, splits, enc, probes, data_dir = load_data(o, explicit, init, env)
     if env.master and method_defaults:
         print(f"defaults of pe={o['pe']} for a stage from a checkpoint: {method_defaults}")
     run = build(o, config, resumed, init, env)                   # model, optimizer, history, batch stream
     run.enc, run.probe_samples = enc, probes                     # a retrieval run probes the lookup at evaluations
-    train(run, splits, argv)                                     # the loop, with checkpoints as it goes
+    run.drills = DrillMaker(data_dir, o["data_workers"]) if enc else None  # makes the retrieval drills
+    try:
+        train(run, splits, argv)                                 # the loop, with checkpoints as it goes
+    finally:
+        if run.drills:
+            run.drills.close()
     if env.master:
         finish(run, splits)                                      # the last evaluation and checkpoint
     if env.ddp:

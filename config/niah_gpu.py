@@ -19,4 +19,5 @@ warmup_iters = 200
 eval_interval = 500
 eval_iters = 20
 log_interval = 50
+data_workers = 8       # drill-making processes: one core makes ~250k drill tokens/s, a step here wants ~1M
 compile = True         # torch.compile: faster steps after a minute of compilation

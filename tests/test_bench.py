@@ -28,3 +28,10 @@ def test_bench_rejects_unknown_arms():
         bench.main(["--arms", "rope", "alibi"])
     with pytest.raises(SystemExit, match="unknown field 'fwpkm'"):
         bench.main(["--arms", "rope+fwpkm=1"])
+
+
+def test_bench_measures_the_drill_rate_with_workers():
+    rates = bench.drill_rates([0, 1], block_size=128, seconds=0.2)
+    assert set(rates) == {0, 1} and all(r > 0 for r in rates.values())
+    with pytest.raises(SystemExit, match="'0,two' must be a comma list"):
+        bench.main(["--drills", "0,two"])

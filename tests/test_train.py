@@ -129,7 +129,8 @@ def test_embedded_corpus_goes_to_a_new_data_dir_only_when_asked(tmp_path, tiny_d
 def test_a_retrieval_run_probes_the_lookup_and_still_resumes_exactly(tmp_path, tiny_data, monkeypatch, capsys):
     """With drills in training (niah_mix > 0), every evaluation runs the NIAH probe (exact match at 1x and attention
     on the needle) onto the eval line, into the history and as loss.png's second panel; the probe draws no random
-    numbers from the training streams, so a killed and resumed run still reproduces the uninterrupted one."""
+    numbers from the training streams, so a killed and resumed run still reproduces the uninterrupted one, also
+    when its drills are made in worker processes (--data_workers)."""
     retrieval = ("--niah_mix", "1", "--block_size", "64", "--max_iters", "10")
     uninterrupted = run(tmp_path, tiny_data, *retrieval, out="a")
     assert "NIAH at 1x:" in capsys.readouterr().out
@@ -138,11 +139,13 @@ def test_a_retrieval_run_probes_the_lookup_and_still_resumes_exactly(tmp_path, t
     assert max(uninterrupted["probe_needle"]) > 0
     width = plt.imread(tmp_path / "a" / "loss.png").shape[1]
     assert width > 1000, width  # two panels (600 px for the loss alone)
+    # the killed and resumed run makes its drills in two worker processes: the same rows, so the same run
     monkeypatch.setattr(train, "lr_at", raising_at(6, Killed))
     with pytest.raises(Killed):
-        run(tmp_path, tiny_data, *retrieval, out="b")
+        run(tmp_path, tiny_data, *retrieval, "--data_workers", "2", out="b")
     monkeypatch.undo()
-    assert run(tmp_path, tiny_data, *retrieval, "--resume", out="b") == uninterrupted  # bit-exact on one machine
+    resumed = run(tmp_path, tiny_data, *retrieval, "--data_workers", "2", "--resume", out="b")
+    assert resumed == uninterrupted  # bit-exact on one machine
 
 
 def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, tiny_data, monkeypatch):
@@ -238,15 +241,15 @@ def test_two_process_ddp_matches_one_process(tmp_path, tiny_data):
 
 def test_retrieval_mix_rows(tiny_data, monkeypatch):
     from data.format import get_batch, load_tokenizer, load_tokens
-    from data.niah import split_of
+    from data.niah import DrillMaker, split_of
     from tests.test_niah import drill_answers, record_draws
     drawn = record_draws(monkeypatch)
-    enc, tokens = load_tokenizer(tiny_data), load_tokens(tiny_data, "train")
+    enc, tokens, drills = load_tokenizer(tiny_data), load_tokens(tiny_data, "train"), DrillMaker(tiny_data)
     o = {"batch_size": 8, "niah_mix": 0.0, "answer_weight": 1.0}
-    *plain, weights = train.train_batch(tokens, o, 128, torch.Generator().manual_seed(1), enc)
+    *plain, weights = train.train_batch(tokens, o, 128, torch.Generator().manual_seed(1), drills)
     assert all(torch.equal(a, b) for a, b in zip(plain, get_batch(tokens, 8, 128, torch.Generator().manual_seed(1))))
     assert weights is None
-    x, y, weights = train.train_batch(tokens, {**o, "niah_mix": 1.0}, 128, torch.Generator().manual_seed(1), enc)
+    x, y, weights = train.train_batch(tokens, {**o, "niah_mix": 1.0}, 128, torch.Generator().manual_seed(1), drills)
     assert x.shape == y.shape == (8, 128) and torch.equal(x[:, 1:], y[:, :-1]) and weights is None
     for row in torch.cat((x, y[:, -1:]), 1).tolist():  # every row a drill: questions about the training half
         answers = drill_answers(enc.decode(row), drawn)
@@ -254,7 +257,7 @@ def test_retrieval_mix_rows(tiny_data, monkeypatch):
     # --answer_weight: the same rows, and the weight on exactly the answers' tokens (" 4821"), 1 elsewhere
     drawn.clear()
     *same, weights = train.train_batch(tokens, {**o, "niah_mix": 1.0, "answer_weight": 5.0}, 128,
-                                       torch.Generator().manual_seed(1), enc)
+                                       torch.Generator().manual_seed(1), drills)
     assert torch.equal(same[0], x) and torch.equal(same[1], y) and set(weights.unique().tolist()) == {1.0, 5.0}
     for row, w in zip(torch.cat((x[:, :1], y), 1).tolist(), weights.tolist()):
         answers = drill_answers(enc.decode(row), drawn)
