@@ -12,9 +12,10 @@ machine hits all of them alike; the reported time is the median over rounds. Pri
 ratio to the first arm, parameters, FLOPs per step (matrix products, as torch.utils.flop_counter counts them,
 forward and backward), the memory autograd keeps for the backward pass (distinct saved tensors, on any device), and
 on CUDA the peak memory of a step, measured for each arm alone (before the timed rounds, which keep every arm
-resident), and the aten operators of one eager step (ops/step: on a GPU each is at least one kernel launch, so a
-method that is slow for its FLOPs shows here; the count is the same on any device; a fused Triton kernel counts as
-the few aten ops around it). The vocabulary is the embedded dataset's unless --vocab_size is given.
+resident), and the aten operators of one eager forward and backward pass (ops/step: on a GPU each is at least one
+kernel launch, so a method that is slow for its FLOPs shows here; the count is the same on any device with kernels
+off; under TRITON_INTERPRET the interpreter's own tensor ops would be counted). The vocabulary is the embedded
+dataset's unless --vocab_size is given.
 """
 import argparse
 import gc
@@ -87,22 +88,25 @@ def saved_for_backward(model, x, ctx):
 
 
 class OpCounter(TorchDispatchMode):
-    """Counts the aten operators dispatched while active: on CUDA each is (at least) one kernel launch, and the
-    count is the same on any device, so a step's launch overhead can be measured without a GPU."""
+    """Counts the aten operators dispatched while active, views left out (a view relabels memory: no kernel): on
+    CUDA each counted one is (at least) one kernel launch, and the count is the same on any device, so a step's
+    launch overhead can be measured without a GPU."""
 
     def __init__(self):
         super().__init__()
         self.count = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += 1
+        self.count += not func.is_view
         return func(*args, **(kwargs or {}))
 
 
-def ops_per_step(model, optimizer, x, ctx):
-    """aten operators of one eager training step (forward, backward and the optimizer's step)."""
-    with OpCounter() as counter:
-        training_step(model, optimizer, x, ctx)
+def ops_per_step(model, x, ctx):
+    """aten operators of one eager forward and backward pass (the optimizer's step is left out: train.py's fused
+    AdamW is a few launches on CUDA whatever the model, where an unfused one here would count per tensor)."""
+    with OpCounter() as counter, ctx:
+        model(x, x)[1].backward()
+    model.zero_grad(set_to_none=True)
     return counter.count
 
 
@@ -214,7 +218,7 @@ def main(argv=None):
         model, optimizer = build(args, overrides, arm)
         flops = flops_per_step(model, x, ctx)
         saved = saved_for_backward(model, x, ctx)
-        ops = ops_per_step(model, optimizer, x, ctx)
+        ops = ops_per_step(model, x, ctx)
         step_model = torch.compile(model) if args.compile else model
         for _ in range(args.warmup):
             training_step(step_model, optimizer, x, ctx)

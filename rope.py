@@ -120,6 +120,8 @@ def rotation(pos, inv_freq, attention_factor=1.0):
     # | angle = m·θ_i for every position m, in fp32 (pos[..., None] · inv_freq);
     # | return cos(angle)·attention_factor, sin(angle)·attention_factor
     angle = pos.float()[..., None] * inv_freq  # fp32 always
+    if attention_factor == 1.0:  # the common case: two multiplications (and their backward) fewer per layer
+        return angle.cos(), angle.sin()
     return angle.cos() * attention_factor, angle.sin() * attention_factor
     # --- end ---
 
