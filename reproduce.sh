@@ -196,8 +196,8 @@ do_arm() {
 }
 
 # ---------------------------------------------------------------------------------------------------------------
-# The schedule: at most JOBS arms at a time, each staged arm waiting for the RoPE run it starts from. Every line an
-# arm prints goes to its log and, prefixed with its name, to this terminal.
+# The schedule: at most JOBS arms at a time, each staged arm waiting for the checkpoint of the RoPE run it starts from
+# (not for the whole run). Every line an arm prints goes to its log and, prefixed with its name, to this terminal.
 export PYTHONUNBUFFERED=1  # progress lines through the pipe as they come
 mkdir -p "$RES/logs"
 declare -A PID
@@ -210,13 +210,20 @@ for a in "${ARMS[@]}"; do
     if [[ -n ${NEEDS[$a]} ]]; then staged+=("$a"); elif [[ $a == rope ]]; then order+=(rope); else scratch+=("$a"); fi
 done
 order+=("${scratch[@]:0:JOBS-1}" "${staged[@]}" "${scratch[@]:JOBS-1}")
+starts_from() {  # the checkpoint a staged or kept arm starts from: its --init_from, or the one it evaluates
+    if [[ ${TRAIN[$1]} =~ --init_from\ ([^ ]+) ]]; then echo "${BASH_REMATCH[1]}"; else echo "${CKPT[$1]}"; fi
+}
 for a in "${order[@]}"; do
     while (( $(jobs -rp | wc -l) >= JOBS )); do wait -n || true; done  # a slot frees up (failures counted below)
     need=${NEEDS[$a]}
-    if [[ -n $need ]] && ! wait "${PID[$need]}"; then
-        echo "[$(date +%H:%M:%S)] $a not started: $need, which it starts from, failed"
-        failed+=("$a")
-        continue
+    if [[ -n $need ]]; then  # starts as soon as the RoPE run has kept its checkpoint (written atomically)
+        from=$(starts_from "$a")
+        while [[ ! -f $from ]] && kill -0 "${PID[$need]}" 2>/dev/null; do sleep 2; done
+        if [[ ! -f $from ]]; then
+            echo "[$(date +%H:%M:%S)] $a not started: $need, which it starts from, ended without $from"
+            failed+=("$a")
+            continue
+        fi
     fi
     echo "[$(date +%H:%M:%S)] start $a (log: $RES/logs/$a.log)"
     ( do_arm "$a" 2>&1 | tee -a "$RES/logs/$a.log" | sed -u "s/^/[$a] /" ) &
