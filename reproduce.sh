@@ -6,7 +6,7 @@
 # arm's log to results/<mode>/logs/.
 #
 #   bash reproduce.sh cpu             # config/niah_cpu.py, 2 arms side by side with one thread each
-#   bash reproduce.sh gpu             # config/niah_gpu.py on one GPU, one arm at a time
+#   bash reproduce.sh gpu             # config/niah_gpu.py on one GPU, 4 arms side by side
 #   SMOKE=1 bash reproduce.sh cpu     # the whole pipeline in minutes: 16 steps per arm, tiny evaluations, all of it
 #                                     # under out/smoke_cpu/ (results in out/smoke_cpu/results/)
 #   JOBS=3 bash reproduce.sh cpu      # another number of arms side by side
@@ -51,7 +51,7 @@ else
         echo "error: mode gpu needs a CUDA GPU that torch can see; without one run: bash reproduce.sh cpu" >&2
         exit 2
     fi
-    JOBS=${JOBS:-1}
+    JOBS=${JOBS:-4}  # arms side by side: a model of this size leaves most of an H100/H200 idle (not yet measured)
     SEC_PER_STEP=0.025  # a guess, not measured: 16k tokens per step at the ~655k tokens/s of an earlier H100 probe
     SEC_PER_EVAL=10     # a guess
 fi
