@@ -69,10 +69,10 @@ OPTIONS = {  # name: (default, help); the defaults are the CPU default run
     "answer_weight": (1.0, "loss weight of the drills' answer tokens (the rest weigh 1): the few tokens only a lookup "
                            "predicts; weighted up, the plateau before the lookup is learned is shorter"),
     "curriculum_iters": (0, "first steps that train on rows of curriculum_len tokens (as many more rows, so tokens "
-                            "per step stay): a short drill holds one needle in a short haystack, a lookup found sooner"),
+                            "per step stay): a short drill holds one needle in a short haystack, found sooner"),
+    "curriculum_len": (48, "row length of the curriculum steps (48: every drill has one needle; results/niah.md)"),
     "data_workers": (0, "processes that make the retrieval drills (0: a thread of this process, enough on a CPU; one "
                         "core makes ~250k drill tokens/s, a GPU step wants ~1M: config/niah_gpu.py uses 8)"),
-    "curriculum_len": (48, "row length of the curriculum steps (48: every drill has one needle; results/niah.md)"),
     # optimisation
     "batch_size": (16, "sequences per micro-step (per process)"),
     "grad_accum": (1, "micro-steps per optimiser step, summed over all processes"),
@@ -96,10 +96,11 @@ OPTIONS = {  # name: (default, help); the defaults are the CPU default run
     "seed": (1337, "seeds the initialisation and the batch stream"),
 }
 DEFAULTS = {name: default for name, (default, _) in OPTIONS.items()}
-AT_LEAST_ONE = ("n_layer", "n_head", "n_embd", "block_size", "curriculum_len", "memory_n_sub", "memory_topk", "memory_key_dim",
-                "memory_value_dim", "memory_query_span", "memory_chunk", "batch_size", "grad_accum", "max_iters",
-                "eval_interval", "eval_iters", "log_interval")
-AT_LEAST_ZERO = ("answer_weight", "curriculum_iters", "data_workers", "warmup_iters", "lr", "min_lr", "weight_decay", "grad_clip", "swa_window", "seed")
+AT_LEAST_ONE = ("n_layer", "n_head", "n_embd", "block_size", "curriculum_len", "memory_n_sub", "memory_topk",
+                "memory_key_dim", "memory_value_dim", "memory_query_span", "memory_chunk", "batch_size", "grad_accum",
+                "max_iters", "eval_interval", "eval_iters", "log_interval")
+AT_LEAST_ZERO = ("answer_weight", "curriculum_iters", "data_workers", "warmup_iters", "lr", "min_lr", "weight_decay",
+                 "grad_clip", "swa_window", "seed")
 FRACTIONS = ("niah_mix", "swa_prob")
 
 
@@ -465,8 +466,8 @@ def load_data(o, explicit, init, env):
         sys.exit(f"error: --niah_mix {o['niah_mix']} needs retrieval drills, and --block_size {config.block_size} is "
                  f"too short for them ({e}); config/niah_cpu.py uses 128")
     if o["curriculum_iters"]:
-        try:  # a drill of a short wording must fit; the longest ones are tried in turn, so one draw can pass
-            [make_drill(random.Random(i), enc, splits["train"], o["curriculum_len"] + 1, "train") for i in range(50)]
+        try:  # drills this short must fit (make_drill refuses a needle and question that leave too little haystack)
+            [make_drill(random.Random(i), enc, splits["train"], o["curriculum_len"] + 1, "train") for i in range(200)]
         except ValueError as e:
             sys.exit(f"error: --curriculum_len {o['curriculum_len']} is too short for retrieval drills ({e}); "
                      f"config/niah_cpu.py uses 48")
