@@ -6,7 +6,8 @@
 #   python train.py --config config/niah_gpu.py --pe rope --out_dir out/gpu_rope
 #   python train.py --config config/niah_gpu.py --fwpkm_layers 2 --swa_prob 0.9 --out_dir out/gpu_fwpkm
 niah_mix = 1.0         # every row a drill: the lookup is not learned from stories alone at this scale
-answer_weight = 128.0  # as config/niah_cpu.py: the answers' tokens weigh 128 in the loss (not yet run on a GPU)
+answer_weight = 32.0   # as config/niah_cpu.py: the answers' tokens weigh 32 in the loss (not yet run on a GPU)
+curriculum_iters = 1000  # as config/niah_cpu.py: first steps on 48-token rows, one needle each
 n_layer = 6            # blocks
 n_head = 6             # heads of 64 dims
 n_embd = 384           # residual width
