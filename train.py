@@ -19,7 +19,6 @@ import inspect
 import math
 import os
 import queue
-import random
 import re
 import runpy
 import shlex
@@ -39,7 +38,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from cli import DEVICE_HELP, ArgumentParser, check_minimum, check_writable_dir, load_checkpoint, resolve_device
 from data.format import PREPARE_COMMANDS, dataset_dir, get_batch, load_meta, load_tokenizer, load_tokens, write_atomic
-from data.niah import DrillMaker, make_drill
+from data.niah import DrillMaker
 from kernels import check_available
 from eval_niah import probe, probe_samples
 from model import GPT, GPTConfig, POSITIONAL, format_health, stage_defaults
@@ -446,7 +445,8 @@ def check_inputs(o, explicit, env):
 
 def load_data(o, explicit, init, env):
     """The model config (it needs the data's vocabulary) and the data: (config, {split: tokens}, the tokenizer and
-    the NIAH probe's samples when drills are made, else None and [], the data directory)."""
+    the NIAH probe's samples and the DrillMaker when drills are made, else None, [] and None). The caller closes
+    the DrillMaker (its worker processes)."""
     data_dir = data_dir_for(o, explicit, env.master)
     if env.ddp:
         dist.barrier()  # rank 0 may have generated the embedded corpus
@@ -458,20 +458,22 @@ def load_data(o, explicit, init, env):
         sys.exit(f"error: --curriculum_len {o['curriculum_len']} must be shorter than --block_size "
                  f"{config.block_size}: the curriculum's rows are the short ones")
     if not o["niah_mix"] > 0:
-        return config, splits, None, [], data_dir
+        return config, splits, None, [], None
     enc = load_tokenizer(data_dir)
     try:  # the same held-out samples at every evaluation
         probes = probe_samples(enc, splits["val"], config.block_size)
     except ValueError as e:  # the context cannot hold a needle and its question
         sys.exit(f"error: --niah_mix {o['niah_mix']} needs retrieval drills, and --block_size {config.block_size} is "
                  f"too short for them ({e}); config/niah_cpu.py uses 128")
+    drills = DrillMaker(data_dir, o["data_workers"])
     if o["curriculum_iters"]:
         try:  # drills this short must fit (make_drill refuses a needle and question that leave too little haystack)
-            [make_drill(random.Random(i), enc, splits["train"], o["curriculum_len"] + 1, "train") for i in range(200)]
+            drills(range(200), o["curriculum_len"] + 1)
         except ValueError as e:
+            drills.close()
             sys.exit(f"error: --curriculum_len {o['curriculum_len']} is too short for retrieval drills ({e}); "
                      f"config/niah_cpu.py uses 48")
-    return config, splits, enc, probes, data_dir
+    return config, splits, enc, probes, drills
 
 
 def build(o, config, resumed, init, env):
@@ -691,17 +693,17 @@ def main(argv=None):
     o, explicit = parse_args(argv)                               # options: defaults < --config file < flags
     env = start_processes(o)                                     # device, processes, precision
     resumed, init, method_defaults = check_inputs(o, explicit, env)  # refused before anything is written
-    config, splits, enc, probes, data_dir = load_data(o, explicit, init, env)
+    config, splits, enc, probes, drills = load_data(o, explicit, init, env)
     if env.master and method_defaults:
         print(f"defaults of pe={o['pe']} for a stage from a checkpoint: {method_defaults}")
-    run = build(o, config, resumed, init, env)                   # model, optimizer, history, batch stream
-    run.enc, run.probe_samples = enc, probes                     # a retrieval run probes the lookup at evaluations
-    run.drills = DrillMaker(data_dir, o["data_workers"]) if enc else None  # makes the retrieval drills
     try:
+        run = build(o, config, resumed, init, env)               # model, optimizer, history, batch stream
+        run.enc, run.probe_samples = enc, probes                 # a retrieval run probes the lookup at evaluations
+        run.drills = drills                                      # makes the retrieval drills (or None)
         train(run, splits, argv)                                 # the loop, with checkpoints as it goes
     finally:
-        if run.drills:
-            run.drills.close()
+        if drills:
+            drills.close()                                       # its worker processes
     if env.master:
         finish(run, splits)                                      # the last evaluation and checkpoint
     if env.ddp:
