@@ -64,26 +64,33 @@ Wording = namedtuple("Wording", "needle question prefix")
 # no map, no "found". Draws are uniform over a tuple, so a repeated choice is drawn more often: the answer must be
 # the likeliest continuation where a prompt ends (greedy decoding answers there), so the answer follows the "?" in
 # half the questions and a colon ends a quarter of the prefixes (drawn uniformly, a model wrote ": 953" after "is").
+# Nouns with an object ("the box number of Mia") and prefixes with several verbs ("The number Mia saw was") are there
+# because models trained on fewer failed held-out wordings by template: "The number Kai found was" went on " for
+# Maya." (the needle form "The number 4821 was for Mia."), and "the secret key of Mia" failed most, "key" being
+# known only as an object (results/niah.md, "Which held-out wordings fail").
 PARTS = {
-    "noun": ("secret number", "secret", "home number", "old number", "good number"),
+    "noun": ("secret number", "secret", "home number", "old number", "good number", "golden number",
+             "{object} number"),
     "thing": ("the {noun} of {name}", "the {noun} for {name}", "{name}'s {noun}"),
     "verb": ("is", "was"),
     "object": ("box", "key", "train", "boat", "car", "book", "hat", "cup"),
     "colon": ("",) * 3 + (":",),
     "needle": (" {Thing} {verb} {value}.", " {value} {verb} {thing}.", " The number {value} {verb} for {name}.",
                ' {name} said, "My {noun} is {value}."', " {name} had a {object} with the number {value} on it.",
-               " {name} wrote the number {value} on the {object}."),
+               " {name} wrote the number {value} on the {object}.", " {name} saw the number {value} on the {object}."),
     "question": ("", " What {verb} {thing}?", ' "What {verb} {thing}?"',
                  " What number was on the {object} of {name}?"),
-    "prefix": ("",) * 6 + (" It {verb}{colon}", " {Thing} {verb}{colon}", ' "{Thing} {verb}',
+    "prefix": ("",) * 9 + (" It {verb}{colon}", " {Thing} {verb}{colon}", ' "{Thing} {verb}',
                            " The number {verb}{colon}", " The number {name} wrote {verb}{colon}",
-                           " The number {name} had {verb}{colon}"),
+                           " The number {name} had {verb}{colon}", " The number {name} saw {verb}{colon}",
+                           " The number {name} loved {verb}{colon}", " The number {name} counted {verb}{colon}"),
 }
 
 
 def compose(noun, thing, verb, object, colon, needle, question, prefix):
     """The Wording of one choice of each of PARTS (in its order); {name} and {value} stay placeholders."""
-    fields = {"noun": noun, "verb": verb, "object": object, "colon": colon, "name": "{name}", "value": "{value}"}
+    fields = {"noun": noun.format(object=object), "verb": verb, "object": object, "colon": colon,  # "box number"
+              "name": "{name}", "value": "{value}"}
     fields["thing"] = thing.format(**fields)
     fields["Thing"] = fields["thing"][0].upper() + fields["thing"][1:]
     return Wording(*(part.format(**fields) for part in (needle, question, prefix)))
