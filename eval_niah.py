@@ -6,8 +6,9 @@ Needle-in-a-haystack (NIAH) evaluation at and beyond the training length.
 For every checkpoint (and, for checkpoints with RoPE layers, every --scaling) and every context length (multiples
 of the checkpoint's training length) and needle depth, it builds --samples needle samples (data/niah.py: the
 needle, the question and the answer fill exactly the context length) in each of --wordings:
-"seen" (a fixed sample of 20 of the composed wordings the training drills draw from) and "heldout" (5 wordings no
-drill can make), and scores two things:
+"seen" (a fixed sample of 20 of the composed wordings the training drills draw from), "heldout" (5 wordings no
+drill can make) or one held-out wording alone (heldout1 ... heldout5: which of them a model fails), and scores two
+things:
 
 - exact: greedy decoding of the answer, ANSWER_SLACK tokens longer than the expected answer (a model may lead in
   with ":" or " It is" on a wording it never saw, and that is not a retrieval error); the fraction of expected
@@ -188,10 +189,14 @@ def score_batch(model, samples, enc, device, iters=1, window=None):
     return exact, token_acc.tolist(), attention, health
 
 
+# --wordings: the two sets of data/niah.py, and each held-out wording alone
+WORDING_SETS = {**WORDINGS, **{f"heldout{i + 1}": (w,) for i, w in enumerate(WORDINGS["heldout"])}}
+
+
 def cell_samples(enc, val, seed, variant, haystack, wordings, length, depth, n):
     """The n samples of one cell; depth = (its index d, the depth). Sample i depends only on seed, the cell and i
     (so every checkpoint sees the same samples) and uses wording d·n + i of the set (so every wording gets asked)."""
-    (d, depth), choices = depth, WORDINGS[wordings]
+    (d, depth), choices = depth, WORDING_SETS[wordings]
     return [make_sample(random.Random(f"{seed}/{variant}/{haystack}/{length}/{depth}/{i}"), enc,
                         val if haystack == "val" else None, length, depth, variant, "eval",
                         choices[(d * n + i) % len(choices)]) for i in range(n)]
@@ -339,7 +344,8 @@ def main(argv=None):
     p.add_argument("--variants", default="single", help=f"comma list of {', '.join(VARIANTS)}")
     p.add_argument("--haystacks", default="val", help=f"comma list of {', '.join(HAYSTACKS)}")
     p.add_argument("--wordings", default=",".join(WORDINGS),
-                   help="comma list of seen (20 of the training drills' wordings), heldout (wordings never trained)")
+                   help="comma list of seen (20 of the training drills' wordings), heldout (5 wordings never "
+                        "trained), heldout1 ... heldout5 (one of them alone)")
     p.add_argument("--scaling", default="none",
                    help=f"comma list of none, {', '.join(SCALINGS)} (models with RoPE layers: rope, repo, rope_nope)")
     p.add_argument("--logit_scale_c", default="fitted",
@@ -366,7 +372,7 @@ def main(argv=None):
     args.iters = parse_list(args.iters, int, "iters", minimum=1)
     args.variants = parse_list(args.variants, str, "variants", valid=VARIANTS)
     args.haystacks = parse_list(args.haystacks, str, "haystacks", valid=HAYSTACKS)
-    args.wordings = parse_list(args.wordings, str, "wordings", valid=tuple(WORDINGS))
+    args.wordings = parse_list(args.wordings, str, "wordings", valid=tuple(WORDING_SETS))
     args.scaling = [None if s == "none" else s
                     for s in parse_list(args.scaling, str, "scaling", valid=("none", *SCALINGS))]
     try:

@@ -290,7 +290,7 @@ def test_drills_fit_short_lengths(enc_and_val, monkeypatch):
 
 def test_eval_reports_seen_and_heldout_wordings(tiny_data, tmp_path, monkeypatch, capsys):
     """Every cell is measured on both wording sets (by default), each result and table row says which, and the
-    samples of a cell ask every wording of its set."""
+    samples of a cell ask every wording of its set; heldout3 asks only the third held-out wording."""
     model = GPT(GPTConfig(vocab_size=load_tokenizer(tiny_data).n_vocab, block_size=96, n_layer=1, n_head=2,
                           n_embd=16))
     torch.save({"model_config": model.config.to_dict(), "model": model.state_dict(),
@@ -311,6 +311,12 @@ def test_eval_reports_seen_and_heldout_wordings(tiny_data, tmp_path, monkeypatch
     only = eval_niah.main(["--ckpt", str(tmp_path / "ckpt.pt"), "--lengths", "1", "--depths", "1", "--samples", "1",
                            "--wordings", "heldout", "--out_dir", str(tmp_path / "niah")])
     assert [r["wordings"] for r in only] == ["heldout"]
+    asked.clear()
+    third = eval_niah.main(["--ckpt", str(tmp_path / "ckpt.pt"), "--lengths", "1", "--depths", "2", "--samples", "3",
+                            "--wordings", "heldout3", "--out_dir", str(tmp_path / "niah")])
+    assert [r["wordings"] for r in third] == ["heldout3"] * 2 and set(asked) == {WORDINGS["heldout"][2]}
+    with pytest.raises(SystemExit, match="heldout6.*heldout5"):
+        eval_niah.main(["--ckpt", str(tmp_path / "ckpt.pt"), "--wordings", "heldout6"])
 
 
 def test_attention_stats_on_hand_made_queries(enc_and_val):
