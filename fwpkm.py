@@ -213,28 +213,35 @@ class FastWeightProductKeyMemory(nn.Module):
                            torch.zeros(batch_size, self.span - 1, self.q_norm.normalized_shape[0],
                                        device=self.initial_keys.device))
 
-    def read(self, h, state):
-        """Reads tokens h [B, T, C] with the memory of `state`; returns the per-token tensors the write needs."""
-        B = h.shape[0]
-        group = torch.arange(B, device=h.device) if state.values.shape[0] == B else torch.zeros(B, dtype=torch.long,
-                                                                                               device=h.device)
-        # the query of token t from the inputs of tokens t − span + 1 .. t (the span before the chunk in state.before)
-        spans = self.q_norm(torch.cat((state.before.type_as(h), h), dim=1)).unfold(1, self.span, 1)  # [B, T, C, span]
+    def project(self, h, before):
+        """The per-token tensors that do not depend on the memory, for tokens h [B, T, C] after the inputs `before`
+        [B, span − 1, C]: query q, z-scored target v, gate g. forward() computes them for all its tokens at once, so
+        the chunk loop runs only what the memory changes (the read and the write)."""
+        # the query of token t from the inputs of tokens t − span + 1 .. t
+        spans = self.q_norm(torch.cat((before.type_as(h), h), dim=1)).unfold(1, self.span, 1)  # [B, T, C, span]
         q = self.query(spans.flatten(2)).float()                                     # [B, T, d_k]
         v = self.value(self.v_norm(h)).float()
         v = (v - v.mean(-1, keepdim=True)) / (v.std(-1, keepdim=True) + 1e-5)          # z-scored target [B, T, d_v]
         g = torch.sigmoid(self.gate(self.g_norm(h)).float())                          # [B, T, 1]
+        return {"q": q, "v": v, "g": g}
+
+    def read(self, p, state):
+        """Reads the tokens of p (project()'s tensors) with the memory of `state`; returns what the write needs."""
+        q = p["q"]
+        B = q.shape[0]
+        group = torch.arange(B, device=q.device) if state.values.shape[0] == B else torch.zeros(B, dtype=torch.long,
+                                                                                               device=q.device)
         q1, q2 = q.chunk(2, dim=-1)
         keys = state.keys[group]                                                      # [B, 2, n, d_k/2]
         scores, slots = product_topk(idw_scores(q1, keys[:, 0]), idw_scores(q2, keys[:, 1]), self.topk)
         w = F.softmax(scores, dim=-1)                                                 # [B, T, k]
-        if use_kernels(self.kernels, h):  # the same read, memory [G, N, d_v] as rows group·N + slot (kernels/pkm.py)
+        if use_kernels(self.kernels, q):  # the same read, memory [G, N, d_v] as rows group·N + slot (kernels/pkm.py)
             from kernels import pkm
             v_hat = pkm.read(state.values.flatten(0, 1), group[:, None, None] * state.values.shape[1] + slots, w)
         else:
             rows = state.values[group[:, None, None], slots]                          # [B, T, k, d_v]
             v_hat = (w[..., None] * rows).sum(-2)                                     # v̂_t = Σ w V   [B, T, d_v]
-        return {"q": q, "v": v, "g": g, "w": w, "slots": slots, "v_hat": v_hat, "group": group}
+        return {**p, "w": w, "slots": slots, "v_hat": v_hat, "group": group}
 
     def write(self, r, state):
         """One SGD step (lr 1) of L_mem on the values and of L_addr on the keys, from the reads r of one chunk."""
@@ -268,39 +275,31 @@ class FastWeightProductKeyMemory(nn.Module):
             state = cache.state.setdefault(self.name, self.fresh_state(B))
         else:
             state = self.fresh_state(B)
+        # the tokens of the current chunk read by earlier calls (generation) wait in state.pending and are read again
+        # with these, so h starts at a chunk boundary: chunks are h[:, i·C:(i + 1)·C], the last one maybe incomplete
+        h = x if state.pending is None else torch.cat((state.pending, x), dim=1)     # [B, done + T, C]
+        done = h.shape[1] - T
+        projected = self.project(h, state.before)
         outs, stats, reads = [], [], []
-        start = 0
-        while start < T:
-            # the tokens up to the next chunk boundary. Boundaries fall at multiples of the chunk in absolute
-            # positions; the tokens of the current chunk read by earlier calls (generation) wait in state.pending,
-            # so their count, a Python int, says where the boundary is without reading pos (a host sync)
-            done = 0 if state.pending is None else state.pending.shape[1]
-            end = min(T, start + state.chunk - done)
-            h = x[:, start:end]
-            if state.pending is not None:  # the chunk began in an earlier call: read it whole again
-                h = torch.cat((state.pending, h), dim=1)
-            r = self.read(h, state)
-            new = end - start
-            out = r["g"][:, -new:] * r["v_hat"][:, -new:] + (1 - r["g"][:, -new:]) * r["v"][:, -new:]
-            outs.append(out)
+        for start in range(0, h.shape[1], state.chunk):
+            end = min(start + state.chunk, h.shape[1])
+            r = self.read({k: t[:, start:end] for k, t in projected.items()}, state)
+            outs.append(r["g"] * r["v_hat"] + (1 - r["g"]) * r["v"])
             if not self.training:  # health costs host syncs, so it is measured in evaluation only
                 stats.append((r["g"].mean().item(), *slot_health(r["slots"], state.values.shape[1])))
-                reads.append({k: r[k][:, -new:] for k in ("slots", "w", "g", "v", "v_hat")})
-            if h.shape[1] == state.chunk:  # the chunk is complete
+                reads.append({k: r[k] for k in ("slots", "w", "g", "v", "v_hat")})
+            if end - start == state.chunk:  # the chunk is complete
                 self.write(r, state)
-                state.pending = None
-                state.before = torch.cat((state.before, h.float()), dim=1)[:, h.shape[1]:]
-            else:
-                state.pending = h
-            start = end
+                state.before = torch.cat((state.before, h[:, start:end].float()), dim=1)[:, state.chunk:]
+        state.pending = h[:, start:] if end - start < state.chunk else None
         if cache is None and self.lifetime == "persistent" and self.training:
             self.initial_values.copy_(state.values.detach()[0])
             self.initial_keys.copy_(state.keys.detach()[0])
         if stats:
             gate, coverage, collisions = (sum(s[i] for s in stats) / len(stats) for i in range(3))
             self.health = {"gate": gate, "coverage": coverage, "collisions": collisions}
-            self.last_reads = {k: torch.cat([r[k] for r in reads], dim=1) for k in reads[0]}  # for needle_trace
-        out = torch.cat(outs, dim=1).type_as(x)                                       # [B, T, d_v]
+            self.last_reads = {k: torch.cat([r[k] for r in reads], dim=1)[:, done:] for k in reads[0]}  # needle_trace
+        out = torch.cat(outs, dim=1)[:, done:].type_as(x)                             # [B, T, d_v]
         return self.out_proj(self.out_norm(out))
 
 

@@ -49,9 +49,9 @@ def test_one_write_lowers_the_memorisation_loss_of_its_chunk():
     h = torch.randn(2, 8, 32)
     state = layer.fresh_state(2)
     with torch.no_grad():
-        before = layer.read(h, state)
+        before = layer.read(layer.project(h, state.before), state)
         layer.write(before, state)
-        after = layer.read(h, state)
+        after = layer.read(layer.project(h, state.before), state)
     assert memorisation_loss(after) < 0.9 * memorisation_loss(before), \
         f"L_mem {memorisation_loss(before):.4f} before the write, {memorisation_loss(after):.4f} after"
 
@@ -63,7 +63,8 @@ def test_a_single_token_with_gate_one_is_rewritten_exactly(monkeypatch):
         layer.initial_values.normal_()
     state = layer.fresh_state(1)
     with torch.no_grad():
-        r = layer.read(torch.randn(1, 2, 32), state)  # one pair: token 0 reads, token 1's value is its target
+        # one pair: token 0 reads, token 1's value is its target
+        r = layer.read(layer.project(torch.randn(1, 2, 32), state.before), state)
         r["g"] = torch.ones_like(r["g"])
         torch.testing.assert_close(r["w"], torch.full_like(r["w"], 1 / layer.topk))
         layer.write(r, state)
@@ -90,8 +91,9 @@ def test_lm_gradients_reach_value_projection_and_gate_through_the_writes():
     layer = fw_layer(memory_model())
     state = layer.fresh_state(2)
     h = torch.randn(2, 16, 32)
-    layer.write(layer.read(h[:, :8], state), state)
-    later = layer.read(h[:, 8:], state)["v_hat"]  # chunk 1's reads: W_v and the gate act on them only by the write
+    layer.write(layer.read(layer.project(h[:, :8], state.before), state), state)
+    # chunk 1's reads: W_v and the gate act on them only by the write
+    later = layer.read(layer.project(h[:, 8:], state.before), state)["v_hat"]
     grads = torch.autograd.grad(later.pow(2).sum(), [layer.value.weight, layer.gate.weight, layer.query.weight])
     for name, g in zip(("W_v", "the gate", "W_q"), grads):
         assert g.abs().sum() > 0, f"no gradient reaches {name} through the write"
@@ -115,7 +117,8 @@ def test_one_addressing_step_raises_the_usage_entropy():
     layer = fw_layer(memory_model())
     state = layer.fresh_state(1)
     with torch.no_grad():
-        r = layer.read(torch.randn(1, 32, 32), state)  # a 32-token chunk (the default); at 8 tokens lr 1 overshoots
+        # a 32-token chunk (the default); at 8 tokens lr 1 overshoots
+        r = layer.read(layer.project(torch.randn(1, 32, 32), state.before), state)
         before = usage_entropy(layer, r["q"], state.keys)
         layer.write(r, state)
         after = usage_entropy(layer, r["q"], state.keys)
@@ -168,6 +171,18 @@ def test_persistent_memory_carries_over_in_training_only():
 @pytest.mark.parametrize("span", [1, 4])  # span 4: the query's earlier tokens carry over chunk boundaries and calls
 def test_kv_cache_generation_equals_full_forward(span):
     check_kv_cache(memory_model(pkm_layers=(0,), memory_query_span=span).eval())
+
+
+def test_projections_run_once_per_call_and_the_read_once_per_chunk(monkeypatch):
+    """The query, target and gate do not depend on the memory, so a forward computes them for all its tokens in one
+    pass; only the read and the write run per chunk (40 tokens, chunk 8: 5 chunks)."""
+    model = memory_model().train()
+    layer, calls = fw_layer(model), {"query": 0, "read": 0}
+    layer.query.register_forward_hook(lambda *_: calls.__setitem__("query", calls["query"] + 1))
+    read = layer.read
+    monkeypatch.setattr(layer, "read", lambda *a: calls.__setitem__("read", calls["read"] + 1) or read(*a))
+    model(torch.randint(64, (2, 40)))
+    assert calls == {"query": 1, "read": 5}
 
 
 def test_iterative_reading_changes_only_the_fast_weights():

@@ -96,7 +96,7 @@ def test_write_matches_plain(device, lifetime, T):
     state = layer.fresh_state(3)
     state.values = torch.randn_like(state.values)  # a memory that has been written before
     with torch.no_grad():  # no graph: the kernel's case
-        r = layer.read(torch.randn(3, T, 32, device=device), state)
+        r = layer.read(layer.project(torch.randn(3, T, 32, device=device), state.before), state)
         fast, plain = written(layer, r, state, "on"), written(layer, r, state, "off")
     assert torch.unique(r["group"][:, None, None] * 16 + r["slots"]).numel() < r["slots"].numel()  # rows repeat
     assert not torch.equal(plain.values, state.values)  # the step did something
@@ -110,7 +110,7 @@ def test_write_keeps_the_plain_code_when_a_graph_is_needed(device, monkeypatch):
     monkeypatch.setattr(pkm, "write_values", lambda *args: pytest.fail("the in-place kernel would cut the graph"))
     layer = fwpkm.FastWeightProductKeyMemory(GPTConfig(**TINY, kernels="on"), 0).to(device)
     state = layer.fresh_state(2)
-    layer.write(layer.read(torch.randn(2, 8, 32, device=device), state), state)
+    layer.write(layer.read(layer.project(torch.randn(2, 8, 32, device=device), state.before), state), state)
     assert state.values.grad_fn is not None
 
 
