@@ -42,10 +42,10 @@ if [[ $MODE == cpu ]]; then
     # cores are 15-25x slower, two runs of 1 thread are not (README, results/cpu_default.md).
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
     JOBS=${JOBS:-2}
-    # the study of 2026-11-23 (2-core CPU, 2 runs side by side): 24-29 minutes per 6,000 steps of the plain arms,
-    # 28 and 38 of the memory arms; 18 evaluation settings (1x-8x, both wordings, both variants) in 13.6 minutes
-    SEC_PER_STEP=0.27
-    SEC_PER_EVAL=80
+    # measured 2026-11-30 (2-core CPU, 2 runs side by side): 10.1-10.5 minutes per 3,000 steps of RoPE (the
+    # curriculum's short rows included), ~42 s per evaluation setting (1x-8x, both wordings, both variants)
+    SEC_PER_STEP=0.21
+    SEC_PER_EVAL=45
 else
     if ! python -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
         echo "error: mode gpu needs a CUDA GPU that torch can see; without one run: bash reproduce.sh cpu" >&2
