@@ -11,7 +11,9 @@ It writes to --out_dir:
   match % (teacher-forced value-token accuracy %) at every length, the mean over depths and samples. Above the
   tables: the command, and the date, machine and torch version of every evaluation.
   A label found in several files is one arm trained with several seeds (reproduce.sh's SEED=, same directory
-  name): its row gives the mean over the seeds and, in brackets, the lowest and highest seed. The val loss comes
+  name): its row gives the mean over the seeds and, in brackets, the lowest and highest seed, and its name how many
+  seeds answer ≥ 50% at the shortest length (a mean over seeds that learned the lookup and seeds that did not is
+  not a result). The val loss comes
   from the checkpoints, so where some seeds' checkpoints are missing it says over how many seeds it is the mean.
   DroPE evaluated with its fitted c (eval_niah.py --logit_scale_c fitted) is one row, "<arm>+fitted beta", with the
   c of each seed.
@@ -61,6 +63,7 @@ def fitted_beta(result, args):
             and result["logit_scale_c"] not in [c for c in listed if c != "fitted"])
 
 
+ANSWERS = 50  # % exact at the shortest length that counts a seed as answering (the seeds' count in a row's name)
 LEARNED = 75  # % exact of train.py's NIAH probe (9 of its 12 held-out samples) that counts as the lookup learned
 
 
@@ -101,7 +104,7 @@ def markdown_tables(results, losses, learned):
             mine = [r for r in rows if r["label"] == label]
             seeds = list(dict.fromkeys(r["source"] for r in mine))
             known = [losses[ckpt] for ckpt in dict.fromkeys(r["ckpt"] for r in mine) if losses.get(ckpt) is not None]
-            cells = []
+            cells, at_first = [], []
             for m in lengths:
                 # per seed: the mean over depths and samples; then the mean (and range) over seeds
                 per_seed = [(100 * np.mean([r["exact"] for r in cell]), 100 * np.mean([r["token"] for r in cell]))
@@ -111,9 +114,13 @@ def markdown_tables(results, losses, learned):
                     cells.append("")
                     continue
                 exact, token = np.array(per_seed).T
+                at_first = at_first or list(exact)  # per seed, at the shortest length evaluated
                 spread = f" [{exact.min():.0f}-{exact.max():.0f}]" if len(exact) > 1 else ""
                 cells.append(f"{exact.mean():.0f}{spread} ({token.mean():.1f})")
-            notes = [f"{len(seeds)} seeds"] if len(seeds) > 1 else []
+            # how many seeds answer at all at the shortest length: a mean over seeds that did and seeds that did not
+            # is no result
+            notes = [f"{len(seeds)} seeds, {sum(e >= ANSWERS for e in at_first)} ≥ {ANSWERS}% at {lengths[0]}x"
+                     ] if len(seeds) > 1 else []
             if "fitted_c" in mine[0]:  # the c of each seed
                 notes.append("c = " + ", ".join(f"{next(r['fitted_c'] for r in mine if r['source'] == s):.3g}"
                                                 for s in seeds))

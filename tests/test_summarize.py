@@ -51,7 +51,7 @@ def test_bad_results_file_is_one_line(tmp_path, capsys, content, message):
 
 def test_one_arm_from_several_seeds_is_one_row_with_its_range(tmp_path):
     paths = []
-    for seed, exact in ((1337, 0.9), (2, 0.5), (3, 0.7)):  # the same arm (label) in three files: three seeds
+    for seed, exact in ((1337, 0.9), (2, 0.3), (3, 0.7)):  # the same arm (label) in three files: three seeds
         (tmp_path / str(seed) / "repo").mkdir(parents=True)
         ckpt = str(tmp_path / str(seed) / "repo" / "ckpt.pt")
         torch.save({"history": {"val_loss": [2.0, 1.0 + seed % 10 / 10]}}, ckpt)
@@ -62,13 +62,13 @@ def test_one_arm_from_several_seeds_is_one_row_with_its_range(tmp_path):
     (tmp_path / "nope.json").write_text(json.dumps({"results": once}))
     summarize.main([*map(str, paths), str(tmp_path / "nope.json"), "--out_dir", str(tmp_path / "out")])
     md = (tmp_path / "out" / "results.md").read_text()
-    # val losses 1.7, 1.2, 1.3 -> 1.400; exact 90, 50, 70 -> mean 70, range 50-90
-    assert "| repo (3 seeds) | 1.400 | 70 [50-90] (80.0) | 0 [0-0] (80.0) |" in md
+    # val losses 1.7, 1.2, 1.3 -> 1.400; exact 90, 30, 70 -> mean 63, range 30-90, two seeds answer at 1x
+    assert "| repo (3 seeds, 2 ≥ 50% at 1x) | 1.400 | 63 [30-90] (80.0) | 0 [0-0] (80.0) |" in md
     assert "| nope |  | 25 (50.0) | 25 (50.0) |" in md  # one seed: no range
     (tmp_path / "1337" / "repo" / "ckpt.pt").unlink()  # one seed's checkpoint is not on this machine
     summarize.main([*map(str, paths), "--out_dir", str(tmp_path / "out")])
     md = (tmp_path / "out" / "results.md").read_text()
-    assert "| repo (3 seeds) | 1.250 (2 of 3 seeds) | 70 [50-90] (80.0) |" in md
+    assert "| repo (3 seeds, 2 ≥ 50% at 1x) | 1.250 (2 of 3 seeds) | 63 [30-90] (80.0) |" in md
 
 
 def test_fitted_beta_of_several_seeds_is_one_row_with_each_c(tmp_path):
@@ -82,8 +82,8 @@ def test_fitted_beta_of_several_seeds_is_one_row_with_each_c(tmp_path):
         paths[-1].write_text(json.dumps({"args": {"logit_scale_c": ["fitted", 0.412]}, "results": rows}))
     summarize.main([*map(str, paths), "--out_dir", str(tmp_path / "out")])
     md = (tmp_path / "out" / "results.md").read_text()
-    assert "| drope+fitted beta (2 seeds; c = 0.112, 0.00742) |  | 50 [50-50] (50.0) |" in md
-    assert "| drope+beta0.412 (2 seeds) |  | 0 [0-0] (50.0) |" in md
+    assert "| drope+fitted beta (2 seeds, 2 ≥ 50% at 1x; c = 0.112, 0.00742) |  | 50 [50-50] (50.0) |" in md
+    assert "| drope+beta0.412 (2 seeds, 0 ≥ 50% at 1x) |  | 0 [0-0] (50.0) |" in md
 
 
 def test_runs_with_the_niah_probe_say_when_they_learned_the_lookup(tmp_path):
