@@ -79,6 +79,8 @@ OPTIONS = {  # name: (default, help); the defaults are the CPU default run
     "lr": (2e-3, "peak learning rate"),
     "min_lr": (2e-4, "learning rate at the end of the cosine"),
     "warmup_iters": (100, "linear warmup steps"),
+    "cooldown_frac": (0.0, "last fraction of the steps over which the learning rate falls linearly to 0 (a lookup "
+                           "found on the plateau settles instead of wobbling at a high rate; results/niah.md)"),
     "weight_decay": (0.1, "AdamW decay on matrices and embeddings, not on norms"),
     "beta1": (0.9, "AdamW beta1"),
     "beta2": (0.95, "AdamW beta2"),
@@ -100,7 +102,7 @@ AT_LEAST_ONE = ("n_layer", "n_head", "n_embd", "block_size", "curriculum_len", "
                 "max_iters", "eval_interval", "eval_iters", "log_interval")
 AT_LEAST_ZERO = ("answer_weight", "curriculum_iters", "data_workers", "warmup_iters", "lr", "min_lr", "weight_decay",
                  "grad_clip", "swa_window", "seed")
-FRACTIONS = ("niah_mix", "swa_prob")
+FRACTIONS = ("niah_mix", "swa_prob", "cooldown_frac")
 
 
 def parse_args(argv=None):
@@ -252,11 +254,15 @@ def parse_bool(text):
 
 
 def lr_at(it, o):
-    """Linear warmup, then cosine decay from lr to min_lr at max_iters."""
+    """Linear warmup, then cosine decay from lr to min_lr at max_iters; over the last cooldown_frac of the steps
+    that value is scaled down linearly to 0 (the cooldown of a warmup-stable-decay schedule)."""
     if it < o["warmup_iters"]:
         return o["lr"] * (it + 1) / o["warmup_iters"]
     progress = min(1.0, (it - o["warmup_iters"]) / max(1, o["max_iters"] - o["warmup_iters"]))
-    return o["min_lr"] + 0.5 * (1 + math.cos(math.pi * progress)) * (o["lr"] - o["min_lr"])
+    lr = o["min_lr"] + 0.5 * (1 + math.cos(math.pi * progress)) * (o["lr"] - o["min_lr"])
+    steps_left = o["max_iters"] - it  # 1 at the last step, so the last update still moves the weights
+    cooldown = o["cooldown_frac"] * o["max_iters"]
+    return lr * min(1.0, steps_left / cooldown) if cooldown > 0 else lr
 
 
 def make_optimizer(model, o, device_type):

@@ -107,6 +107,17 @@ def test_a_warmup_longer_than_the_run_is_warned_about_in_one_line(tmp_path, tiny
     assert err.startswith("warning: --warmup_iters 5 is more than --max_iters 3") and len(err.splitlines()) == 1, err
 
 
+def test_the_cooldown_takes_the_learning_rate_linearly_to_zero_over_the_last_steps():
+    o = {**train.DEFAULTS, "max_iters": 100, "warmup_iters": 10, "lr": 2e-3, "min_lr": 1e-3}
+    plain = [train.lr_at(it, o) for it in range(100)]
+    cooled = [train.lr_at(it, {**o, "cooldown_frac": 0.25}) for it in range(100)]
+    assert cooled[:75] == plain[:75]  # untouched before the last quarter
+    assert cooled[75] == pytest.approx(plain[75])  # 25 steps left of 25: the full value
+    assert cooled[87] == pytest.approx(plain[87] * 13 / 25)
+    assert 0 < cooled[99] == pytest.approx(plain[99] / 25)  # the last step still moves the weights
+    assert all(a > b for a, b in zip(cooled[75:], cooled[76:]))
+
+
 def test_a_step_that_cannot_fit_in_memory_is_refused(tmp_path, tiny_data, monkeypatch):
     monkeypatch.setattr(os, "sysconf", lambda name: {"SC_PHYS_PAGES": 100, "SC_PAGE_SIZE": 4096}[name])  # 400 kB
     with pytest.raises(SystemExit, match=r"--batch_size 4 x --block_size 32 = 128 tokens .* more than the 0 GiB"):
