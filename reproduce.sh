@@ -104,11 +104,11 @@ kept() {  # name, step: no training, the RoPE run's checkpoint at that step eval
     CKPT[$1]=$OUT/rope/ckpt_$2.pt
 }
 stage() {  # train.py flags of a stage of $2 steps from the RoPE checkpoint at step $1
-    # drope.py's recalibration schedule (3.5% warmup, LR 1e-3, cosine to 1e-4), spelled out because the config's
-    # values count as given and would win over a method's stage defaults; no curriculum: the RoPE run had it
+    # drope.py's recalibration schedule (3.5% warmup, LR 1e-3, cosine to 1e-4, no cooldown), spelled out because the
+    # config's values count as given and would win over a method's stage defaults; no curriculum: the RoPE run had it
     local warmup=$(( ($2 * 35 + 500) / 1000 ))
     echo "--init_from $OUT/rope/ckpt_$1.pt --warmup_iters $(( warmup > 0 ? warmup : 1 )) --lr 1e-3 --min_lr 1e-4" \
-         "--curriculum_iters 0"
+         "--cooldown_frac 0 --curriculum_iters 0"
 }
 arm rope           $N             "--pe rope --keep_iters $HALF,$LATE"         "--scaling none,pi,ntk,yarn"
 arm nope           $N             "--pe nope"                                  ""

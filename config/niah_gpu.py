@@ -17,6 +17,7 @@ max_iters = 4000       # RoPE did not yet retrieve at 1,500 steps in the H100 pr
 lr = 1e-3
 min_lr = 1e-4
 warmup_iters = 200
+cooldown_frac = 0.2    # as config/niah_cpu.py: the last fifth of the steps decays to 0 (not yet run on a GPU)
 eval_interval = 500
 eval_iters = 20
 log_interval = 50
