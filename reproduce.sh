@@ -119,6 +119,12 @@ kept rope_at_half $HALF
 # DroPE with beta = 1 + c ln(s): c fitted by drope_fit.py, the paper's c = 0.412 (0.5B from scratch), and no beta
 arm drope_late     $(( N - LATE )) "--pe drope $(stage $LATE $(( N - LATE )))"  "--logit_scale_c fitted,0.412,0" rope
 arm drope_half     $(( N - HALF )) "--pe drope $(stage $HALF $(( N - HALF )))"  "--logit_scale_c fitted,0.412,0" rope
+# the same with QK-norm added at the drop (RMSNorm on q and k, weights from 1): the paper's stabiliser, with which its
+# SmolLM recalibrated at LR 1e-3 where it diverged without; here the schedule stays the one above
+arm drope_late_qk  $(( N - LATE )) "--pe drope --qk_norm true $(stage $LATE $(( N - LATE )))" \
+    "--logit_scale_c fitted,0.412,0" rope
+arm drope_half_qk  $(( N - HALF )) "--pe drope --qk_norm true $(stage $HALF $(( N - HALF )))" \
+    "--logit_scale_c fitted,0.412,0" rope
 arm repo_cont      $(( N - LATE )) "--pe repo $(stage $LATE $(( N - LATE )))"   "" rope
 arm rope_nope_cont $(( N - LATE )) "--pe rope_nope $(stage $LATE $(( N - LATE )))" "" rope
 arm repo           $N             "--pe repo"                                  ""
