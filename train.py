@@ -713,6 +713,8 @@ def main(argv=None):
     if env.master:
         finish(run, splits)                                      # the last evaluation and checkpoint
     if env.ddp:
+        dist.barrier()  # the others wait for rank 0's last checkpoint, then all tear down together
+        run.train_model = None  # DDP's reducer holds the process group: freed now, not while Python shuts down
         dist.destroy_process_group()
     return run.history
 
