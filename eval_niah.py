@@ -30,8 +30,10 @@ RoPE scalings (rope.py) are applied with factor s = length / training length (at
 them for each target length; dyn_ntk uses factor 1, so it is NTK-aware scaling computed from the current length.
 DroPE checkpoints are evaluated with each --logit_scale_c: "fitted" is the c that `python drope_fit.py` stored in the
 checkpoint, 0 turns the logit scale off.
-Samples depend only on --seed, the wordings, length, depth, variant and haystack, so every checkpoint sees the same
-samples. The k-th sample of a (variant, haystack, length) uses wording k mod the set's size, so every wording is
+Keys and values come from the evaluation half (data/niah.py): no training drill asks them. --split train draws them
+from the drills' half instead; a model that answers those far better has learned its lookup in part per key.
+Samples depend only on --seed, the wordings, length, depth, variant, haystack and split, so every checkpoint sees the
+same samples. The k-th sample of a (variant, haystack, length) uses wording k mod the set's size, so every wording is
 asked; a seen and a held-out sample with the same k share the haystack, keys and values.
 """
 import argparse
@@ -52,7 +54,7 @@ import torch
 from cli import (DEVICE_HELP, ArgumentParser, check_minimum, check_writable_dir, load_checkpoint, parse_list,
                  resolve_device)
 from data.format import checkpoint_data_dir, load_tokenizer, load_tokens, write_json
-from data.niah import HAYSTACKS, VARIANTS, WORDINGS, make_sample
+from data.niah import HAYSTACKS, SPLITS, VARIANTS, WORDINGS, make_sample
 from model import GPT, GPTConfig, format_health
 from plots import plot_accuracy, plt, save_figure
 from fwpkm import needle_trace, read_iteratively
@@ -193,12 +195,13 @@ def score_batch(model, samples, enc, device, iters=1, window=None):
 WORDING_SETS = {**WORDINGS, **{f"heldout{i + 1}": (w,) for i, w in enumerate(WORDINGS["heldout"])}}
 
 
-def cell_samples(enc, val, seed, variant, haystack, wordings, length, depth, n):
-    """The n samples of one cell; depth = (its index d, the depth). Sample i depends only on seed, the cell and i
-    (so every checkpoint sees the same samples) and uses wording d·n + i of the set (so every wording gets asked)."""
+def cell_samples(enc, val, seed, variant, haystack, wordings, length, depth, n, split):
+    """The n samples of one cell, keys and values from the given half (data/niah.py, split_of); depth = (its index
+    d, the depth). Sample i depends only on seed, the cell, i and the split (so every checkpoint sees the same
+    samples) and uses wording d·n + i of the set (so every wording gets asked)."""
     (d, depth), choices = depth, WORDING_SETS[wordings]
     return [make_sample(random.Random(f"{seed}/{variant}/{haystack}/{length}/{depth}/{i}"), enc,
-                        val if haystack == "val" else None, length, depth, variant, "eval",
+                        val if haystack == "val" else None, length, depth, variant, split,
                         choices[(d * n + i) % len(choices)]) for i in range(n)]
 
 
@@ -210,7 +213,8 @@ def probe_samples(enc, val, length):
     """The samples of the probe train.py runs at every evaluation of a retrieval run: single needles in the
     validation haystack at the training length, in held-out wordings, the same at every evaluation."""
     return [s for d, depth in enumerate(PROBE_DEPTHS)
-            for s in cell_samples(enc, val, 0, "single", "val", "heldout", length, (d, depth), PROBE_PER_DEPTH)]
+            for s in cell_samples(enc, val, 0, "single", "val", "heldout", length, (d, depth), PROBE_PER_DEPTH,
+                                 "eval")]
 
 
 @torch.no_grad()
@@ -240,7 +244,7 @@ def evaluate(ckpt_path, ckpt, args, device):
             for variant, haystack, wordings, (d, depth) in itertools.product(
                     args.variants, args.haystacks, args.wordings, enumerate(depths)):
                 samples = cell_samples(enc, val, args.seed, variant, haystack, wordings, length, (d, depth),
-                                       args.samples)
+                                       args.samples, args.split)
                 exact, token, attention, health = [], [], [], []
                 for b in range(0, len(samples), args.batch_size):
                     e, t, a, h = score_batch(model, samples[b:b + args.batch_size], enc, device, iters,
@@ -250,7 +254,7 @@ def evaluate(ckpt_path, ckpt, args, device):
                     token += t
                     attention += [a] * len(e)
                 yield {"label": label, "ckpt": ckpt_path, "pe": config["pe"], **changes, "window": args.window,
-                       "variant": variant, "haystack": haystack, "wordings": wordings, "multiple": mult,
+                       "variant": variant, "haystack": haystack, "wordings": wordings, "split": args.split, "multiple": mult,
                        "length": length, "depth": depth, "exact": float(np.mean(exact)), "token": float(np.mean(token)),
                        "attention": {layer: np.mean([a[layer] for a in attention], axis=0).tolist()
                                      for layer in attention[0]},
@@ -346,6 +350,9 @@ def main(argv=None):
     p.add_argument("--wordings", default=",".join(WORDINGS),
                    help="comma list of seen (20 of the training drills' wordings), heldout (5 wordings never "
                         "trained), heldout1 ... heldout5 (one of them alone)")
+    p.add_argument("--split", default="eval", choices=SPLITS,
+                   help="the half of the keys and values the needles draw from: eval (never in a training drill) or "
+                        "train (the drills' own; the gap between the two is how much of the lookup is learned per key)")
     p.add_argument("--scaling", default="none",
                    help=f"comma list of none, {', '.join(SCALINGS)} (models with RoPE layers: rope, repo, rope_nope)")
     p.add_argument("--logit_scale_c", default="fitted",

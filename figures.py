@@ -84,7 +84,7 @@ def niah_prompt(ckpt, length, args):
     """eval_niah.py's first sample of the cell (single needle, val haystack, seen wordings, depth --depth, seed
     --seed) at `length`: every checkpoint trained on the same data gets the same sample."""
     enc, val = data_of(checkpoint_data_dir(ckpt))
-    return cell_samples(enc, val, args.seed, "single", "val", "seen", length, (0, args.depth), 1)[0]
+    return cell_samples(enc, val, args.seed, "single", "val", "seen", length, (0, args.depth), 1, "eval")[0]
 
 
 @torch.no_grad()

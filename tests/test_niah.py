@@ -12,7 +12,7 @@ import eval_niah
 from data.embedded import PAT_STR, generate_stories
 from data.format import load_tokenizer, load_tokens
 import data.niah as niah
-from data.niah import (DRILL_DIGITS, PARTS, PASSKEY, VARIANTS, WORDINGS, compose, draw_wording, make_drill,
+from data.niah import (DRILL_DIGITS, KEYS, PARTS, PASSKEY, VARIANTS, WORDINGS, compose, draw_wording, make_drill,
                        make_sample, plan_needles, split_of)
 from model import GPT, GPTConfig
 
@@ -317,6 +317,32 @@ def test_eval_reports_seen_and_heldout_wordings(tiny_data, tmp_path, monkeypatch
     assert [r["wordings"] for r in third] == ["heldout3"] * 2 and set(asked) == {WORDINGS["heldout"][2]}
     with pytest.raises(SystemExit, match="heldout6.*heldout5"):
         eval_niah.main(["--ckpt", str(tmp_path / "ckpt.pt"), "--wordings", "heldout6"])
+
+
+def test_split_train_asks_the_drills_keys_and_values(tiny_data, tmp_path, monkeypatch, capsys):
+    """--split train draws the needles' keys and values from the training drills' half, the default from the other;
+    a bad split is refused with the choices."""
+    model = GPT(GPTConfig(vocab_size=load_tokenizer(tiny_data).n_vocab, block_size=64, n_layer=1, n_head=2, n_embd=16))
+    torch.save({"model_config": model.config.to_dict(), "model": model.state_dict(),
+                "options": {"data_dir": tiny_data}}, tmp_path / "ckpt.pt")
+    made, real_make_sample = [], eval_niah.make_sample
+
+    def recording_make_sample(*args):
+        made.append(real_make_sample(*args))
+        return made[-1]
+    monkeypatch.setattr(eval_niah, "make_sample", recording_make_sample)
+    for split in ("train", "eval"):
+        made.clear()
+        results = eval_niah.main(["--ckpt", str(tmp_path / "ckpt.pt"), "--lengths", "1", "--depths", "2",
+                                  "--samples", "3", "--split", split, "--out_dir", str(tmp_path / "niah")])
+        assert {r["split"] for r in results} == {split} and len(made) == 12
+        keys = {k for s in made for k in KEYS if re.search(rf"\b{k}\b", load_tokenizer(tiny_data).decode(
+            s["tokens"][s["question_at"]:s["prompt_len"]]))}
+        assert keys and all(split_of(k) == split for k in keys)
+        assert all(split_of(v) == split for s in made for v in s["values"])
+    with pytest.raises(SystemExit):
+        eval_niah.main(["--ckpt", str(tmp_path / "ckpt.pt"), "--split", "test"])
+    assert "invalid choice: 'test' (choose from 'train', 'eval')" in capsys.readouterr().err
 
 
 def test_attention_stats_on_hand_made_queries(enc_and_val):
