@@ -254,8 +254,9 @@ def evaluate(ckpt_path, ckpt, args, device):
                     token += t
                     attention += [a] * len(e)
                 yield {"label": label, "ckpt": ckpt_path, "pe": config["pe"], **changes, "window": args.window,
-                       "variant": variant, "haystack": haystack, "wordings": wordings, "split": args.split, "multiple": mult,
-                       "length": length, "depth": depth, "exact": float(np.mean(exact)), "token": float(np.mean(token)),
+                       "variant": variant, "haystack": haystack, "wordings": wordings, "split": args.split,
+                       "multiple": mult, "length": length, "depth": depth, "exact": float(np.mean(exact)),
+                       "token": float(np.mean(token)),
                        "attention": {layer: np.mean([a[layer] for a in attention], axis=0).tolist()
                                      for layer in attention[0]},
                        "health": mean_health(health), "n": len(samples)}
