@@ -32,10 +32,8 @@ are in one text), or "noise", RULER's repeated sentences.
 
 Keys are names and values digit strings (4 digits in evaluation, 3 to 5 in drills). Both are split into two
 disjoint halves by a hash: training documents use the "train" half and evaluation the "eval" half, so a model
-cannot pass the evaluation by memorising pairs, and the names it is asked about are names no drill asked. The
-drills' half also has keys no evaluation uses (DRILL_ONLY_KEYS: pets' names, capital letters), so that many keys
-are asked and the lookup is learned for any key, not one name at a time. A key that already occurs in the haystack
-is never used (the stories have secret numbers of their own).
+cannot pass the evaluation by memorising pairs. A key that already occurs in the haystack is never used (the
+stories have secret numbers of their own).
 """
 import multiprocessing
 import random
@@ -43,18 +41,13 @@ import re
 import zlib
 from collections import namedtuple
 
-from data.embedded import NAMES, PET_NAMES
+from data.embedded import NAMES
 from data.format import load_tokenizer, load_tokens
 
 VARIANTS = ("single", "multikey", "multivalue", "multiquery", "passkey")
 HAYSTACKS = ("val", "noise")
 SPLITS = ("train", "eval")
 KEYS = tuple(sorted(NAMES["she"] + NAMES["he"]))  # one token each in the embedded tokenizer and in gpt2
-# Keys only the training drills use, never an evaluation: the pets' names and capital letters, one token each in the
-# embedded tokenizer. With the training half's 18 names alone a model learned its lookup in part one key at a time: it
-# answered needles of those names 96-98% and of the evaluation half's names 88-92% (eval_niah.py --split train;
-# results/niah.md). With 48 keys to tell apart, only a lookup that works for any key pays.
-DRILL_ONLY_KEYS = tuple(PET_NAMES) + tuple("BDEFHKLMNOPRSTZ")
 NOISE = " The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 N_DISTRACTORS = 3  # multikey: needles with other keys
 N_VALUES = 3       # multivalue: needles of the one key
@@ -165,14 +158,9 @@ def question_and_answer(wording, keys, values):
     return wording.question.format(name=name) + wording.prefix.format(name=name), answer
 
 
-def keys_of(split):
-    """The keys of a split: its half of KEYS, and in the training half DRILL_ONLY_KEYS too."""
-    return [k for k in KEYS if split_of(k) == split] + (list(DRILL_ONLY_KEYS) if split == "train" else [])
-
-
 def unused_keys(split, haystack_text):
     """The split's keys that do not occur in the haystack (the stories have secret numbers of their own)."""
-    return [k for k in keys_of(split) if not re.search(rf"\b{k}\b", haystack_text)]
+    return [k for k in KEYS if split_of(k) == split and not re.search(rf"\b{k}\b", haystack_text)]
 
 
 def plan_needles(rng, variant, wording, split, haystack_text):

@@ -12,8 +12,8 @@ import eval_niah
 from data.embedded import PAT_STR, generate_stories
 from data.format import load_tokenizer, load_tokens
 import data.niah as niah
-from data.niah import (DRILL_DIGITS, DRILL_ONLY_KEYS, KEYS, PARTS, PASSKEY, VARIANTS, WORDINGS, compose,
-                       draw_wording, keys_of, make_drill, make_sample, plan_needles, split_of)
+from data.niah import (DRILL_DIGITS, KEYS, PARTS, PASSKEY, VARIANTS, WORDINGS, compose, draw_wording, make_drill,
+                       make_sample, plan_needles, split_of)
 from model import GPT, GPTConfig
 
 EVERY_WORDING = WORDINGS["seen"] + WORDINGS["heldout"]
@@ -163,21 +163,8 @@ def test_keys_and_values_are_unique_and_split(enc_and_val):
             haystack = enc.decode([int(t) for t in val[i * 100:i * 100 + 256]])
             needles, asked, values = plan_needles(random.Random(i), "multikey", wording, split, haystack)
             keys = [re.fullmatch(pattern(wording.needle), n)["name"] for n in needles]
-            assert len(set(keys)) == 4 and asked == keys[:1]
-            assert not any(re.search(rf"\b{k}\b", haystack) for k in keys)  # the stories' characters are never keys
-            # and only the drills' half has the keys no evaluation asks
-            assert set(keys) <= set(keys_of(split))
-
-
-def test_drill_only_keys_are_one_new_token_each(enc_and_val):
-    """The drills ask keys no evaluation asks (more of them than names), each one token, and no word of a wording."""
-    enc, _ = enc_and_val
-    assert all(split_of(k) == "eval" for k in keys_of("eval")) and not set(keys_of("eval")) & set(keys_of("train"))
-    assert set(keys_of("train")) == {k for k in KEYS if split_of(k) == "train"} | set(DRILL_ONLY_KEYS)
-    assert len(set(DRILL_ONLY_KEYS)) == len(DRILL_ONLY_KEYS) > sum(split_of(k) == "train" for k in KEYS)
-    assert all(len(enc.encode_ordinary(" " + k)) == 1 and k not in KEYS for k in DRILL_ONLY_KEYS)
-    words = set(re.findall(r"\w+", " ".join(str(part) for parts in PARTS.values() for part in parts)))
-    assert not words & set(DRILL_ONLY_KEYS)  # a key is never a word of the question that asks it
+            assert len(set(keys)) == 4 and asked == keys[:1] and all(split_of(k) == split for k in keys)
+            assert not any(k in haystack for k in keys)  # the stories' own characters are never keys
 
 
 def test_samples_are_deterministic(enc_and_val):
@@ -267,7 +254,7 @@ def test_drills_ask_in_composed_wordings_only(enc_and_val, monkeypatch):
     digits from the training half, on both haystacks; no held-out needle or question ever occurs."""
     enc, val = enc_and_val
     drawn = record_draws(monkeypatch)
-    used, digits, noise, keys = set(), set(), 0, set()
+    used, digits, noise = set(), set(), 0
     for i in range(300):
         drawn.clear()
         tokens, is_answer = make_drill(random.Random(i), enc, val, 129, "train")
@@ -277,15 +264,13 @@ def test_drills_ask_in_composed_wordings_only(enc_and_val, monkeypatch):
         assert 1 <= len(answers) <= 3 and len({k for _, k, _ in answers}) == len(answers), text
         assert enc.decode([t for t, a in zip(tokens, is_answer) if a]) == "".join(f" {v}" for _, _, v in answers)
         for wording, key, value in answers:
-            assert key in keys_of("train") and split_of(value) == "train"
+            assert split_of(key) == "train" and split_of(value) == "train"
             used.add(wording)
-            keys.add(key)
             digits.add(len(value))
         for wording in WORDINGS["heldout"]:
             assert not re.search(pattern(wording.needle), text) and not re.search(asked_pattern(wording), text)
         noise += text.startswith(" The grass is green.")
     assert used <= COMPOSED and len(used) > 300 and digits == set(DRILL_DIGITS) and 30 < noise < 120
-    assert len(keys & set(DRILL_ONLY_KEYS)) > 20 and len(keys - set(DRILL_ONLY_KEYS)) > 10  # both kinds are asked
     assert any(not w.prefix for w in used) and any(not w.question for w in used)  # right after "?"; no question
     assert any(w.needle.startswith(" {value}") for w in used)  # the value before the key
 
@@ -351,9 +336,9 @@ def test_split_train_asks_the_drills_keys_and_values(tiny_data, tmp_path, monkey
         results = eval_niah.main(["--ckpt", str(tmp_path / "ckpt.pt"), "--lengths", "1", "--depths", "2",
                                   "--samples", "3", "--split", split, "--out_dir", str(tmp_path / "niah")])
         assert {r["split"] for r in results} == {split} and len(made) == 12
-        keys = {k for s in made for k in KEYS + DRILL_ONLY_KEYS if re.search(rf"\b{k}\b", load_tokenizer(
-            tiny_data).decode(s["tokens"][s["question_at"]:s["prompt_len"]]))}
-        assert keys and keys <= set(keys_of(split))
+        keys = {k for s in made for k in KEYS if re.search(rf"\b{k}\b", load_tokenizer(tiny_data).decode(
+            s["tokens"][s["question_at"]:s["prompt_len"]]))}
+        assert keys and all(split_of(k) == split for k in keys)
         assert all(split_of(v) == split for s in made for v in s["values"])
     with pytest.raises(SystemExit):
         eval_niah.main(["--ckpt", str(tmp_path / "ckpt.pt"), "--split", "test"])
