@@ -322,7 +322,8 @@ def test_eval_reports_seen_and_heldout_wordings(tiny_data, tmp_path, monkeypatch
 def test_split_train_asks_the_drills_keys_and_values(tiny_data, tmp_path, monkeypatch, capsys):
     """--split train draws the needles' keys and values from the training drills' half, the default from the other;
     a bad split is refused with the choices."""
-    model = GPT(GPTConfig(vocab_size=load_tokenizer(tiny_data).n_vocab, block_size=64, n_layer=1, n_head=2, n_embd=16))
+    enc = load_tokenizer(tiny_data)
+    model = GPT(GPTConfig(vocab_size=enc.n_vocab, block_size=64, n_layer=1, n_head=2, n_embd=16))
     torch.save({"model_config": model.config.to_dict(), "model": model.state_dict(),
                 "options": {"data_dir": tiny_data}}, tmp_path / "ckpt.pt")
     made, real_make_sample = [], eval_niah.make_sample
@@ -336,8 +337,8 @@ def test_split_train_asks_the_drills_keys_and_values(tiny_data, tmp_path, monkey
         results = eval_niah.main(["--ckpt", str(tmp_path / "ckpt.pt"), "--lengths", "1", "--depths", "2",
                                   "--samples", "3", "--split", split, "--out_dir", str(tmp_path / "niah")])
         assert {r["split"] for r in results} == {split} and len(made) == 12
-        keys = {k for s in made for k in KEYS if re.search(rf"\b{k}\b", load_tokenizer(tiny_data).decode(
-            s["tokens"][s["question_at"]:s["prompt_len"]]))}
+        questions = [enc.decode(s["tokens"][s["question_at"]:s["prompt_len"]]) for s in made]
+        keys = {k for q in questions for k in KEYS if re.search(rf"\b{k}\b", q)}
         assert keys and all(split_of(k) == split for k in keys)
         assert all(split_of(v) == split for s in made for v in s["values"])
     with pytest.raises(SystemExit):
