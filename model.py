@@ -265,6 +265,25 @@ class Block(nn.Module):
         return x + self.mlp(self.mlp_norm(x))
 
 
+def random_identities(x, slots):
+    """x: [B, T, C] token embeddings; slots: [B, T], j >= 0 where a row holds its j-th key. Every (row, slot) gets
+    one fresh identity: the mean embedding m of the batch's key tokens plus a random direction scaled to their mean
+    distance from m, the same at each of its tokens, drawn from the CPU generator (so a resumed run draws the same).
+    A model trained on these cannot learn the lookup one name at a time: it must match a key it has never seen, as
+    the evaluation's names are (results/niah.md). No gradient reaches the identities: there is nothing to learn."""
+    is_key = slots >= 0  # [B, T]
+    if not is_key.any():
+        return x
+    with torch.no_grad():
+        keys = x[is_key].float()  # [N, C]
+        mean = keys.mean(0)
+        spread = (keys - mean).norm(dim=1).mean()
+        directions = torch.randn(x.shape[0], int(slots.max()) + 1, x.shape[2]).to(x.device)  # [B, S, C]
+        identities = mean + spread * directions / directions.norm(dim=-1, keepdim=True)
+        at = identities.gather(1, slots.clamp_min(0)[..., None].expand(-1, -1, x.shape[2]))  # [B, T, C]
+    return torch.where(is_key[..., None], at.to(x.dtype), x)
+
+
 class GPT(nn.Module):
     def __init__(self, config):
         super().__init__()
@@ -303,12 +322,15 @@ class GPT(nn.Module):
         """{module name: its health dict} for the modules that report one (FwPKM's memory health)."""
         return {name: m.health for name, m in self.named_modules() if isinstance(getattr(m, "health", None), dict)}
 
-    def forward(self, idx, targets=None, cache=None, window=None, weights=None):
+    def forward(self, idx, targets=None, cache=None, window=None, weights=None, anonymous=None):
         """idx: [B, T] token ids. Returns logits [B, T, V] and the mean cross-entropy (None without targets;
-        targets of -1 are ignored), weighted by weights [B, T] when given: sum(w · loss) / sum(w)."""
+        targets of -1 are ignored), weighted by weights [B, T] when given: sum(w · loss) / sum(w). anonymous:
+        [B, T] key slots (train.py --anonymous_keys), tokens at slots >= 0 get random identities (random_identities)."""
         n_past = cache.length() if cache is not None else 0
         pos = torch.arange(n_past, n_past + idx.shape[1], device=idx.device)  # [T]
         x = self.tok_emb(idx)
+        if anonymous is not None:
+            x = random_identities(x, anonymous)
         for block in self.blocks:
             x = block(x, pos, cache, window)
         logits = self.lm_head(self.norm(x))

@@ -243,8 +243,10 @@ def make_drill(rng, enc, source, length, split, max_needles=3):
     answers per row is what lets a small model leave the long plateau before lookups are learned (README, "Needle
     in a haystack").
 
-    Returns (tokens, is_answer): is_answer[i] is True where tokens[i] is part of an answer (" 4821"), the tokens
-    only a lookup predicts (train.py --answer_weight weighs them in the loss)."""
+    Returns (tokens, is_answer, key_at): is_answer[i] is True where tokens[i] is part of an answer (" 4821"), the
+    tokens only a lookup predicts (train.py --answer_weight weighs them in the loss); key_at[i] is j where tokens[i]
+    is the j-th needle's key, else -1 (train.py --anonymous_keys gives each key a random identity there). A key is
+    never in the haystack (unused_keys), so its marks are its needle and its question or answer prefix."""
     pool = haystack_tokens(rng, enc, None if rng.random() < DRILL_NOISE else source, length)
     free = unused_keys(split, enc.decode(pool))
     keys = rng.sample(free, min(rng.randint(1, max_needles), len(free)))
@@ -269,7 +271,9 @@ def make_drill(rng, enc, source, length, split, max_needles=3):
     for i in rng.sample(range(len(answers)), len(answers)):
         tokens += answers[i]
         is_answer += [False] * (len(answers[i]) - answer_lens[i]) + [True] * answer_lens[i]
-    return tokens, is_answer
+    key_ids = {ids[0]: j for j, (k, _, _) in enumerate(drawn)  # " Mia" and "Mia" (after a quote), when one token
+               for ids in (enc.encode_ordinary(" " + k), enc.encode_ordinary(k)) if len(ids) == 1}
+    return tokens, is_answer, [key_ids.get(t, -1) for t in tokens]
 
 
 class DrillMaker:
@@ -284,7 +288,7 @@ class DrillMaker:
         self.pool = multiprocessing.get_context("spawn").Pool(workers, start_worker, (data_dir,)) if workers else None
 
     def __call__(self, seeds, length):
-        """[(tokens, is_answer)] of the drills of `length` tokens of the given seeds, in their order."""
+        """[(tokens, is_answer, key_at)] of the drills of `length` tokens of the given seeds, in their order."""
         if self.pool is None:
             return [make_drill(random.Random(s), self.enc, self.source, length, "train") for s in seeds]
         chunk = max(1, len(seeds) // (4 * self.workers))  # a few chunks per worker: even load, little overhead

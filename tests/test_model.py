@@ -179,3 +179,30 @@ def test_loss_weights():
     torch.testing.assert_close(model(idx, targets, weights=weights)[1], expected, **close)
     ignored_first = model(idx, dropped, weights=weights)[1]  # the weight 3 falls on an ignored target: no effect
     torch.testing.assert_close(ignored_first, model(idx, dropped)[1], **close)
+
+
+def test_random_identities_share_one_vector_per_key_and_row():
+    """train.py --anonymous_keys: each (row, key slot) gets one random identity at the batch's mean key embedding
+    plus a direction of the keys' mean spread; other tokens keep their embeddings; seeded draws repeat (resume)."""
+    from model import random_identities
+    torch.manual_seed(0)
+    x = torch.randn(3, 10, 16)
+    slots = torch.full((3, 10), -1)
+    slots[0, [1, 6]], slots[0, [3, 8]], slots[1, [2, 9]] = 0, 1, 0  # row 2 has no keys
+    torch.manual_seed(1)
+    out = random_identities(x, slots)
+    keys = x[slots >= 0]
+    mean, spread = keys.mean(0), (keys - keys.mean(0)).norm(dim=1).mean()
+    assert torch.equal(out[slots < 0], x[slots < 0])
+    assert torch.equal(out[0, 1], out[0, 6]) and torch.equal(out[0, 3], out[0, 8]) and torch.equal(out[1, 2], out[1, 9])
+    assert not torch.allclose(out[0, 1], out[0, 3]) and not torch.allclose(out[0, 1], out[1, 2])
+    assert not any(torch.allclose(out[0, 1], k) for k in keys)  # not a real key's embedding
+    assert torch.allclose((out[slots >= 0] - mean).norm(dim=1), spread.expand(6), rtol=1e-4)
+    torch.manual_seed(1)
+    assert torch.equal(random_identities(x, slots), out)
+    model = GPT(GPTConfig(**TINY)).eval()
+    idx = torch.randint(0, 64, (3, 10))
+    assert torch.equal(model(idx, anonymous=torch.full((3, 10), -1))[0], model(idx)[0])
+    torch.manual_seed(1)
+    logits = model(idx, anonymous=slots)[0]
+    assert torch.equal(logits[2], model(idx)[0][2]) and not torch.allclose(logits[0], model(idx)[0][0])

@@ -257,12 +257,18 @@ def test_drills_ask_in_composed_wordings_only(enc_and_val, monkeypatch):
     used, digits, noise = set(), set(), 0
     for i in range(300):
         drawn.clear()
-        tokens, is_answer = make_drill(random.Random(i), enc, val, 129, "train")
+        tokens, is_answer, key_at = make_drill(random.Random(i), enc, val, 129, "train")
         assert len(tokens) == 129
         text = enc.decode(tokens)
         answers = drill_answers(text, drawn)
         assert 1 <= len(answers) <= 3 and len({k for _, k, _ in answers}) == len(answers), text
         assert enc.decode([t for t, a in zip(tokens, is_answer) if a]) == "".join(f" {v}" for _, _, v in answers)
+        # key_at marks every token of each key (needle and question or prefix: twice at least), and nothing else
+        marked = {j: [enc.decode([t]).strip() for t, at in zip(tokens, key_at) if at == j] for j in set(key_at) - {-1}}
+        keys = sorted(names[0] for names in marked.values())
+        assert keys == sorted(k for _, k, _ in answers), text
+        assert all(len(names) >= 2 and len(set(names)) == 1 for names in marked.values()), marked
+        assert not [t for t, at in zip(tokens, key_at) if at == -1 and enc.decode([t]).strip() in keys], text
         for wording, key, value in answers:
             assert split_of(key) == "train" and split_of(value) == "train"
             used.add(wording)

@@ -256,33 +256,45 @@ def test_retrieval_mix_rows(tiny_data, monkeypatch):
     from tests.test_niah import drill_answers, record_draws
     drawn = record_draws(monkeypatch)
     enc, tokens, drills = load_tokenizer(tiny_data), load_tokens(tiny_data, "train"), DrillMaker(tiny_data)
-    o = {"batch_size": 8, "niah_mix": 0.0, "answer_weight": 1.0}
-    *plain, weights = train.train_batch(tokens, o, 128, torch.Generator().manual_seed(1), drills)
+    o = {"batch_size": 8, "niah_mix": 0.0, "answer_weight": 1.0, "anonymous_keys": False}
+    *plain, weights, keys = train.train_batch(tokens, o, 128, torch.Generator().manual_seed(1), drills)
     assert all(torch.equal(a, b) for a, b in zip(plain, get_batch(tokens, 8, 128, torch.Generator().manual_seed(1))))
-    assert weights is None
-    x, y, weights = train.train_batch(tokens, {**o, "niah_mix": 1.0}, 128, torch.Generator().manual_seed(1), drills)
+    assert weights is None and keys is None
+    x, y, weights, _ = train.train_batch(tokens, {**o, "niah_mix": 1.0}, 128, torch.Generator().manual_seed(1), drills)
     assert x.shape == y.shape == (8, 128) and torch.equal(x[:, 1:], y[:, :-1]) and weights is None
     for row in torch.cat((x, y[:, -1:]), 1).tolist():  # every row a drill: questions about the training half
         answers = drill_answers(enc.decode(row), drawn)
         assert answers and all(split_of(k) == split_of(v) == "train" for _, k, v in answers)
     # --answer_weight: the same rows, and the weight on exactly the answers' tokens (" 4821"), 1 elsewhere
     drawn.clear()
-    *same, weights = train.train_batch(tokens, {**o, "niah_mix": 1.0, "answer_weight": 5.0}, 128,
-                                       torch.Generator().manual_seed(1), drills)
+    *same, weights, _ = train.train_batch(tokens, {**o, "niah_mix": 1.0, "answer_weight": 5.0}, 128,
+                                          torch.Generator().manual_seed(1), drills)
     assert torch.equal(same[0], x) and torch.equal(same[1], y) and set(weights.unique().tolist()) == {1.0, 5.0}
     for row, w in zip(torch.cat((x[:, :1], y), 1).tolist(), weights.tolist()):
         answers = drill_answers(enc.decode(row), drawn)
         weighted = enc.decode([t for t, wt in zip(row[1:], w) if wt == 5.0])
         assert weighted == "".join(f" {v}" for _, _, v in answers)
+    # --anonymous_keys: the same rows; the keys' slots marked in x, and the targets that are keys weigh 0
+    drawn.clear()
+    *same, anon_weights, keys = train.train_batch(tokens, {**o, "niah_mix": 1.0, "answer_weight": 5.0,
+                                                           "anonymous_keys": True}, 128,
+                                                  torch.Generator().manual_seed(1), drills)
+    assert torch.equal(same[0], x) and torch.equal(same[1], y) and keys.shape == x.shape
+    for row_x, row_y, k, w, w_before in zip(x.tolist(), y.tolist(), keys.tolist(), anon_weights.tolist(),
+                                            weights.tolist()):
+        asked = {key for _, key, _ in drill_answers(enc.decode(row_x + row_y[-1:]), drawn)}
+        assert {enc.decode([t]).strip() for t, slot in zip(row_x, k) if slot >= 0} == asked
+        assert all((wt == 0) == (enc.decode([t]).strip() in asked) for t, wt in zip(row_y, w))
+        assert all(wt == wb for wt, wb in zip(w, w_before) if wt != 0)
 
 
 def test_sliding_window_steps_use_swa_window(tmp_path, tiny_data, monkeypatch):
     seen, real_forward = [], model_module.GPT.forward
 
-    def recording_forward(self, idx, targets=None, cache=None, window=None, weights=None):
+    def recording_forward(self, idx, targets=None, cache=None, window=None, **kwargs):
         if self.training:
             seen.append(window)
-        return real_forward(self, idx, targets, cache, window, weights)
+        return real_forward(self, idx, targets, cache, window, **kwargs)
     monkeypatch.setattr(model_module.GPT, "forward", recording_forward)
     run(tmp_path, tiny_data, "--max_iters", "2", "--swa_prob", "1", "--swa_window", "5", out="swa")
     run(tmp_path, tiny_data, "--max_iters", "2", "--swa_prob", "1", "--memory_chunk", "7", out="chunk")
@@ -296,10 +308,10 @@ def test_curriculum_steps_train_on_short_rows_and_resume_exactly(tmp_path, tiny_
     resumed after its end reproduces the uninterrupted one."""
     shapes, real_forward = [], model_module.GPT.forward
 
-    def recording_forward(self, idx, targets=None, cache=None, window=None, weights=None):
+    def recording_forward(self, idx, *args, **kwargs):
         if self.training:
             shapes.append(tuple(idx.shape))
-        return real_forward(self, idx, targets, cache, window, weights)
+        return real_forward(self, idx, *args, **kwargs)
     monkeypatch.setattr(model_module.GPT, "forward", recording_forward)
     curriculum = ("--niah_mix", "1", "--block_size", "64", "--max_iters", "10", "--curriculum_iters", "6",
                   "--curriculum_len", "48")
@@ -310,6 +322,19 @@ def test_curriculum_steps_train_on_short_rows_and_resume_exactly(tmp_path, tiny_
         run(tmp_path, tiny_data, *curriculum, out="b")
     monkeypatch.undo()
     assert run(tmp_path, tiny_data, *curriculum, "--resume", out="b") == uninterrupted  # bit-exact on one machine
+
+
+def test_anonymous_keys_change_the_run_and_resume_exactly(tmp_path, tiny_data, monkeypatch):
+    """--anonymous_keys draws random identities at every step: the run differs from the same run without them, and
+    a run killed after a checkpoint and resumed reproduces the uninterrupted one."""
+    retrieval = ("--niah_mix", "1", "--block_size", "64", "--max_iters", "10")
+    uninterrupted = run(tmp_path, tiny_data, *retrieval, "--anonymous_keys", out="a")
+    assert uninterrupted["train_loss"] != run(tmp_path, tiny_data, *retrieval, out="plain")["train_loss"]
+    monkeypatch.setattr(train, "lr_at", raising_at(6, Killed))
+    with pytest.raises(Killed):
+        run(tmp_path, tiny_data, *retrieval, "--anonymous_keys", out="b")
+    monkeypatch.undo()
+    assert run(tmp_path, tiny_data, *retrieval, "--anonymous_keys", "--resume", out="b") == uninterrupted
 
 
 def test_a_curriculum_longer_than_the_context_or_too_short_for_a_drill_is_refused(tmp_path, tiny_data):
