@@ -253,8 +253,9 @@ def train_batch(tokens, o, block_size, gen, drills):
             if weights is not None:
                 weights[row, torch.tensor(is_answer[1:])] = o["answer_weight"]
             if anonymous:  # a name given a random identity cannot be predicted: its targets weigh 0
-                keys[row] = torch.tensor(key_at[:-1])
-                weights[row, torch.tensor(key_at[1:]) >= 0] = 0.0
+                slots = torch.tensor(key_at)
+                keys[row] = slots[:-1]
+                weights[row, slots[1:] >= 0] = 0.0
     return x, y, weights, keys
 
 
