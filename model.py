@@ -266,22 +266,23 @@ class Block(nn.Module):
 
 
 def random_identities(x, slots):
-    """x: [B, T, C] token embeddings; slots: [B, T], j >= 0 where a row holds its j-th key. Every (row, slot) gets
-    one fresh identity: the mean embedding m of the batch's key tokens plus a random direction scaled to their mean
-    distance from m, the same at each of its tokens, drawn from the CPU generator (so a resumed run draws the same).
-    A model trained on these cannot learn the lookup one name at a time: it must match a key it has never seen, as
-    the evaluation's names are (results/niah.md). No gradient reaches the identities: there is nothing to learn."""
-    is_key = slots >= 0  # [B, T]
-    if not is_key.any():
+    """x: [B, T, C] token embeddings; slots: [B, T], j >= 0 where a row holds its j-th name to anonymise (a key, or
+    a story character: data.niah.make_drill). Every (row, slot) gets one fresh identity: the mean embedding m of the
+    batch's marked tokens plus a random direction scaled to their mean distance from m, the same at each of its
+    tokens, drawn from the CPU generator (so a resumed run draws the same). A model trained on these cannot learn the
+    lookup one name at a time: it must match a key it has never seen, as the evaluation's names are
+    (results/niah.md). No gradient reaches the identities: there is nothing to learn."""
+    is_name = slots >= 0  # [B, T]
+    if not is_name.any():
         return x
     with torch.no_grad():
-        keys = x[is_key].float()  # [N, C]
-        mean = keys.mean(0)
-        spread = (keys - mean).norm(dim=1).mean()
+        names = x[is_name].float()  # [N, C]
+        mean = names.mean(0)
+        spread = (names - mean).norm(dim=1).mean()
         directions = torch.randn(x.shape[0], int(slots.max()) + 1, x.shape[2]).to(x.device)  # [B, S, C]
         identities = mean + spread * directions / directions.norm(dim=-1, keepdim=True)
         at = identities.gather(1, slots.clamp_min(0)[..., None].expand(-1, -1, x.shape[2]))  # [B, T, C]
-    return torch.where(is_key[..., None], at.to(x.dtype), x)
+    return torch.where(is_name[..., None], at.to(x.dtype), x)
 
 
 class GPT(nn.Module):
@@ -325,7 +326,7 @@ class GPT(nn.Module):
     def forward(self, idx, targets=None, cache=None, window=None, weights=None, anonymous=None):
         """idx: [B, T] token ids. Returns logits [B, T, V] and the mean cross-entropy (None without targets;
         targets of -1 are ignored), weighted by weights [B, T] when given: sum(w · loss) / sum(w). anonymous:
-        [B, T] key slots (train.py --anonymous_keys), tokens at slots >= 0 get random identities (random_identities)."""
+        [B, T] name slots (train.py --anonymous_names), tokens at slots >= 0 get random identities (random_identities)."""
         n_past = cache.length() if cache is not None else 0
         pos = torch.arange(n_past, n_past + idx.shape[1], device=idx.device)  # [T]
         x = self.tok_emb(idx)

@@ -67,9 +67,10 @@ OPTIONS = {  # name: (default, help); the defaults are the CPU default run
     "niah_mix": (0.0, "fraction of training rows replaced by needle-in-a-haystack documents (data/niah.py)"),
     "answer_weight": (1.0, "loss weight of the drills' answer tokens (the rest weigh 1): the few tokens only a lookup "
                            "predicts; weighted up, the plateau before the lookup is learned is shorter"),
-    "anonymous_keys": (False, "give the drills' keys a fresh random identity in every row (the embedding of a key "
-                              "becomes the mean key embedding plus a random vector; targets at keys weigh 0), so the "
-                              "lookup cannot be learned one name at a time (results/niah.md)"),
+    "anonymous_names": (False, "give the drills' keys, and half their story characters of the drilled names, a fresh "
+                               "random identity in every row (the embedding becomes the mean name embedding plus a "
+                               "random vector; their targets weigh 0), so the lookup cannot be learned one name at a "
+                               "time (results/niah.md)"),
     "curriculum_iters": (0, "first steps that train on rows of curriculum_len tokens (as many more rows, so tokens "
                             "per step stay): a short drill holds one needle in a short haystack, found sooner"),
     "curriculum_len": (48, "row length of the curriculum steps (48: every drill has one needle; results/niah.md)"),
@@ -141,8 +142,8 @@ def parse_args(argv=None):
     if opts["answer_weight"] != 1 and not opts["niah_mix"] > 0:
         parser.error(f"--answer_weight {opts['answer_weight']} weighs the answers of retrieval drills, and --niah_mix "
                      f"is 0: there are none (e.g. --niah_mix 1.0, as config/niah_cpu.py)")
-    if opts["anonymous_keys"] and not opts["niah_mix"] > 0:
-        parser.error("--anonymous_keys changes the keys of retrieval drills, and --niah_mix is 0: there are none "
+    if opts["anonymous_names"] and not opts["niah_mix"] > 0:
+        parser.error("--anonymous_names changes the names of retrieval drills, and --niah_mix is 0: there are none "
                      "(e.g. --niah_mix 1.0, as config/niah_cpu.py)")
     if not opts["rope_base"] > 1:
         parser.error(f"--rope_base {opts['rope_base']} must be greater than 1")
@@ -239,24 +240,24 @@ def train_batch(tokens, o, block_size, gen, drills):
     """Random windows of the training data; with niah_mix > 0, some rows become retrieval documents: needles inside
     a haystack of training text, within the training length, keys and values from the "train" half, made by drills
     (a data.niah.DrillMaker) from seeds drawn here. Returns (x, y, the targets' loss weights: None for a plain mean,
-    else answer_weight at drills' answers, 0 at anonymous keys and 1 elsewhere, the key slots of x: None unless
-    anonymous_keys, else j >= 0 where x holds a drill's j-th key, -1 elsewhere)."""
+    else answer_weight at drills' answers, 0 at anonymous names and 1 elsewhere, the name slots of x: None unless
+    anonymous_names, else j >= 0 where x holds a drill's j-th name to anonymise (make_drill), -1 elsewhere)."""
     x, y = get_batch(tokens, o["batch_size"], block_size, gen)
-    anonymous = o["anonymous_keys"]
+    anonymous = o["anonymous_names"]
     weights = torch.ones(y.shape) if o["answer_weight"] != 1 or anonymous else None  # parse_args: only with drills
-    keys = torch.full(x.shape, -1) if anonymous else None
+    names = torch.full(x.shape, -1) if anonymous else None
     if o["niah_mix"] > 0:
         rows = (torch.rand(len(x), generator=gen) < o["niah_mix"]).nonzero().flatten().tolist()
         seeds = [int(torch.randint(2 ** 62, (1,), generator=gen)) for _ in rows]
-        for row, (seq, is_answer, key_at) in zip(rows, drills(seeds, block_size + 1)):
+        for row, (seq, is_answer, name_at) in zip(rows, drills(seeds, block_size + 1)):
             x[row], y[row] = torch.tensor(seq[:-1]), torch.tensor(seq[1:])
             if weights is not None:
                 weights[row, torch.tensor(is_answer[1:])] = o["answer_weight"]
             if anonymous:  # a name given a random identity cannot be predicted: its targets weigh 0
-                slots = torch.tensor(key_at)
-                keys[row] = slots[:-1]
+                slots = torch.tensor(name_at)
+                names[row] = slots[:-1]
                 weights[row, slots[1:] >= 0] = 0.0
-    return x, y, weights, keys
+    return x, y, weights, names
 
 
 def parse_bool(text):
@@ -588,9 +589,9 @@ def optimizer_step(run, it, rows, window):
     for micro, row in enumerate(rows):
         if env.ddp:  # all-reduce gradients only on the last micro-step
             run.train_model.require_backward_grad_sync = micro == env.accum_here - 1
-        x, y, weights, keys = (t if t is None else t.to(env.device, non_blocking=True) for t in row)
+        x, y, weights, names = (t if t is None else t.to(env.device, non_blocking=True) for t in row)
         with env.ctx:
-            _, loss = run.train_model(x, y, window=window, weights=weights, anonymous=keys)
+            _, loss = run.train_model(x, y, window=window, weights=weights, anonymous=names)
         (loss / env.accum_here).backward()
         loss_sum += loss.detach()
     if env.ddp:  # the logged loss is the mean over all processes, and all stop together if it is not finite

@@ -11,5 +11,6 @@ block_size = 128       # training context length L
 max_iters = 3000       # the lookup forms after a plateau (the probe on the eval line shows when)
 min_lr = 1e-3          # keep the learning rate high through the plateau
 cooldown_frac = 0.2    # the last 600 steps take it linearly to 0: a lookup found on the plateau settles
+anonymous_names = True  # every drill's key a fresh random identity per row: the lookup cannot be learned name by name
 eval_interval = 250    # each evaluation also runs the NIAH probe (~3 s)
 log_interval = 250

@@ -55,6 +55,7 @@ N_QUERIES = 2      # multiquery: keys asked at once
 EVAL_DIGITS = 4          # evaluation values: one length, so a batch's answers are equally long
 DRILL_DIGITS = (3, 4, 5)
 DRILL_NOISE = 0.25       # the share of drills whose haystack is the noise sentences
+STORY_NAME_IDENTITY = 0.5  # the chance that a drill's story character of the drilled names gets a random identity
 MIN_HAYSTACK = 8         # tokens of haystack a sample or drill keeps at least
 
 Wording = namedtuple("Wording", "needle question prefix")
@@ -243,10 +244,11 @@ def make_drill(rng, enc, source, length, split, max_needles=3):
     answers per row is what lets a small model leave the long plateau before lookups are learned (README, "Needle
     in a haystack").
 
-    Returns (tokens, is_answer, key_at): is_answer[i] is True where tokens[i] is part of an answer (" 4821"), the
-    tokens only a lookup predicts (train.py --answer_weight weighs them in the loss); key_at[i] is j where tokens[i]
-    is the j-th needle's key, else -1 (train.py --anonymous_keys gives each key a random identity there). A key is
-    never in the haystack (unused_keys), so its marks are its needle and its question or answer prefix."""
+    Returns (tokens, is_answer, name_at): is_answer[i] is True where tokens[i] is part of an answer (" 4821"), the
+    tokens only a lookup predicts (train.py --answer_weight weighs them in the loss); name_at[i] is j where tokens[i]
+    is the j-th name to be given a random identity (train.py --anonymous_names), else -1: first the needles' keys (a
+    key is never in the haystack: unused_keys; its marks are its needle and its question or answer prefix), then
+    some of the split's names that are characters of the haystack."""
     pool = haystack_tokens(rng, enc, None if rng.random() < DRILL_NOISE else source, length)
     free = unused_keys(split, enc.decode(pool))
     keys = rng.sample(free, min(rng.randint(1, max_needles), len(free)))
@@ -271,9 +273,15 @@ def make_drill(rng, enc, source, length, split, max_needles=3):
     for i in rng.sample(range(len(answers)), len(answers)):
         tokens += answers[i]
         is_answer += [False] * (len(answers[i]) - answer_lens[i]) + [True] * answer_lens[i]
-    key_ids = {ids[0]: j for j, (k, _, _) in enumerate(drawn)  # " Mia" and "Mia" (after a quote), when one token
-               for ids in (enc.encode_ordinary(" " + k), enc.encode_ordinary(k)) if len(ids) == 1}
-    return tokens, is_answer, [key_ids.get(t, -1) for t in tokens]
+    # the split's names that are characters of the haystack, each with probability STORY_NAME_IDENTITY: with them a
+    # random identity (train.py --anonymous_names) does not by itself mark a key, the model has to match names
+    story = enc.decode(pool[:n_haystack])
+    characters = [k for k in KEYS if split_of(k) == split and re.search(rf"\b{k}\b", story)
+                  and rng.random() < STORY_NAME_IDENTITY]
+    asked = [k for k, _, _ in drawn[:len(needles)]]  # the keys whose needles fitted
+    name_ids = {ids[0]: j for j, k in enumerate(asked + characters)  # " Mia" and "Mia" (after a quote), one token
+                for ids in (enc.encode_ordinary(" " + k), enc.encode_ordinary(k)) if len(ids) == 1}
+    return tokens, is_answer, [name_ids.get(t, -1) for t in tokens]
 
 
 class DrillMaker:
@@ -288,7 +296,7 @@ class DrillMaker:
         self.pool = multiprocessing.get_context("spawn").Pool(workers, start_worker, (data_dir,)) if workers else None
 
     def __call__(self, seeds, length):
-        """[(tokens, is_answer, key_at)] of the drills of `length` tokens of the given seeds, in their order."""
+        """[(tokens, is_answer, name_at)] of the drills of `length` tokens of the given seeds, in their order."""
         if self.pool is None:
             return [make_drill(random.Random(s), self.enc, self.source, length, "train") for s in seeds]
         chunk = max(1, len(seeds) // (4 * self.workers))  # a few chunks per worker: even load, little overhead

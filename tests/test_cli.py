@@ -77,7 +77,7 @@ CASES = [
     case("train.py", ["--niah_mix", "1", "--block_size", "32"], "--block_size 32 is too short for them"),
     case("train.py", ["--answer_weight", "8"], "--answer_weight 8.0 weighs the answers of retrieval drills"),
     case("train.py", ["--niah_mix", "1", "--answer_weight", "-2"], "--answer_weight -2.0 must be at least 0"),
-    case("train.py", ["--anonymous_keys"], "--anonymous_keys changes the keys of retrieval drills, and --niah_mix is 0"),
+    case("train.py", ["--anonymous_names"], "--anonymous_names changes the names of retrieval drills, and --niah_mix is 0"),
     case("train.py", ["--init_from", f"{W}/missing.pt"], "no checkpoint at"),
     *(case("train.py", ["--data_dir", f"{W}/{d}"], f"{W}/{d} holds no prepared dataset") for d in ("nowhere", "empty_dir")),
     case("train.py", ["--kernels", "fast"], "unknown kernels 'fast'; valid choices: auto, on, off"),

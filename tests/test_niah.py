@@ -251,24 +251,31 @@ def test_long_prompt_is_not_cropped(tiny_data, tmp_path, monkeypatch):
 def test_drills_ask_in_composed_wordings_only(enc_and_val, monkeypatch):
     """Drills end with 1-3 questions (their answers' tokens marked), each in the composed wording drawn for its needle (hundreds of different ones,
     with answers right after the "?", prompts without a question and values before their keys), values of 3 to 5
-    digits from the training half, on both haystacks; no held-out needle or question ever occurs."""
+    digits from the training half, on both haystacks; no held-out needle or question ever occurs. The names to
+    anonymise (train.py --anonymous_names) are the keys, then some of the story's characters of the drilled names."""
     enc, val = enc_and_val
     drawn = record_draws(monkeypatch)
-    used, digits, noise = set(), set(), 0
+    used, digits, noise, kept, anonymised = set(), set(), 0, 0, 0
     for i in range(300):
         drawn.clear()
-        tokens, is_answer, key_at = make_drill(random.Random(i), enc, val, 129, "train")
+        tokens, is_answer, name_at = make_drill(random.Random(i), enc, val, 129, "train")
         assert len(tokens) == 129
         text = enc.decode(tokens)
         answers = drill_answers(text, drawn)
         assert 1 <= len(answers) <= 3 and len({k for _, k, _ in answers}) == len(answers), text
         assert enc.decode([t for t, a in zip(tokens, is_answer) if a]) == "".join(f" {v}" for _, _, v in answers)
-        # key_at marks every token of each key (needle and question or prefix: twice at least), and nothing else
-        marked = {j: [enc.decode([t]).strip() for t, at in zip(tokens, key_at) if at == j] for j in set(key_at) - {-1}}
-        keys = sorted(names[0] for names in marked.values())
-        assert keys == sorted(k for _, k, _ in answers), text
-        assert all(len(names) >= 2 and len(set(names)) == 1 for names in marked.values()), marked
-        assert not [t for t, at in zip(tokens, key_at) if at == -1 and enc.decode([t]).strip() in keys], text
+        # name_at marks every token of each key (needle and question or prefix: twice at least) as slots 0, 1, ...,
+        # then some story characters of the drilled names, every token of each, and nothing else
+        marked = {j: [enc.decode([t]).strip() for t, at in zip(tokens, name_at) if at == j] for j in set(name_at) - {-1}}
+        assert all(len(set(n)) == 1 for n in marked.values()), marked
+        keys = [marked[j][0] for j in range(len(answers)) if j in marked]
+        assert sorted(keys) == sorted(k for _, k, _ in answers) and all(len(marked[j]) >= 2 for j in range(len(keys))), text
+        characters = [marked[j][0] for j in marked if j >= len(answers)]
+        assert all(split_of(c) == "train" and c not in keys for c in characters), text
+        assert not [t for t, at in zip(tokens, name_at) if at == -1 and enc.decode([t]).strip() in keys + characters]
+        names_in_story = {enc.decode([t]).strip() for t, at in zip(tokens, name_at) if at == -1} & set(KEYS)
+        kept += bool({n for n in names_in_story if split_of(n) == "train"})
+        anonymised += bool(characters)
         for wording, key, value in answers:
             assert split_of(key) == "train" and split_of(value) == "train"
             used.add(wording)
@@ -277,6 +284,7 @@ def test_drills_ask_in_composed_wordings_only(enc_and_val, monkeypatch):
             assert not re.search(pattern(wording.needle), text) and not re.search(asked_pattern(wording), text)
         noise += text.startswith(" The grass is green.")
     assert used <= COMPOSED and len(used) > 300 and digits == set(DRILL_DIGITS) and 30 < noise < 120
+    assert kept > 10 and anonymised > 10  # story characters of the drilled names: some anonymised, some kept
     assert any(not w.prefix for w in used) and any(not w.question for w in used)  # right after "?"; no question
     assert any(w.needle.startswith(" {value}") for w in used)  # the value before the key
 

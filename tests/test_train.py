@@ -256,7 +256,7 @@ def test_retrieval_mix_rows(tiny_data, monkeypatch):
     from tests.test_niah import drill_answers, record_draws
     drawn = record_draws(monkeypatch)
     enc, tokens, drills = load_tokenizer(tiny_data), load_tokens(tiny_data, "train"), DrillMaker(tiny_data)
-    o = {"batch_size": 8, "niah_mix": 0.0, "answer_weight": 1.0, "anonymous_keys": False}
+    o = {"batch_size": 8, "niah_mix": 0.0, "answer_weight": 1.0, "anonymous_names": False}
     *plain, weights, keys = train.train_batch(tokens, o, 128, torch.Generator().manual_seed(1), drills)
     assert all(torch.equal(a, b) for a, b in zip(plain, get_batch(tokens, 8, 128, torch.Generator().manual_seed(1))))
     assert weights is None and keys is None
@@ -274,17 +274,19 @@ def test_retrieval_mix_rows(tiny_data, monkeypatch):
         answers = drill_answers(enc.decode(row), drawn)
         weighted = enc.decode([t for t, wt in zip(row[1:], w) if wt == 5.0])
         assert weighted == "".join(f" {v}" for _, _, v in answers)
-    # --anonymous_keys: the same rows; the keys' slots marked in x, and the targets that are keys weigh 0
+    # --anonymous_names: the same rows; the names' slots marked in x (every key, and some other drilled names), and
+    # the targets that are marked names weigh 0
     drawn.clear()
-    *same, anon_weights, keys = train.train_batch(tokens, {**o, "niah_mix": 1.0, "answer_weight": 5.0,
-                                                           "anonymous_keys": True}, 128,
-                                                  torch.Generator().manual_seed(1), drills)
-    assert torch.equal(same[0], x) and torch.equal(same[1], y) and keys.shape == x.shape
-    for row_x, row_y, k, w, w_before in zip(x.tolist(), y.tolist(), keys.tolist(), anon_weights.tolist(),
+    *same, anon_weights, names = train.train_batch(tokens, {**o, "niah_mix": 1.0, "answer_weight": 5.0,
+                                                            "anonymous_names": True}, 128,
+                                                   torch.Generator().manual_seed(1), drills)
+    assert torch.equal(same[0], x) and torch.equal(same[1], y) and names.shape == x.shape
+    for row_x, row_y, n, w, w_before in zip(x.tolist(), y.tolist(), names.tolist(), anon_weights.tolist(),
                                             weights.tolist()):
         asked = {key for _, key, _ in drill_answers(enc.decode(row_x + row_y[-1:]), drawn)}
-        assert {enc.decode([t]).strip() for t, slot in zip(row_x, k) if slot >= 0} == asked
-        assert all((wt == 0) == (enc.decode([t]).strip() in asked) for t, wt in zip(row_y, w))
+        marked = {enc.decode([t]).strip() for t, slot in zip(row_x, n) if slot >= 0}
+        assert asked <= marked and all(split_of(name) == "train" for name in marked)
+        assert all((wt == 0) == (enc.decode([t]).strip() in marked) for t, wt in zip(row_y, w))
         assert all(wt == wb for wt, wb in zip(w, w_before) if wt != 0)
 
 
@@ -324,17 +326,17 @@ def test_curriculum_steps_train_on_short_rows_and_resume_exactly(tmp_path, tiny_
     assert run(tmp_path, tiny_data, *curriculum, "--resume", out="b") == uninterrupted  # bit-exact on one machine
 
 
-def test_anonymous_keys_change_the_run_and_resume_exactly(tmp_path, tiny_data, monkeypatch):
-    """--anonymous_keys draws random identities at every step: the run differs from the same run without them, and
+def test_anonymous_names_change_the_run_and_resume_exactly(tmp_path, tiny_data, monkeypatch):
+    """--anonymous_names draws random identities at every step: the run differs from the same run without them, and
     a run killed after a checkpoint and resumed reproduces the uninterrupted one."""
     retrieval = ("--niah_mix", "1", "--block_size", "64", "--max_iters", "10")
-    uninterrupted = run(tmp_path, tiny_data, *retrieval, "--anonymous_keys", out="a")
+    uninterrupted = run(tmp_path, tiny_data, *retrieval, "--anonymous_names", out="a")
     assert uninterrupted["train_loss"] != run(tmp_path, tiny_data, *retrieval, out="plain")["train_loss"]
     monkeypatch.setattr(train, "lr_at", raising_at(6, Killed))
     with pytest.raises(Killed):
-        run(tmp_path, tiny_data, *retrieval, "--anonymous_keys", out="b")
+        run(tmp_path, tiny_data, *retrieval, "--anonymous_names", out="b")
     monkeypatch.undo()
-    assert run(tmp_path, tiny_data, *retrieval, "--anonymous_keys", "--resume", out="b") == uninterrupted
+    assert run(tmp_path, tiny_data, *retrieval, "--anonymous_names", "--resume", out="b") == uninterrupted
 
 
 def test_a_curriculum_longer_than_the_context_or_too_short_for_a_drill_is_refused(tmp_path, tiny_data):
