@@ -326,7 +326,8 @@ class GPT(nn.Module):
     def forward(self, idx, targets=None, cache=None, window=None, weights=None, anonymous=None):
         """idx: [B, T] token ids. Returns logits [B, T, V] and the mean cross-entropy (None without targets;
         targets of -1 are ignored), weighted by weights [B, T] when given: sum(w · loss) / sum(w). anonymous:
-        [B, T] name slots (train.py --anonymous_names), tokens at slots >= 0 get random identities (random_identities)."""
+        [B, T] name slots (train.py --anonymous_names); tokens at slots >= 0 get random identities
+        (random_identities)."""
         n_past = cache.length() if cache is not None else 0
         pos = torch.arange(n_past, n_past + idx.shape[1], device=idx.device)  # [T]
         x = self.tok_emb(idx)

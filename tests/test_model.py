@@ -182,8 +182,8 @@ def test_loss_weights():
 
 
 def test_random_identities_share_one_vector_per_key_and_row():
-    """train.py --anonymous_names: each (row, key slot) gets one random identity at the batch's mean key embedding
-    plus a direction of the keys' mean spread; other tokens keep their embeddings; seeded draws repeat (resume)."""
+    """train.py --anonymous_names: each (row, name slot) gets one random identity at the batch's mean name embedding
+    plus a direction of the names' mean spread; other tokens keep their embeddings; seeded draws repeat (resume)."""
     from model import random_identities
     torch.manual_seed(0)
     x = torch.randn(3, 10, 16)

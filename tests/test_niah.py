@@ -266,10 +266,12 @@ def test_drills_ask_in_composed_wordings_only(enc_and_val, monkeypatch):
         assert enc.decode([t for t, a in zip(tokens, is_answer) if a]) == "".join(f" {v}" for _, _, v in answers)
         # name_at marks every token of each key (needle and question or prefix: twice at least) as slots 0, 1, ...,
         # then some story characters of the drilled names, every token of each, and nothing else
-        marked = {j: [enc.decode([t]).strip() for t, at in zip(tokens, name_at) if at == j] for j in set(name_at) - {-1}}
+        marked = {j: [enc.decode([t]).strip() for t, at in zip(tokens, name_at) if at == j]
+                  for j in set(name_at) - {-1}}
         assert all(len(set(n)) == 1 for n in marked.values()), marked
         keys = [marked[j][0] for j in range(len(answers)) if j in marked]
-        assert sorted(keys) == sorted(k for _, k, _ in answers) and all(len(marked[j]) >= 2 for j in range(len(keys))), text
+        assert sorted(keys) == sorted(k for _, k, _ in answers), text
+        assert all(len(marked[j]) >= 2 for j in range(len(keys))), marked
         characters = [marked[j][0] for j in marked if j >= len(answers)]
         assert all(split_of(c) == "train" and c not in keys for c in characters), text
         assert not [t for t, at in zip(tokens, name_at) if at == -1 and enc.decode([t]).strip() in keys + characters]
