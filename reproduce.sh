@@ -42,9 +42,10 @@ if [[ $MODE == cpu ]]; then
     # cores are 15-25x slower, two runs of 1 thread are not (README, results/cpu_default.md).
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
     JOBS=${JOBS:-2}
-    # measured 2026-11-30 (2-core CPU, 2 runs side by side): 10.1-10.5 minutes per 3,000 steps of RoPE (the
-    # curriculum's short rows included), ~42 s per evaluation setting (1x-8x, both wordings, both variants)
-    SEC_PER_STEP=0.21
+    # measured 2026-12-01 (2-core CPU, 2 runs side by side): 13.5-13.9 minutes per 3,000 steps of RoPE and NoPE
+    # (the curriculum's short rows and the random name identities included), ~42 s per evaluation setting (1x-8x,
+    # both wordings, both variants, measured 2026-11-30); the whole study took 1h31m (FwPKM's 23 minutes included)
+    SEC_PER_STEP=0.28
     SEC_PER_EVAL=45
 else
     if ! python -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
