@@ -1,4 +1,4 @@
-"""
+r"""
 The study's summary: eval_niah.py's results.json files (reproduce.sh writes one per arm) become one Markdown table
 of every method and one accuracy-vs-length figure.
 
