@@ -269,20 +269,21 @@ def random_identities(x, slots):
     """x: [B, T, C] token embeddings; slots: [B, T], j >= 0 where a row holds its j-th name to anonymise (a key, or
     a story character: data.niah.make_drill). Every (row, slot) gets one fresh identity: the mean embedding m of the
     batch's marked tokens plus a random direction scaled to their mean distance from m, the same at each of its
-    tokens, drawn from the CPU generator (so a resumed run draws the same). A model trained on these cannot learn the
-    lookup one name at a time: it must match a key it has never seen, as the evaluation's names are
-    (results/niah.md). No gradient reaches the identities: there is nothing to learn."""
-    is_name = slots >= 0  # [B, T]
-    if not is_name.any():
-        return x
+    tokens. A model trained on these cannot learn the lookup one name at a time: it must match a key it has never
+    seen, as the evaluation's names are (results/niah.md). No gradient reaches the identities: there is nothing to
+    learn. Masked sums, not x[slots >= 0], and a draw of fixed size: no tensor decides a shape or a branch, so a
+    compiled step stays one graph (tests/test_compile.py). The draw is on x's device; on the CPU from the generator a
+    checkpoint restores, so a resumed run draws the same."""
+    is_name = (slots >= 0)[..., None]  # [B, T, 1]
     with torch.no_grad():
-        names = x[is_name].float()  # [N, C]
-        mean = names.mean(0)
-        spread = (names - mean).norm(dim=1).mean()
-        directions = torch.randn(x.shape[0], int(slots.max()) + 1, x.shape[2]).to(x.device)  # [B, S, C]
+        count = is_name.sum().clamp_min(1)  # no names: nothing is replaced below, any finite value will do
+        mean = torch.where(is_name, x.float(), 0).sum((0, 1)) / count  # [C]
+        spread = torch.where(is_name, (x.float() - mean).norm(dim=-1, keepdim=True), 0).sum() / count
+        # one direction per (row, slot); a row's slots are distinct names it holds, so fewer than its T tokens
+        directions = torch.randn(x.shape, device=x.device)  # [B, T, C]
         identities = mean + spread * directions / directions.norm(dim=-1, keepdim=True)
-        at = identities.gather(1, slots.clamp_min(0)[..., None].expand(-1, -1, x.shape[2]))  # [B, T, C]
-    return torch.where(is_name[..., None], at.to(x.dtype), x)
+        at = identities.gather(1, slots.clamp_min(0)[..., None].expand_as(x))  # [B, T, C]: slot j's identity
+    return torch.where(is_name, at.to(x.dtype), x)
 
 
 class GPT(nn.Module):

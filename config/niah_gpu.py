@@ -8,7 +8,7 @@
 niah_mix = 1.0         # every row a drill: the lookup is not learned from stories alone at this scale
 answer_weight = 32.0   # as config/niah_cpu.py: the answers' tokens weigh 32 in the loss (not yet run on a GPU)
 curriculum_iters = 1000  # as config/niah_cpu.py: first steps on 48-token rows, one needle each
-anonymous_names = True  # as config/niah_cpu.py (not yet run on a GPU; under compile its identities break the graph)
+anonymous_names = True  # as config/niah_cpu.py (not yet run on a GPU)
 n_layer = 6            # blocks
 n_head = 6             # heads of 64 dims
 n_embd = 384           # residual width

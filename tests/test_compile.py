@@ -29,3 +29,16 @@ def test_training_forward_has_no_graph_breaks(config, window):
     x = torch.randint(64, (2, 36))  # longer than block_size (beta, dyn_ntk act) and not a multiple of the chunk
     explained = torch._dynamo.explain(lambda idx: model(idx, idx, window=window)[1])(x)
     assert explained.graph_break_count == 0, explained.break_reasons
+
+
+def test_random_identities_keep_one_graph():
+    """train.py --anonymous_names (config/niah_gpu.py uses it): the name slots change the embeddings without a
+    branch or a shape that depends on them, also when a batch has no names."""
+    torch._dynamo.reset()
+    model = GPT(GPTConfig(**TINY)).train()
+    x = torch.randint(64, (2, 36))
+    slots = torch.full((2, 36), -1)
+    slots[0, [3, 9]], slots[1, 5] = 0, 1
+    for names in (slots, torch.full((2, 36), -1)):
+        explained = torch._dynamo.explain(lambda idx, s: model(idx, idx, anonymous=s)[1])(x, names)
+        assert explained.graph_break_count == 0, explained.break_reasons
