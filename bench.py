@@ -77,8 +77,9 @@ def saved_for_backward(model, x, ctx):
     they multiply): a device-independent measure of a step's memory."""
     seen = {}
 
-    def pack(t):
-        seen[(t.data_ptr(), t.untyped_storage().nbytes())] = t.untyped_storage().nbytes()
+    def pack(t):  # by storage: q, k and v saved as views of one qkv projection are its bytes once
+        storage = t.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
         return t
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), ctx:
         loss = model(x, x)[1]

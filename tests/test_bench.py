@@ -12,7 +12,7 @@ def test_bench_reports_repo_overhead():
     assert result["repo"]["params"] - result["rope"]["params"] == 3 * (2 * d * d_p + d_p * heads)  # W_g, W_c, W_z
     assert result["repo"]["flops"] > result["rope"]["flops"] and result["rope"]["time"] > 0
     assert result["rope+fwpkm_layers=1+memory_n_sub=8"]["params"] > result["rope"]["params"]
-    assert result["repo"]["saved"] > result["rope"]["saved"] > 0  # RePo keeps its per-head cos/sin and f_φ inputs
+    assert result["repo"]["saved"] > result["rope"]["saved"] > 0  # RePo keeps its per-head cos/sin and f_φ's tensors
     assert result["rope+fwpkm_layers=1+memory_n_sub=8"]["ops"] > result["repo"]["ops"] > result["rope"]["ops"] > 0
 
 
@@ -21,6 +21,19 @@ def test_op_counter_counts_each_operator_once():
     with bench.OpCounter() as counter:
         (x + 1).view(3, 1) * 2  # the view launches nothing
     assert counter.count == 2
+
+
+def test_saved_bytes_count_views_of_one_storage_once():
+    """q, k and v are views of one qkv projection: what autograd keeps of them is that projection, once."""
+    class Views(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.ones(2, 8))
+
+        def forward(self, x, y):
+            qk = self.p * 2.0  # a new [2, 8] fp32 storage: 64 bytes (a product by a number keeps nothing)
+            return None, (qk[:, :4] * qk[:, 4:]).sum()  # the product keeps both halves: views of qk
+    assert bench.saved_for_backward(Views(), None, torch.autocast("cpu", enabled=False)) == 64
 
 
 def test_bench_rejects_unknown_arms():
