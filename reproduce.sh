@@ -47,14 +47,14 @@ if [[ $MODE == cpu ]]; then
     # both wordings, both variants, measured 2026-11-30); the whole study took 1h31m (FwPKM's 23 minutes included)
     SEC_PER_STEP=0.28
     SEC_PER_EVAL=45
+    SEC_COMPILE=0  # eager
+    TIMINGS="measured on this project's 2-core CPU"
 else
-    if ! python -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
-        echo "error: mode gpu needs a CUDA GPU that torch can see; without one run: bash reproduce.sh cpu" >&2
-        exit 2
-    fi
     JOBS=${JOBS:-4}  # arms side by side: a model of this size leaves most of an H100/H200 idle (not yet measured)
     SEC_PER_STEP=0.025  # a guess, not measured: 16k tokens per step at the ~655k tokens/s of an earlier H100 probe
     SEC_PER_EVAL=10     # a guess
+    SEC_COMPILE=40      # torch.compile per trained arm: ~40 s on an H200 (bench.py, 2026-11-30), the one measured
+    TIMINGS="the step and evaluation times are GUESSES, not yet measured on a GPU; the compile time was measured"
 fi
 if [[ ! $JOBS =~ ^[1-9][0-9]*$ ]]; then
     echo "error: JOBS=$JOBS must be a number of arms side by side, at least 1" >&2
@@ -149,12 +149,13 @@ fi
 
 # ---------------------------------------------------------------------------------------------------------------
 # The plan and the time it should take: training steps at SEC_PER_STEP, evaluation settings (a RoPE scaling, a
-# DroPE beta, a number of FwPKM reads) at SEC_PER_EVAL, ~10 s of start-up per arm, JOBS arms at a time. Memory arms
-# step 1.1-1.4x slower than RoPE (bench.py) and drope_fit.py's fits take minutes; the estimate leaves both out.
+# DroPE beta, a number of FwPKM reads) at SEC_PER_EVAL, ~10 s of start-up per arm and SEC_COMPILE per trained arm,
+# JOBS arms at a time. Memory arms step 1.1-1.4x slower than RoPE on the CPU (bench.py) and drope_fit.py's fits take
+# minutes; the estimate leaves both out. Printed also where mode gpu cannot run (no GPU): the plan, then the refusal.
 hms() { printf "%dh%02dm%02ds" $(( $1 / 3600 )) $(( $1 % 3600 / 60 )) $(( $1 % 60 )); }
 echo "$COMMAND: $CONFIG, $N steps per arm, $JOBS arm(s) at a time; checkpoints in $OUT/, results in $RES/"
 printf "  %-15s %6s  %-46s %s\n" arm steps "starts from" "evaluation (eval_niah.py)"
-total_steps=0 settings=0
+total_steps=0 settings=0 trained_arms=0
 for a in "${ARMS[@]}"; do
     from=scratch
     [[ ${TRAIN[$a]} =~ --init_from\ ([^ ]+) ]] && from=${BASH_REMATCH[1]}
@@ -162,12 +163,19 @@ for a in "${ARMS[@]}"; do
     [[ $a == rope ]] && from="scratch; keeps steps $HALF and $LATE"
     printf "  %-15s %6d  %-46s %s\n" "$a" "${STEPS[$a]}" "$from" "${EVAL[$a]:-single setting}"
     total_steps=$(( total_steps + STEPS[$a] ))
+    trained_arms=$(( trained_arms + (STEPS[$a] > 0) ))
     settings=$(( settings + SETTINGS[$a] ))
 done
-estimate=$(awk "BEGIN { print int(($total_steps * $SEC_PER_STEP + $settings * $SEC_PER_EVAL + 10 * ${#ARMS[@]}) \
-                               / $JOBS) }")
-echo "estimate: $(hms "$estimate") for $total_steps steps at $SEC_PER_STEP s and $settings evaluation settings at" \
-     "$SEC_PER_EVAL s, $JOBS at a time (see reproduce.sh for where these timings come from)"
+estimate=$(awk "BEGIN { print int(($total_steps * $SEC_PER_STEP + $settings * $SEC_PER_EVAL + 10 * ${#ARMS[@]} \
+                                     + $trained_arms * $SEC_COMPILE) / $JOBS) }")
+compiles=""
+(( SEC_COMPILE > 0 )) && compiles=", $trained_arms compilations at $SEC_COMPILE s"
+echo "estimate: $(hms "$estimate") for $total_steps steps at $SEC_PER_STEP s, $settings evaluation settings at" \
+     "$SEC_PER_EVAL s$compiles, $JOBS at a time ($TIMINGS)"
+if [[ $MODE == gpu ]] && ! python -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
+    echo "error: mode gpu needs a CUDA GPU that torch can see; without one run: bash reproduce.sh cpu" >&2
+    exit 2
+fi
 
 # ---------------------------------------------------------------------------------------------------------------
 # One arm: train (or resume, or skip), fit DroPE's beta, evaluate. Each command is printed before it runs.

@@ -1,6 +1,7 @@
 """reproduce.sh's refusals. The study itself takes hours and its smoke test (SMOKE=1) minutes on 2 cores, too long
 for the suite: README, "The study", shows the smoke run."""
 import os
+import re
 import subprocess
 
 import pytest
@@ -22,3 +23,16 @@ def test_bad_input_is_refused_in_one_line(args, env, message):
                           env={**os.environ, **env})
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.startswith(message) and done.stderr.count("\n") == 1
+
+
+def test_gpu_plan_is_printed_where_no_gpu_can_run_it():
+    """The one-GPU study's plan and estimate can be read on any machine: it fits the 8 minutes a GPU is lent for
+    (with the timings reproduce.sh names as guesses), then the refusal."""
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("with a GPU, mode gpu runs the study")
+    done = subprocess.run(["bash", os.path.join(ROOT, "reproduce.sh"), "gpu"], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.startswith("error: mode gpu needs a CUDA GPU")
+    assert "config/niah_gpu.py, 4000 steps per arm" in done.stdout and "fwpkm             4000  scratch" in done.stdout
+    minutes = re.search(r"estimate: 0h(\d\d)m\d\ds for 30000 steps", done.stdout)
+    assert minutes and int(minutes.group(1)) < 8 and "GUESSES" in done.stdout
