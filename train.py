@@ -525,7 +525,9 @@ def build(o, config, resumed, init, env):
     run.optimizer = make_optimizer(run.model, o, env.device_type)
     if resumed is not None:
         run.optimizer.load_state_dict(resumed["optimizer"])
-    run.train_model = torch.compile(run.model) if o["compile"] else run.model
+    # dynamic=False: a run has two shapes (the curriculum's short rows, then L), each compiled once into a graph
+    # specialised to it; by default the second would be compiled with symbolic sizes (automatic dynamic shapes)
+    run.train_model = torch.compile(run.model, dynamic=False) if o["compile"] else run.model
     if env.ddp:
         run.train_model = DDP(run.train_model, device_ids=[env.device] if env.device_type == "cuda" else None)
     run.data_state = run.data_gen.get_state()  # the batch stream after the last step taken
@@ -653,6 +655,7 @@ def train(run, splits, argv):
     prefetcher = BatchPrefetcher(lambda it: step_batches(run, splits["train"], it), run.data_gen,
                                  range(run.start_iter, o["max_iters"]))
     it = run.start_iter
+    compiled = set()  # the (row shape, window) pairs compiled so far
     try:
         for it in range(run.start_iter, o["max_iters"]):
             if master and (it % o["eval_interval"] == 0 and it > run.start_iter
@@ -671,9 +674,12 @@ def train(run, splits, argv):
             loss, grad_norm = optimizer_step(run, it, rows, window)
             run.data_state = step_data_state
             step_seconds = time.perf_counter() - t_step  # .item() in the step waited for the device
-            if o["compile"] and it == run.start_iter:
+            graph = (row_shape(run, it), window)  # with compile, each new shape or window compiles a graph
+            if o["compile"] and graph not in compiled:
+                compiled.add(graph)
                 if master:
-                    print(f"first step, with torch.compile compiling: {step_seconds:.1f}s (not in the rates)")
+                    print(f"iter {it}: torch.compile compiling for {graph[0][0]} rows of {graph[0][1]} tokens"
+                          f"{f', window {window}' if window else ''}: {step_seconds:.1f}s (not in the rates)")
             else:
                 interval["steps"] += 1
                 interval["tokens"] += tokens_per_step(run, it)
