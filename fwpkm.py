@@ -101,9 +101,10 @@ def product_topk(s1, s2, k):
     # --- end ---
 
 
-def addressing_gradient(q, keys, group, topk):
+def addressing_gradient(q, keys, group, half_scores, topk):
     """∂L_addr/∂K of L_addr = −H(p̄¹) − H(p̄²), the negative entropies of each half's mean top-k usage over a chunk's
-    tokens; q [B, T, d_k] the chunk's queries, keys [G, 2, n, d_k/2] the sub-keys, group [B] the memory of each row.
+    tokens; q [B, T, d_k] the chunk's queries, keys [G, 2, n, d_k/2] the sub-keys, group [B] the memory of each row,
+    half_scores the two halves' idw_scores of q against keys [B, T, n] (the read computed them: not again here).
     Returns [G, 2, n, d_k/2].
 
     In closed form, because torch.autograd.grad inside the forward would break torch.compile's graph. For one half,
@@ -116,9 +117,8 @@ def addressing_gradient(q, keys, group, topk):
     """
     G, B, T = keys.shape[0], q.shape[0], q.shape[1]
     grads = []
-    for m, q_m in enumerate(q.chunk(2, dim=-1)):                                  # q_m [B, T, d_k/2]
+    for m, (q_m, s) in enumerate(zip(q.chunk(2, dim=-1), half_scores)):          # q_m [B, T, d_k/2], s [B, T, n]
         k_m = keys[group, m]                                                      # [B, n, d_k/2]
-        s = idw_scores(q_m, k_m)                                                  # [B, T, n]
         top, idx = s.topk(topk, dim=-1)
         w = F.softmax(top, dim=-1)                                                # [B, T, k]
         usage = torch.zeros_like(s).scatter(-1, idx, w)                           # u [B, T, n]
@@ -233,7 +233,8 @@ class FastWeightProductKeyMemory(nn.Module):
                                                                                                device=q.device)
         q1, q2 = q.chunk(2, dim=-1)
         keys = state.keys[group]                                                      # [B, 2, n, d_k/2]
-        scores, slots = product_topk(idw_scores(q1, keys[:, 0]), idw_scores(q2, keys[:, 1]), self.topk)
+        half_scores = idw_scores(q1, keys[:, 0]), idw_scores(q2, keys[:, 1])          # [B, T, n] each
+        scores, slots = product_topk(*half_scores, self.topk)
         w = F.softmax(scores, dim=-1)                                                 # [B, T, k]
         if use_kernels(self.kernels, q):  # the same read, memory [G, N, d_v] as rows group·N + slot (kernels/pkm.py)
             from kernels import pkm
@@ -241,13 +242,14 @@ class FastWeightProductKeyMemory(nn.Module):
         else:
             rows = state.values[group[:, None, None], slots]                          # [B, T, k, d_v]
             v_hat = (w[..., None] * rows).sum(-2)                                     # v̂_t = Σ w V   [B, T, d_v]
-        return {**p, "w": w, "slots": slots, "v_hat": v_hat, "group": group}
+        return {**p, "w": w, "slots": slots, "v_hat": v_hat, "group": group, "half_scores": half_scores}
 
     def write(self, r, state):
         """One SGD step (lr 1) of L_mem on the values and of L_addr on the keys, from the reads r of one chunk."""
         G, N, d_v = state.values.shape
         # L_addr on the keys, taken on detached queries (it does not depend on the values)
-        state.keys = state.keys - addressing_gradient(r["q"].detach(), state.keys, r["group"], self.topk)
+        state.keys = state.keys - addressing_gradient(r["q"].detach(), state.keys, r["group"],
+                                                      [s.detach() for s in r["half_scores"]], self.topk)
         needs_graph = torch.is_grad_enabled() and any(
             t.requires_grad for t in (state.values, r["v_hat"], r["v"], r["g"], r["w"]))
         if use_kernels(self.kernels, state.values) and not needs_graph:
