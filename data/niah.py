@@ -136,6 +136,11 @@ def split_of(text):
     return SPLITS[zlib.crc32(text.encode()) % 2]
 
 
+KEYS_OF = {split: [k for k in KEYS if split_of(k) == split] for split in SPLITS}  # in KEYS' order
+KEY_WORD = re.compile(r"\b(" + "|".join(KEYS) + r")\b")  # any key as a whole word
+SENTENCE_ENDS = {}  # per tokenizer name: sentence_starts' memo
+
+
 def check_choice(kind, value, valid):
     """Raises a one-line ValueError naming a value that is not one of `valid`, and the choices."""
     if value not in valid:
@@ -161,7 +166,8 @@ def question_and_answer(wording, keys, values):
 
 def unused_keys(split, haystack_text):
     """The split's keys that do not occur in the haystack (the stories have secret numbers of their own)."""
-    return [k for k in KEYS if split_of(k) == split and not re.search(rf"\b{k}\b", haystack_text)]
+    found = set(KEY_WORD.findall(haystack_text))  # one pass over the text for every key, not one per key
+    return [k for k in KEYS_OF[split] if k not in found]
 
 
 def plan_needles(rng, variant, wording, split, haystack_text):
@@ -192,13 +198,16 @@ def haystack_tokens(rng, enc, source, n):
     if len(source) < 2 * n + 2:
         raise ValueError(f"the haystack source has {len(source)} tokens, too few for a {n}-token haystack")
     start = rng.randrange(len(source) - 2 * n - 1)
-    window = [int(t) for t in source[start:start + 2 * n] if t != enc.eot_token]  # 2n: room for removed EOTs
-    return window[:n]
+    window = source[start:start + 2 * n]  # 2n: room for removed EOTs
+    return window[window != enc.eot_token][:n].tolist()
 
 
 def sentence_starts(enc, tokens):
     """Indices where a sentence may start: 0 and after every token that ends with '.'."""
-    return [0] + [i + 1 for i, t in enumerate(tokens) if enc.decode([t]).rstrip().endswith(".")]
+    ends = SENTENCE_ENDS.setdefault(enc.name, {})  # token -> whether it ends with '.', decoded once per token
+    for t in set(tokens).difference(ends):
+        ends[t] = enc.decode([t]).rstrip().endswith(".")
+    return [0] + [i + 1 for i, t in enumerate(tokens) if ends[t]]
 
 
 def make_sample(rng, enc, source, length, depth, variant, split, wording):
