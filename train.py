@@ -246,17 +246,19 @@ def train_batch(tokens, o, block_size, gen, drills):
     anonymous = o["anonymous_names"]
     weights = torch.ones(y.shape) if o["answer_weight"] != 1 or anonymous else None  # parse_args: only with drills
     names = torch.full(x.shape, -1) if anonymous else None
-    if o["niah_mix"] > 0:
-        rows = (torch.rand(len(x), generator=gen) < o["niah_mix"]).nonzero().flatten().tolist()
-        seeds = [int(torch.randint(2 ** 62, (1,), generator=gen)) for _ in rows]
-        for row, (seq, is_answer, name_at) in zip(rows, drills(seeds, block_size + 1)):
-            x[row], y[row] = torch.tensor(seq[:-1]), torch.tensor(seq[1:])
-            if weights is not None:
-                weights[row, torch.tensor(is_answer[1:])] = o["answer_weight"]
+    rows = (torch.rand(len(x), generator=gen) < o["niah_mix"]).nonzero().flatten() if o["niah_mix"] > 0 else []
+    if len(rows):
+        seeds = torch.randint(2 ** 62, (len(rows),), generator=gen).tolist()
+        # the drills' tokens, answer marks and name slots as three [rows, block_size + 1] tensors, one copy each
+        seq, is_answer, name_at = (torch.from_numpy(np.array(part)) for part in zip(*drills(seeds, block_size + 1)))
+        x[rows], y[rows] = seq[:, :-1], seq[:, 1:]
+        if weights is not None:
+            drill_weights = weights[rows]
+            drill_weights[is_answer[:, 1:]] = o["answer_weight"]
             if anonymous:  # a name given a random identity cannot be predicted: its targets weigh 0
-                slots = torch.tensor(name_at)
-                names[row] = slots[:-1]
-                weights[row, slots[1:] >= 0] = 0.0
+                names[rows] = name_at[:, :-1]
+                drill_weights[name_at[:, 1:] >= 0] = 0.0
+            weights[rows] = drill_weights
     return x, y, weights, names
 
 

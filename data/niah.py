@@ -137,7 +137,8 @@ def split_of(text):
 
 
 KEYS_OF = {split: [k for k in KEYS if split_of(k) == split] for split in SPLITS}  # in KEYS' order
-KEY_WORD = re.compile(r"\b(" + "|".join(KEYS) + r")\b")  # any key as a whole word
+KEY_SET = frozenset(KEYS)
+WORD = re.compile(r"\w+")  # the text's words: a key (one word) occurs as a whole word where it is one of them
 SENTENCE_ENDS = {}  # per tokenizer name: sentence_starts' memo
 
 
@@ -166,7 +167,7 @@ def question_and_answer(wording, keys, values):
 
 def unused_keys(split, haystack_text):
     """The split's keys that do not occur in the haystack (the stories have secret numbers of their own)."""
-    found = set(KEY_WORD.findall(haystack_text))  # one pass over the text for every key, not one per key
+    found = KEY_SET.intersection(WORD.findall(haystack_text))  # one pass over the text for every key
     return [k for k in KEYS_OF[split] if k not in found]
 
 
