@@ -4,7 +4,8 @@ Training-step cost of the positional methods, measured side by side in one proce
     python bench.py --arms rope repo                       # the CPU default model, 16 x 256 tokens per step
     python bench.py --arms rope rope+pkm_layers=1 rope+fwpkm_layers=1 --block_size 128
     python bench.py --arms rope repo --n_layer 12 --n_embd 768 --n_head 12 --batch_size 16 --block_size 1024
-    python bench.py --drills 0,2 --block_size 256          # retrieval drills per second, made in 0 or 2 workers
+    python bench.py --drills 0,2 --block_size 256          # retrieval drills per second, made in 0 or 2 workers,
+                                                           # and train.py's whole batches of them
 
 Every arm is the same GPT with another --pe, and optionally other model-config fields after '+' (name=value).
 The arms take turns, one full training step each (forward, backward, AdamW step) per round, so a slow moment of the
@@ -145,11 +146,14 @@ def peak_alone(args, overrides, arm, x, ctx):
     return peak
 
 
-def drill_rates(workers_list, block_size, seconds=8.0):
+def drill_rates(workers_list, block_size, batch_size, seconds=8.0):
     """Retrieval drills (train.py's, of block_size + 1 tokens) made per second by a DrillMaker with each number of
-    worker processes (0: this process), each timed for `seconds`; returns {workers: tokens per second}."""
+    worker processes (0: this process), each timed for `seconds`, then whole batches of batch_size drills as
+    train.py's train_batch makes them in this process (answers weighted, names anonymous: config/niah_gpu.py's
+    settings); returns {workers: tokens per second}."""
     from data.embedded import prepare
     from data.niah import DrillMaker
+    from train import train_batch
     data_dir, rates = prepare(dataset_dir("embedded")), {}
     for workers in workers_list:
         maker = DrillMaker(data_dir, workers)
@@ -164,6 +168,15 @@ def drill_rates(workers_list, block_size, seconds=8.0):
         rates[workers] = rate * (block_size + 1)
         print(f"drills of {block_size + 1} tokens, {workers} worker process(es): {rate:,.0f} rows/s, "
               f"{rates[workers] / 1e3:,.0f}k tokens/s ({rates[workers] / rates[workers_list[0]]:.2f}x)")
+    maker, gen = DrillMaker(data_dir), torch.Generator().manual_seed(0)
+    options = {"batch_size": batch_size, "niah_mix": 1.0, "answer_weight": 32.0, "anonymous_names": True}
+    batches, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        train_batch(maker.source, options, block_size, gen, maker)
+        batches += 1
+    per_batch = (time.perf_counter() - start) / batches
+    print(f"batches of {batch_size} x {block_size} tokens (train_batch, drills in this process): "
+          f"{1e3 * per_batch:.1f} ms each, {batch_size * block_size / per_batch / 1e3:,.0f}k tokens/s")
     return rates
 
 
@@ -185,7 +198,8 @@ def main(argv=None):
     p.add_argument("--compile", action="store_true", help="torch.compile every arm")
     p.add_argument("--drills", default=None,
                    help="instead of the arms: the rate of the retrieval drills, made in each comma-listed number of "
-                        "worker processes (train.py --data_workers), e.g. 0,2,8")
+                        "worker processes (train.py --data_workers), e.g. 0,2,8; then train.py's whole batches of "
+                        "--batch_size drills")
     p.add_argument("--kernels", default="auto", choices=KERNEL_MODES,
                    help="fused Triton fast paths (kernels/) of every arm, unless the arm sets +kernels=...")
     args = p.parse_args(argv)
@@ -196,7 +210,7 @@ def main(argv=None):
             raise SystemExit(f"error: --drills {args.drills!r} must be a comma list of worker counts, e.g. 0,2,8")
         if min(workers) < 0:
             raise SystemExit(f"error: --drills {args.drills!r}: a worker count is 0 or more")
-        return drill_rates(workers, args.block_size)
+        return drill_rates(workers, args.block_size, args.batch_size)
     arms = {arm: parse_arm(arm) for arm in args.arms}
     check_minimum(args, 1, ("n_layer", "n_head", "n_embd", "batch_size", "block_size", "rounds"))
     check_minimum(args, 0, ("warmup",))

@@ -44,7 +44,7 @@ def test_bench_rejects_unknown_arms():
 
 
 def test_bench_measures_the_drill_rate_with_workers():
-    rates = bench.drill_rates([0, 1], block_size=128, seconds=0.2)
+    rates = bench.drill_rates([0, 1], block_size=128, batch_size=4, seconds=0.2)
     assert set(rates) == {0, 1} and all(r > 0 for r in rates.values())
     with pytest.raises(SystemExit, match="'0,two' must be a comma list"):
         bench.main(["--drills", "0,two"])
