@@ -14,9 +14,9 @@ ratio to the first arm, parameters, FLOPs per step (matrix products, as torch.ut
 forward and backward), the memory autograd keeps for the backward pass (distinct saved tensors, on any device), and
 on CUDA the peak memory of a step, measured for each arm alone (before the timed rounds, which keep every arm
 resident), and the aten operators of one eager forward and backward pass (ops/step: on a GPU each is at least one
-kernel launch, so a method that is slow for its FLOPs shows here; the count is the same on any device with kernels
-off; under TRITON_INTERPRET the interpreter's own tensor ops would be counted). The vocabulary is the embedded
-dataset's unless --vocab_size is given.
+kernel launch, so a method that is slow for its FLOPs shows here; a Triton kernel counts as one, so with --kernels on
+under TRITON_INTERPRET=1 the CPU shows the GPU's count). The vocabulary is the embedded dataset's unless
+--vocab_size is given.
 """
 import argparse
 import gc
@@ -92,15 +92,44 @@ def saved_for_backward(model, x, ctx):
 class OpCounter(TorchDispatchMode):
     """Counts the aten operators dispatched while active, views left out (a view relabels memory: no kernel): on
     CUDA each counted one is (at least) one kernel launch, and the count is the same on any device, so a step's
-    launch overhead can be measured without a GPU."""
+    launch overhead can be measured without a GPU. A Triton kernel (kernels/) counts as one launch: on CUDA it
+    passes no aten operator, and under TRITON_INTERPRET the interpreter's own tensor operators are not counted."""
 
     def __init__(self):
         super().__init__()
-        self.count = 0
+        self.count, self.in_triton = 0, False
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += not func.is_view
+        self.count += not (func.is_view or self.in_triton)
         return func(*args, **(kwargs or {}))
+
+    def __enter__(self):
+        self.patched = []
+        try:
+            from triton.runtime.interpreter import InterpretedFunction
+            from triton.runtime.jit import JITFunction
+        except ImportError:  # no triton: no Triton kernels to count
+            return super().__enter__()
+        for cls in (JITFunction, InterpretedFunction):  # compiled / interpreted (TRITON_INTERPRET=1) kernels
+            self.patched.append((cls, cls.run))
+            cls.run = self.counting(cls.run)
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        for cls, run in self.patched:
+            cls.run = run
+        return super().__exit__(*exc)
+
+    def counting(self, run):
+        def launch(kernel, *args, warmup=False, **kwargs):
+            if warmup:
+                return run(kernel, *args, warmup=warmup, **kwargs)
+            self.count, self.in_triton = self.count + 1, True
+            try:
+                return run(kernel, *args, warmup=warmup, **kwargs)
+            finally:
+                self.in_triton = False
+        return launch
 
 
 def ops_per_step(model, x, ctx):

@@ -23,6 +23,19 @@ def test_op_counter_counts_each_operator_once():
     assert counter.count == 2
 
 
+def test_a_triton_kernel_counts_as_one_launch():
+    """kernels/rotary.py: two outputs allocated and one kernel, whose interpreter (TRITON_INTERPRET=1, conftest.py)
+    runs tensor operators of its own that a GPU would not; the counter restores triton when it leaves."""
+    pytest.importorskip("triton", reason="triton is not installed")
+    from triton.runtime.interpreter import InterpretedFunction
+    from kernels.rotary import rotary
+    run = InterpretedFunction.run
+    q, k, pos, inv_freq = torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8), torch.arange(5.0), torch.ones(4)
+    with bench.OpCounter() as counter:
+        rotary(q, k, pos, inv_freq)
+    assert counter.count == 3 and InterpretedFunction.run is run
+
+
 def test_saved_bytes_count_views_of_one_storage_once():
     """q, k and v are views of one qkv projection: what autograd keeps of them is that projection, once."""
     class Views(torch.nn.Module):
