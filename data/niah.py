@@ -38,6 +38,7 @@ stories have secret numbers of their own).
 import multiprocessing
 import random
 import re
+import weakref
 import zlib
 from collections import namedtuple
 
@@ -139,7 +140,7 @@ def split_of(text):
 KEYS_OF = {split: [k for k in KEYS if split_of(k) == split] for split in SPLITS}  # in KEYS' order
 KEY_SET = frozenset(KEYS)
 WORD = re.compile(r"\w+")  # the text's words: a key (one word) occurs as a whole word where it is one of them
-SENTENCE_ENDS = {}  # per tokenizer name: sentence_starts' memo
+SENTENCE_ENDS = weakref.WeakKeyDictionary()  # per tokenizer object (two datasets' BPEs share a name): a memo
 
 
 def check_choice(kind, value, valid):
@@ -205,7 +206,7 @@ def haystack_tokens(rng, enc, source, n):
 
 def sentence_starts(enc, tokens):
     """Indices where a sentence may start: 0 and after every token that ends with '.'."""
-    ends = SENTENCE_ENDS.setdefault(enc.name, {})  # token -> whether it ends with '.', decoded once per token
+    ends = SENTENCE_ENDS.setdefault(enc, {})  # token -> whether it ends with '.', decoded once per token
     for t in set(tokens).difference(ends):
         ends[t] = enc.decode([t]).rstrip().endswith(".")
     return [0] + [i + 1 for i, t in enumerate(tokens) if ends[t]]

@@ -400,3 +400,19 @@ def test_reading_passes_use_the_window():
     context = torch.randint(64, (2, 40))
     values = {w: read_iteratively(model, context, 2, w).state["fwpkm1"].values for w in (None, 4, 40)}
     assert torch.equal(values[None], values[40]) and not torch.allclose(values[None], values[4])
+
+
+def test_sentence_starts_follow_each_tokenizer_of_the_same_name(tiny_data):
+    """sentence_starts remembers which tokens end with '.' per tokenizer object: two datasets' BPEs share the name
+    "embedded-bpe" and not their tokens."""
+    from data.format import encoding_from_spec
+    with open(f"{tiny_data}/tokenizer.json") as f:
+        spec = json.load(f)
+    enc = encoding_from_spec(spec)
+    dot, a = spec["tokens"].index(b".".hex()), spec["tokens"].index(b"a".hex())
+    tokens = spec["tokens"][:]
+    tokens[dot], tokens[a] = tokens[a], tokens[dot]  # the same name, "." and "a" trade ids
+    swapped = encoding_from_spec({**spec, "tokens": tokens})
+    assert swapped.name == enc.name
+    assert niah.sentence_starts(enc, [a, dot, a]) == [0, 2]
+    assert niah.sentence_starts(swapped, [a, dot, a]) == [0, 1, 3]
