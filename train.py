@@ -75,7 +75,7 @@ OPTIONS = {  # name: (default, help); the defaults are the CPU default run
                             "per step stay): a short drill holds one needle in a short haystack, found sooner"),
     "curriculum_len": (48, "row length of the curriculum steps (48: every drill has one needle; results/niah.md)"),
     "data_workers": (0, "processes that make the retrieval drills (0: a thread of this process, enough on a CPU; one "
-                        "core makes ~250k drill tokens/s, a GPU step wants ~1M: config/niah_gpu.py uses 8)"),
+                        "core makes ~0.9M drill tokens/s, a GPU step wants ~1.1M: config/niah_gpu.py uses 8)"),
     # optimisation
     "batch_size": (16, "sequences per micro-step (per process)"),
     "grad_accum": (1, "micro-steps per optimiser step, summed over all processes"),
