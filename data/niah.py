@@ -287,7 +287,7 @@ def make_drill(rng, enc, source, length, split, max_needles=3):
     # the split's names that are characters of the haystack, each with probability STORY_NAME_IDENTITY: with them a
     # random identity (train.py --anonymous_names) does not by itself mark a key, the model has to match names
     absent = set(unused_keys(split, enc.decode(pool[:n_haystack])))
-    characters = [k for k in KEYS if split_of(k) == split and k not in absent and rng.random() < STORY_NAME_IDENTITY]
+    characters = [k for k in KEYS_OF[split] if k not in absent and rng.random() < STORY_NAME_IDENTITY]
     asked = [k for k, _, _ in drawn[:len(needles)]]  # the keys whose needles fitted
     name_ids = {ids[0]: j for j, k in enumerate(asked + characters)  # " Mia" and "Mia" (after a quote), one token
                 for ids in (enc.encode_ordinary(" " + k), enc.encode_ordinary(k)) if len(ids) == 1}
