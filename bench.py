@@ -5,7 +5,7 @@ Training-step cost of the positional methods, measured side by side in one proce
     python bench.py --arms rope rope+pkm_layers=1 rope+fwpkm_layers=1 --block_size 128
     python bench.py --arms rope repo --n_layer 12 --n_embd 768 --n_head 12 --batch_size 16 --block_size 1024
     python bench.py --drills 0,2 --block_size 256          # retrieval drills per second, made in 0 or 2 workers,
-                                                           # and train.py's whole batches of them
+                                                           # and train.py's whole batches of them, made and read
 
 Every arm is the same GPT with another --pe, and optionally other model-config fields after '+' (name=value).
 The arms take turns, one full training step each (forward, backward, AdamW step) per round, so a slow moment of the
@@ -21,6 +21,7 @@ under TRITON_INTERPRET=1 the CPU shows the GPU's count). The vocabulary is the e
 import argparse
 import gc
 import statistics
+import tempfile
 import time
 
 import torch
@@ -179,10 +180,11 @@ def drill_rates(workers_list, block_size, batch_size, seconds=8.0):
     """Retrieval drills (train.py's, of block_size + 1 tokens) made per second by a DrillMaker with each number of
     worker processes (0: this process), each timed for `seconds`, then whole batches of batch_size drills as
     train.py's train_batch makes them in this process (answers weighted, names anonymous: config/niah_gpu.py's
-    settings); returns {workers: tokens per second}."""
+    settings), and the same batches read from a prepared table (train.py --drills_dir); returns {workers: tokens per
+    second}."""
     from data.embedded import prepare
-    from data.niah import DrillMaker
-    from train import train_batch
+    from data.drills import DrillMaker
+    from train import SeedRecorder, train_batch
     data_dir, rates = prepare(dataset_dir("embedded")), {}
     for workers in workers_list:
         maker = DrillMaker(data_dir, workers)
@@ -190,7 +192,7 @@ def drill_rates(workers_list, block_size, batch_size, seconds=8.0):
             maker(list(range(4 * workers)), block_size + 1)  # the workers are started and loaded before the clock
             made, start = 0, time.perf_counter()
             while time.perf_counter() - start < seconds:
-                made += len(maker(list(range(made, made + 256)), block_size + 1))
+                made += len(maker(list(range(made, made + 256)), block_size + 1)[0])
             rate = made / (time.perf_counter() - start)
         finally:
             maker.close()
@@ -205,6 +207,18 @@ def drill_rates(workers_list, block_size, batch_size, seconds=8.0):
         batches += 1
     per_batch = (time.perf_counter() - start) / batches
     print(f"batches of {batch_size} x {block_size} tokens (train_batch, drills in this process): "
+          f"{1e3 * per_batch:.1f} ms each, {batch_size * block_size / per_batch / 1e3:,.0f}k tokens/s")
+    recorder, gen = SeedRecorder(), torch.Generator().manual_seed(0)
+    for _ in range(batches):  # the seeds of the batches just made, replayed as train.py --prepare_drills does
+        train_batch(maker.source, options, block_size, gen, recorder)
+    with tempfile.TemporaryDirectory() as directory:
+        maker.prepare(directory, recorder.seeds[block_size + 1], block_size + 1)
+        reader, gen = DrillMaker(data_dir, prepared_dir=directory), torch.Generator().manual_seed(0)
+        start = time.perf_counter()
+        for _ in range(batches):
+            train_batch(reader.source, options, block_size, gen, reader)
+        per_batch = (time.perf_counter() - start) / batches
+    print(f"the same batches read from a prepared table (train.py --drills_dir; {reader.made} drills not there): "
           f"{1e3 * per_batch:.1f} ms each, {batch_size * block_size / per_batch / 1e3:,.0f}k tokens/s")
     return rates
 

@@ -194,9 +194,10 @@ do_arm() {
         local resume=() every=$(( STEPS[$arm] / 6 ))  # an evaluation and a checkpoint every sixth of the run
         [[ -f $dir/ckpt.pt ]] && resume=(--resume)  # killed before: continue it
         # shellcheck disable=SC2086  # TRAIN holds several flags
+        # the prepared drills (below): no worker processes, the few drills not there are made in the prefetch thread
         run python train.py --config "$CONFIG" --out_dir "$dir" --max_iters "${STEPS[$arm]}" \
-            --eval_interval $(( every > 0 ? every : 1 )) ${TRAIN[$arm]} "${SEED_TRAIN[@]}" "${SMOKE_TRAIN[@]}" \
-            "${resume[@]}"
+            --eval_interval $(( every > 0 ? every : 1 )) ${TRAIN[$arm]} --drills_dir "$DRILLS" --data_workers 0 \
+            "${SEED_TRAIN[@]}" "${SMOKE_TRAIN[@]}" "${resume[@]}"
     fi
     # drope_fit.py stores c in the checkpoint and then writes beta_fit.png: a figure newer than the checkpoint means done
     if [[ ${TRAIN[$arm]} == "--pe drope "* && ! $dir/beta_fit.png -nt $dir/ckpt.pt ]]; then
@@ -209,6 +210,18 @@ do_arm() {
         run python eval_niah.py --ckpt "$ckpt" --out_dir "$RES/$arm" ${EVAL[$arm]} "${SMOKE_EVAL[@]}"
     fi
 }
+
+# ---------------------------------------------------------------------------------------------------------------
+# The drills, made once for all arms on every core (train.py --prepare_drills, data/drills.py), before any arm starts:
+# the arms from scratch draw the batch stream of the config's N steps, every staged arm the stream of a fresh run
+# without the curriculum (--init_from does not change the stream), the first N - LATE or N - HALF steps of it. Seeds
+# already prepared are not made again, so a rerun only replays the streams.
+DRILLS=$OUT/drills
+CORES=$(python -c "import os; print(len(os.sched_getaffinity(0)))")  # nproc would say OMP_NUM_THREADS
+run python train.py --config "$CONFIG" --prepare_drills --drills_dir "$DRILLS" --max_iters "$N" \
+    --data_workers "$CORES" "${SEED_TRAIN[@]}"
+run python train.py --config "$CONFIG" --prepare_drills --drills_dir "$DRILLS" --max_iters $(( N - HALF )) \
+    --curriculum_iters 0 --data_workers "$CORES" "${SEED_TRAIN[@]}"
 
 # ---------------------------------------------------------------------------------------------------------------
 # The schedule: at most JOBS arms at a time, each staged arm waiting for the checkpoint of the RoPE run it starts from

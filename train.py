@@ -38,7 +38,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from cli import DEVICE_HELP, ArgumentParser, check_minimum, check_writable_dir, load_checkpoint, resolve_device
 from data.format import PREPARE_COMMANDS, dataset_dir, get_batch, load_meta, load_tokenizer, load_tokens, write_atomic
-from data.niah import DrillMaker
+from data.drills import DrillMaker, table_path
 from kernels import check_available
 from eval_niah import probe, probe_samples
 from model import GPT, GPTConfig, POSITIONAL, format_health, stage_defaults
@@ -76,6 +76,10 @@ OPTIONS = {  # name: (default, help); the defaults are the CPU default run
     "curriculum_len": (48, "row length of the curriculum steps (48: every drill has one needle; results/niah.md)"),
     "data_workers": (0, "processes that make the retrieval drills (0: a thread of this process, enough on a CPU; one "
                         "core makes ~0.9M drill tokens/s, a GPU step wants ~1.1M: config/niah_gpu.py uses 8)"),
+    "drills_dir": ("", "a directory of drills prepared before training (--prepare_drills): the drills found there "
+                       "are read, the others made (data/drills.py)"),
+    "prepare_drills": (False, "instead of training: replay this run's batch stream, make every drill it asks for "
+                              "(in --data_workers processes) and add them to --drills_dir"),
     # optimisation
     "batch_size": (16, "sequences per micro-step (per process)"),
     "grad_accum": (1, "micro-steps per optimiser step, summed over all processes"),
@@ -145,6 +149,12 @@ def parse_args(argv=None):
     if opts["anonymous_names"] and not opts["niah_mix"] > 0:
         parser.error("--anonymous_names changes the names of retrieval drills, and --niah_mix is 0: there are none "
                      "(e.g. --niah_mix 1.0, as config/niah_cpu.py)")
+    if opts["prepare_drills"] and not (opts["drills_dir"] and opts["niah_mix"] > 0):
+        parser.error("--prepare_drills makes the retrieval drills of a run into --drills_dir: it needs both --drills_dir "
+                     "and --niah_mix > 0 (e.g. --config config/niah_gpu.py --drills_dir out/drills)")
+    if opts["prepare_drills"] and (opts["resume"] or opts["init_from"]):
+        parser.error("--prepare_drills replays a batch stream from its first step, which --resume and --init_from do "
+                     "not change: prepare with the run's other options (a stage's stream is a fresh run's)")
     if not opts["rope_base"] > 1:
         parser.error(f"--rope_base {opts['rope_base']} must be greater than 1")
     return opts, set(explicit)
@@ -249,8 +259,9 @@ def train_batch(tokens, o, block_size, gen, drills):
     rows = (torch.rand(len(x), generator=gen) < o["niah_mix"]).nonzero().flatten() if o["niah_mix"] > 0 else []
     if len(rows):
         seeds = torch.randint(2 ** 62, (len(rows),), generator=gen).tolist()
-        # the drills' tokens, answer marks and name slots as three [rows, block_size + 1] tensors, one copy each
-        seq, is_answer, name_at = (torch.from_numpy(np.array(part)) for part in zip(*drills(seeds, block_size + 1)))
+        # the drills' tokens, answer marks and name slots: three [rows, block_size + 1] arrays
+        seq, is_answer, name_at = (torch.from_numpy(part) for part in drills(seeds, block_size + 1))
+        seq, name_at = seq.long(), name_at.long()  # as x and names
         x[rows], y[rows] = seq[:, :-1], seq[:, 1:]
         if weights is not None:
             drill_weights = weights[rows]
@@ -406,6 +417,40 @@ class BatchPrefetcher:
         self.thread.join()
 
 
+class SeedRecorder:
+    """Stands in for the DrillMaker while --prepare_drills replays a batch stream: notes the seeds asked for, by row
+    length, and returns placeholder rows of the right shape."""
+
+    def __init__(self):
+        self.seeds = {}  # row length -> the seeds of its drills, in the order drawn
+
+    def __call__(self, seeds, length):
+        self.seeds.setdefault(length, []).extend(seeds)
+        return (np.zeros((len(seeds), length), np.int64), np.zeros((len(seeds), length), bool),
+                np.zeros((len(seeds), length), np.int8))
+
+
+def prepare_drills(o, explicit, env):
+    """--prepare_drills: replays the batch stream of steps 0 .. max_iters - 1 as train() draws it (the drills draw
+    nothing from it, so placeholders do), then makes every drill it asked for and adds it to drills_dir."""
+    check_writable_dir(o["drills_dir"], "--drills_dir")
+    config, splits, _, _, drills = load_data(o, explicit, None, env)
+    try:
+        recorder, start = SeedRecorder(), time.time()
+        replay = SimpleNamespace(o=o, config=config, data_gen=torch.Generator().manual_seed(o["seed"]),
+                                 env=SimpleNamespace(rank=0, world=1, device_type="cpu"), drills=recorder)
+        for it in range(o["max_iters"]):
+            step_batches(replay, splits["train"], it)
+        print(f"replayed the batch stream of {o['max_iters']:,} steps ({format_seconds(time.time() - start)}): "
+              + ", ".join(f"{len(seeds):,} drills of {length} tokens" for length, seeds in recorder.seeds.items()))
+        for length, seeds in recorder.seeds.items():
+            made = drills.prepare(o["drills_dir"], seeds, length)
+            print(f"{table_path(o['drills_dir'], length)}: {made:,} drills made, {len(set(seeds)) - made:,} there "
+                  f"already")
+    finally:
+        drills.close()
+
+
 def interrupted_message(it, saved_iter, ckpt_path, argv):
     """What an interrupted run says: where it stopped, what its checkpoint holds, and the command that goes on."""
     command = shlex.join(["python", "train.py", *argv])
@@ -487,10 +532,13 @@ def load_data(o, explicit, init, env):
     except ValueError as e:  # the context cannot hold a needle and its question
         sys.exit(f"error: --niah_mix {o['niah_mix']} needs retrieval drills, and --block_size {config.block_size} is "
                  f"too short for them ({e}); config/niah_cpu.py uses 128")
-    drills = DrillMaker(data_dir, o["data_workers"])
+    try:  # --prepare_drills writes --drills_dir; a run reads it
+        drills = DrillMaker(data_dir, o["data_workers"], None if o["prepare_drills"] else o["drills_dir"] or None)
+    except ValueError as e:  # --drills_dir missing, empty or prepared from other data
+        sys.exit(f"error: --drills_dir {o['drills_dir']}: {e}")
     if o["curriculum_iters"]:
         try:  # drills this short must fit (make_drill refuses a needle and question that leave too little haystack)
-            drills(range(200), o["curriculum_len"] + 1)
+            drills.make(range(200), o["curriculum_len"] + 1)
         except ValueError as e:
             drills.close()
             sys.exit(f"error: --curriculum_len {o['curriculum_len']} is too short for retrieval drills ({e}); "
@@ -714,12 +762,17 @@ def finish(run, splits):
     this_run = time.time() - run.t_start
     took = (f"{format_seconds(run.seconds_before + this_run)} in all, {format_seconds(this_run)} since the resume"
             if run.start_iter else format_seconds(this_run))
-    print(f"done: val loss {losses['val']:.4f} after {o['max_iters']} iterations ({took}); wrote {run.ckpt_path}")
+    read = (f"; drills: {run.drills.read:,} read from {o['drills_dir']}, {run.drills.made:,} made"
+            if o["drills_dir"] and run.drills else "")
+    print(f"done: val loss {losses['val']:.4f} after {o['max_iters']} iterations ({took}); wrote {run.ckpt_path}"
+          + read)
 
 
 def main(argv=None):
     o, explicit = parse_args(argv)                               # options: defaults < --config file < flags
     env = start_processes(o)                                     # device, processes, precision
+    if o["prepare_drills"]:
+        return prepare_drills(o, explicit, env)                  # the run's drills, made before it instead
     resumed, init, method_defaults = check_inputs(o, explicit, env)  # refused before anything is written
     config, splits, enc, probes, drills = load_data(o, explicit, init, env)
     if env.master and method_defaults:

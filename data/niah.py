@@ -35,7 +35,6 @@ disjoint halves by a hash: training documents use the "train" half and evaluatio
 cannot pass the evaluation by memorising pairs. A key that already occurs in the haystack is never used (the
 stories have secret numbers of their own).
 """
-import multiprocessing
 import random
 import re
 import weakref
@@ -292,37 +291,3 @@ def make_drill(rng, enc, source, length, split, max_needles=3):
     name_ids = {ids[0]: j for j, k in enumerate(asked + characters)  # " Mia" and "Mia" (after a quote), one token
                 for ids in (enc.encode_ordinary(" " + k), enc.encode_ordinary(k)) if len(ids) == 1}
     return tokens, is_answer, [name_ids.get(t, -1) for t in tokens]
-
-
-class DrillMaker:
-    """Makes training drills from seeds: drill s is make_drill(random.Random(s), ...) over the "train" split of
-    data_dir, so it depends on its seed only, and made here or in `workers` processes (train.py --data_workers: the
-    drills are Python, a row at a time, ~0.9M tokens/s per core) it is the same row, and a run resumes bit-exactly."""
-
-    def __init__(self, data_dir, workers=0):
-        self.workers = workers
-        self.enc, self.source = load_tokenizer(data_dir), load_tokens(data_dir, "train")
-        # spawn, not fork: a forked child of a process with torch's threads running can deadlock
-        self.pool = multiprocessing.get_context("spawn").Pool(workers, start_worker, (data_dir,)) if workers else None
-
-    def __call__(self, seeds, length):
-        """[(tokens, is_answer, name_at)] of the drills of `length` tokens of the given seeds, in their order."""
-        if self.pool is None:
-            return [make_drill(random.Random(s), self.enc, self.source, length, "train") for s in seeds]
-        chunk = max(1, len(seeds) // (4 * self.workers))  # a few chunks per worker: even load, little overhead
-        return self.pool.starmap(drill_in_worker, [(s, length) for s in seeds], chunksize=chunk)
-
-    def close(self):
-        if self.pool is not None:
-            self.pool.terminate()
-
-
-WORKER = {}  # in a DrillMaker's worker process: its tokenizer and haystack source, loaded once
-
-
-def start_worker(data_dir):
-    WORKER["enc"], WORKER["source"] = load_tokenizer(data_dir), load_tokens(data_dir, "train")
-
-
-def drill_in_worker(seed, length):
-    return make_drill(random.Random(seed), WORKER["enc"], WORKER["source"], length, "train")

@@ -252,7 +252,8 @@ def test_two_process_ddp_matches_one_process(tmp_path, tiny_data):
 
 def test_retrieval_mix_rows(tiny_data, monkeypatch):
     from data.format import get_batch, load_tokenizer, load_tokens
-    from data.niah import DrillMaker, split_of
+    from data.drills import DrillMaker
+    from data.niah import split_of
     from tests.test_niah import drill_answers, record_draws
     drawn = record_draws(monkeypatch)
     enc, tokens, drills = load_tokenizer(tiny_data), load_tokens(tiny_data, "train"), DrillMaker(tiny_data)
@@ -363,3 +364,18 @@ def test_a_kill_before_a_kept_checkpoint_is_written_is_made_good_by_the_resume(t
     assert load(tmp_path)["iter"] == 4 and not (tmp_path / "run" / "ckpt_4.pt").exists()
     run(tmp_path, tiny_data, "--max_iters", "8", "--keep_iters", "4", "--resume")
     assert torch.load(tmp_path / "run" / "ckpt_4.pt", weights_only=True)["iter"] == 4
+
+
+def test_a_run_that_reads_prepared_drills_is_the_run_that_makes_them(tmp_path, tiny_data, capsys):
+    """--prepare_drills replays the batch stream (the curriculum's short rows and the full ones) and makes its drills
+    into --drills_dir; a run that reads them trains exactly as one that makes them, and reads every one."""
+    retrieval = ("--niah_mix", "1", "--block_size", "64", "--max_iters", "8", "--curriculum_iters", "4",
+                 "--answer_weight", "8", "--anonymous_names")
+    made_here = run(tmp_path, tiny_data, *retrieval, out="a")
+    drills = str(tmp_path / "drills")
+    assert run(tmp_path, tiny_data, *retrieval, "--prepare_drills", "--drills_dir", drills, out="unused") is None
+    assert sorted(os.listdir(drills)) == ["drills_49.npy", "drills_65.npy"] and not (tmp_path / "unused").exists()
+    capsys.readouterr()
+    assert run(tmp_path, tiny_data, *retrieval, "--drills_dir", drills, out="b") == made_here  # bit-exact
+    rows = 4 * 5 + 4 * 4  # 4 curriculum steps of 5 rows of 48 tokens (4 x 64 tokens), then 4 steps of 4 rows
+    assert f"drills: {rows} read from {drills}, 0 made" in capsys.readouterr().out
