@@ -48,13 +48,15 @@ if [[ $MODE == cpu ]]; then
     SEC_PER_STEP=0.28
     SEC_PER_EVAL=45
     SEC_COMPILE=0  # eager
+    SEC_PREPARE=25  # the drills of both batch streams, made on the 2 cores before the arms: 23 s (2026-12-02)
     TIMINGS="measured on this project's 2-core CPU"
 else
     JOBS=${JOBS:-4}  # arms side by side: a model of this size leaves most of an H100/H200 idle (not yet measured)
     SEC_PER_STEP=0.025  # a guess, not measured: 16k tokens per step at the ~655k tokens/s of an earlier H100 probe
     SEC_PER_EVAL=10     # a guess
     SEC_COMPILE=40      # torch.compile per trained arm: ~40 s on an H200 (bench.py, 2026-11-30), the one measured
-    TIMINGS="the step and evaluation times are GUESSES, not yet measured on a GPU; the compile time was measured"
+    SEC_PREPARE=20      # a guess: both streams' drills took 105 s on this project's 2 cores; the GPU machine has 16
+    TIMINGS="the step, evaluation and drill times are GUESSES, not yet measured on a GPU; the compile time was measured"
 fi
 if [[ ! $JOBS =~ ^[1-9][0-9]*$ ]]; then
     echo "error: JOBS=$JOBS must be a number of arms side by side, at least 1" >&2
@@ -148,9 +150,9 @@ if [[ -n $SELECTED ]]; then  # keep the chosen arms and the arms they start from
 fi
 
 # ---------------------------------------------------------------------------------------------------------------
-# The plan and the time it should take: training steps at SEC_PER_STEP, evaluation settings (a RoPE scaling, a
-# DroPE beta, a number of FwPKM reads) at SEC_PER_EVAL, ~10 s of start-up per arm and SEC_COMPILE per trained arm,
-# JOBS arms at a time. Memory arms step 1.1-1.4x slower than RoPE on the CPU (bench.py) and drope_fit.py's fits take
+# The plan and the time it should take: the drills prepared first (SEC_PREPARE), then training steps at SEC_PER_STEP,
+# evaluation settings (a RoPE scaling, a DroPE beta, a number of FwPKM reads) at SEC_PER_EVAL, ~10 s of start-up per
+# arm and SEC_COMPILE per trained arm, JOBS arms at a time. Memory arms step 1.1-1.4x slower than RoPE on the CPU (bench.py) and drope_fit.py's fits take
 # minutes; the estimate leaves both out. Printed also where mode gpu cannot run (no GPU): the plan, then the refusal.
 hms() { printf "%dh%02dm%02ds" $(( $1 / 3600 )) $(( $1 % 3600 / 60 )) $(( $1 % 60 )); }
 echo "$COMMAND: $CONFIG, $N steps per arm, $JOBS arm(s) at a time; checkpoints in $OUT/, results in $RES/"
@@ -167,11 +169,11 @@ for a in "${ARMS[@]}"; do
     settings=$(( settings + SETTINGS[$a] ))
 done
 estimate=$(awk "BEGIN { print int(($total_steps * $SEC_PER_STEP + $settings * $SEC_PER_EVAL + 10 * ${#ARMS[@]} \
-                                     + $trained_arms * $SEC_COMPILE) / $JOBS) }")
+                                     + $trained_arms * $SEC_COMPILE) / $JOBS + $SEC_PREPARE) }")
 compiles=""
 (( SEC_COMPILE > 0 )) && compiles=", $trained_arms compilations at $SEC_COMPILE s"
-echo "estimate: $(hms "$estimate") for $total_steps steps at $SEC_PER_STEP s, $settings evaluation settings at" \
-     "$SEC_PER_EVAL s$compiles, $JOBS at a time ($TIMINGS)"
+echo "estimate: $(hms "$estimate") for the drills ($SEC_PREPARE s), then $total_steps steps at $SEC_PER_STEP s," \
+     "$settings evaluation settings at $SEC_PER_EVAL s$compiles, $JOBS at a time ($TIMINGS)"
 if [[ $MODE == gpu ]] && ! python -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
     echo "error: mode gpu needs a CUDA GPU that torch can see; without one run: bash reproduce.sh cpu" >&2
     exit 2

@@ -75,7 +75,7 @@ OPTIONS = {  # name: (default, help); the defaults are the CPU default run
                             "per step stay): a short drill holds one needle in a short haystack, found sooner"),
     "curriculum_len": (48, "row length of the curriculum steps (48: every drill has one needle; results/niah.md)"),
     "data_workers": (0, "processes that make the retrieval drills (0: a thread of this process, enough on a CPU; one "
-                        "core makes ~0.9M drill tokens/s, a GPU step wants ~1.1M: config/niah_gpu.py uses 8)"),
+                        "core makes ~1.1M drill tokens/s, a GPU step wants ~1.1M: config/niah_gpu.py uses 8)"),
     "drills_dir": ("", "a directory of drills prepared before training (--prepare_drills): the drills found there "
                        "are read, the others made (data/drills.py)"),
     "prepare_drills": (False, "instead of training: replay this run's batch stream, make every drill it asks for "
@@ -150,8 +150,8 @@ def parse_args(argv=None):
         parser.error("--anonymous_names changes the names of retrieval drills, and --niah_mix is 0: there are none "
                      "(e.g. --niah_mix 1.0, as config/niah_cpu.py)")
     if opts["prepare_drills"] and not (opts["drills_dir"] and opts["niah_mix"] > 0):
-        parser.error("--prepare_drills makes the retrieval drills of a run into --drills_dir: it needs both --drills_dir "
-                     "and --niah_mix > 0 (e.g. --config config/niah_gpu.py --drills_dir out/drills)")
+        parser.error("--prepare_drills makes the retrieval drills of a run into --drills_dir: it needs both "
+                     "--drills_dir and --niah_mix > 0 (e.g. --config config/niah_gpu.py --drills_dir out/drills)")
     if opts["prepare_drills"] and (opts["resume"] or opts["init_from"]):
         parser.error("--prepare_drills replays a batch stream from its first step, which --resume and --init_from do "
                      "not change: prepare with the run's other options (a stage's stream is a fresh run's)")
@@ -249,7 +249,7 @@ def read_config(path, parser):
 def train_batch(tokens, o, block_size, gen, drills):
     """Random windows of the training data; with niah_mix > 0, some rows become retrieval documents: needles inside
     a haystack of training text, within the training length, keys and values from the "train" half, made by drills
-    (a data.niah.DrillMaker) from seeds drawn here. Returns (x, y, the targets' loss weights: None for a plain mean,
+    (a data.drills.DrillMaker) from seeds drawn here. Returns (x, y, the targets' loss weights: None for a plain mean,
     else answer_weight at drills' answers, 0 at anonymous names and 1 elsewhere, the name slots of x: None unless
     anonymous_names, else j >= 0 where x holds a drill's j-th name to anonymise (make_drill), -1 elsewhere)."""
     x, y = get_batch(tokens, o["batch_size"], block_size, gen)

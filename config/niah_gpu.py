@@ -22,5 +22,5 @@ cooldown_frac = 0.2    # as config/niah_cpu.py: the last fifth of the steps deca
 eval_interval = 500
 eval_iters = 20
 log_interval = 50
-data_workers = 8       # drill-making processes: one core makes ~0.9M drill tokens/s, a step here wants ~1.1M
+data_workers = 8       # drill-making processes: one core makes ~1.1M drill tokens/s, a step here wants ~1.1M
 compile = True         # torch.compile: faster steps after a minute of compilation

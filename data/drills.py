@@ -6,7 +6,7 @@ A drill is make_drill(random.Random(seed), ...) over the "train" split of a data
 length only. train.py's batch stream draws the seeds (train_batch), and a DrillMaker turns seeds into rows in one
 of three ways, all giving the same rows, so a run is the same run and resumes bit for bit whichever it uses:
 
-- in this process (the default; the drills are Python, a row at a time, ~0.9M tokens/s on one core);
+- in this process (the default; the drills are Python, a row at a time, ~1.1M tokens/s on one core);
 - in worker processes (train.py --data_workers N), each making a chunk of rows and handing them back as arrays;
 - read from drills prepared before training (train.py --drills_dir DIR), made once for every run that reads them:
 
@@ -76,8 +76,9 @@ class DrillMaker:
         at = np.linspace(0, len(table) - 1, min(CHECKED_ROWS, len(table))).astype(int)
         for field, remade in zip(("tokens", "is_answer", "name_at"), self.make(table["seed"][at], length)):
             if not np.array_equal(table[field][at], remade):
-                raise ValueError(f"its {os.path.basename(path)} differs from the drills made here from the same seeds: prepared from other "
-                                 f"data or by another version of data/niah.py; delete it and prepare again")
+                raise ValueError(f"its {os.path.basename(path)} differs from the drills made here from the same "
+                                 f"seeds: prepared from other data or by another version of data/niah.py; delete it "
+                                 f"and prepare again")
         return table
 
     def make(self, seeds, length):

@@ -34,5 +34,5 @@ def test_gpu_plan_is_printed_where_no_gpu_can_run_it():
     done = subprocess.run(["bash", os.path.join(ROOT, "reproduce.sh"), "gpu"], capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.startswith("error: mode gpu needs a CUDA GPU")
     assert "config/niah_gpu.py, 4000 steps per arm" in done.stdout and "fwpkm             4000  scratch" in done.stdout
-    minutes = re.search(r"estimate: 0h(\d\d)m\d\ds for 30000 steps", done.stdout)
+    minutes = re.search(r"estimate: 0h(\d\d)m\d\ds for the drills \(20 s\), then 30000 steps", done.stdout)
     assert minutes and int(minutes.group(1)) < 8 and "GUESSES" in done.stdout
