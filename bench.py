@@ -91,17 +91,21 @@ def saved_for_backward(model, x, ctx):
 
 
 class OpCounter(TorchDispatchMode):
-    """Counts the aten operators dispatched while active, views left out (a view relabels memory: no kernel): on
-    CUDA each counted one is (at least) one kernel launch, and the count is the same on any device, so a step's
-    launch overhead can be measured without a GPU. A Triton kernel (kernels/) counts as one launch: on CUDA it
-    passes no aten operator, and under TRITON_INTERPRET the interpreter's own tensor operators are not counted."""
+    """Counts the aten operators dispatched while active that launch a kernel: views (they relabel memory) and
+    allocations (torch.empty: the caching allocator, on the host) are left out. On CUDA each counted one is (at
+    least) one kernel launch, and the count is the same on any device, so a step's launch overhead can be measured
+    without a GPU. A Triton kernel (kernels/) counts as one launch: on CUDA it passes no aten operator, and under
+    TRITON_INTERPRET the interpreter's own tensor operators are not counted."""
+
+    NO_LAUNCH = (torch.ops.aten._unsafe_view, torch.ops.aten.empty, torch.ops.aten.empty_strided,
+                 torch.ops.aten.empty_like)  # a view without the view flag, and the allocations
 
     def __init__(self):
         super().__init__()
         self.count, self.in_triton = 0, False
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += not (func.is_view or self.in_triton)
+        self.count += not (func.is_view or func.overloadpacket in self.NO_LAUNCH or self.in_triton)
         return func(*args, **(kwargs or {}))
 
     def __enter__(self):

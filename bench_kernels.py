@@ -1,6 +1,7 @@
 """
 The fast paths of kernels/ against the plain code they replace, side by side in one process on a GPU: the rotary
-(kernels/rotary.py vs rope.py), then the memories' read and FwPKM's write (kernels/pkm.py vs fwpkm.py).
+(kernels/rotary.py vs rope.py), RePo's position network (kernels/position_net.py vs repo.py), then the memories'
+read and FwPKM's write (kernels/pkm.py vs fwpkm.py).
 
     python bench_kernels.py                      # B=8, H=12, D=64, T = 1024, 2048, 4096, bf16, an H100 SXM's peak
     python bench_kernels.py --peak_gbps 4800     # an H200's peak bandwidth
@@ -13,6 +14,10 @@ backward pass (distinct storages, q and k included where they are saved).
 
 The rotation moves little data per FLOP, so the time is memory traffic: at least q and k read and written in the
 forward, their gradients read and written in the backward, and with RePo q and k read once more for dL/dz.
+
+RePo's position network f_φ of h [B, T, C] (C = H·D, fp32 weights, bf16 autocast as in GPU training), forward and
+backward (the gradients of h and of the weights), at the same B and lengths: the median times, the speedup and the
+memory autograd saves.
 
 The memories, at B=8, T=1024, k=8, d_v=512 and N=512² slots (--memory_*), fp32 values and weights (the values are
 fp32 parameters or fast weights, the weights come from fp32 softmaxes):
@@ -110,6 +115,34 @@ def memory_reads(B, T, K, N, per_sequence):
     return rows, torch.randn(B, T, K, device="cuda").softmax(-1).requires_grad_()
 
 
+def bench_position_net(args, triton_testing):
+    from kernels.position_net import position_network
+    from model import GPTConfig
+    from repo import PositionNetwork
+    B, H, C = args.batch_size, args.n_head, args.n_head * args.head_dim
+    net = PositionNetwork(GPTConfig(n_embd=C, n_head=H, kernels="off")).cuda()
+    weights = tuple(net.parameters())
+    print(f"\nRePo's position network forward + backward, B={B} C={C} H={H}, bf16 autocast")
+    print(f"{'T':>6s}{'plain ms':>10s}{'fast ms':>9s}{'speedup':>9s}{'saved MiB plain':>17s}{'fast':>7s}")
+    fns = (("plain", net), ("fast", lambda h: position_network(h, *weights)))
+
+    def forward_backward_f(fn, h, upstream):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            z = fn(h)
+        return torch.autograd.grad(z, (h, *weights), upstream)
+    for T in args.lengths:
+        h = torch.randn(B, T, C, device="cuda").requires_grad_()  # the block's RMSNorm output (fp32)
+        upstream = torch.randn(B, H, T, device="cuda")
+        times = {label: triton_testing.do_bench(lambda fn=fn: forward_backward_f(fn, h, upstream),
+                                                return_mode="median") for label, fn in fns}
+        saved = {}
+        for label, fn in fns:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                saved[label] = saved_bytes(fn, h) / 2 ** 20
+        print(f"{T:6d}{times['plain']:10.3f}{times['fast']:9.3f}{times['plain'] / times['fast']:8.2f}x"
+              f"{saved['plain']:17.1f}{saved['fast']:7.1f}")
+
+
 def bench_memories(args, triton_testing):
     from kernels import pkm
     B, T, K, N, D, C = (args.batch_size, args.memory_length, args.memory_topk, args.memory_n_sub ** 2,
@@ -197,6 +230,7 @@ def main(argv=None):
             gbps = min_bytes(q, pos) / (times["fast"] * 1e-3) / 1e9
             print(f"{name:>12s}{T:6d}{times['plain']:10.3f}{times['fast']:9.3f}{times['plain'] / times['fast']:8.2f}x"
                   f"{gbps:11.0f}{gbps / args.peak_gbps:9.1%}{saved['plain']:17.1f}{saved['fast']:7.1f}")
+    bench_position_net(args, triton.testing)
     bench_memories(args, triton.testing)
 
 

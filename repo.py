@@ -33,6 +33,9 @@ The paper describes the learned positions as "dense": a head's spread (max z −
 far below it, in plateaus, monotone runs and jumps (`python repo_positions.py` plots ours). At initialisation f_φ
 is near zero (std-0.02 weights make z ~ 0.002), so RePo layers begin as NoPE and learn their positions.
 
+Fast path: on a GPU (GPTConfig.kernels), f_φ runs as one fused Triton kernel and the rotation by z as another
+(kernels/position_net.py, kernels/rotary.py); the code here is the reference they are tested against.
+
 Also here: "rope_nope", the control with the same layer split (RoPE below, NoPE from ⌈L/3⌉ up), to tell learned
 positions apart from merely dropping RoPE in the upper layers.
 """
@@ -42,6 +45,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from kernels import use_kernels
 from rope import NoPositionalEncoding, RotaryEmbedding
 
 
@@ -59,8 +63,12 @@ class PositionNetwork(nn.Module):
         self.gate = nn.Linear(config.n_embd, d_p, bias=False)            # W_g
         self.content = nn.Linear(config.n_embd, d_p, bias=False)         # W_c
         self.to_position = nn.Linear(d_p, config.n_head, bias=False)     # W_z
+        self.kernels = config.kernels
 
     def forward(self, h):
+        if use_kernels(self.kernels, h):  # the same f_φ in one fused Triton launch (kernels/position_net.py)
+            from kernels.position_net import position_network  # imports triton, which CPU-only installs may lack
+            return position_network(h, self.gate.weight, self.content.weight, self.to_position.weight)
         # --- solution: repo position network ---
         # | r = SiLU(h W_g) ⊙ (h W_c) (self.gate, self.content): [B, T, d_p];
         # | z = r W_z (self.to_position) in fp32 with autocast off: [B, T, H]; return z as [B, H, T]

@@ -4,6 +4,7 @@ and the CPU default; tests/test_kernels.py and tests/test_kernels_pkm.py check e
 gradients), under Triton's CPU interpreter and, where there is a GPU, on it.
 
     rotary.py   RoPE's rotation of q and k by real-valued positions (RoPE, RePo, every scaling), one launch
+    position_net.py   RePo's position network f_φ, one launch forward, one and two matrix products backward
     pkm.py      the memories' top-k read of value rows (forward, backward) and FwPKM's value write (no graph)
     bench.py    plain vs fast, side by side (needs CUDA)
 
@@ -29,6 +30,17 @@ def check_available(mode, device_type):
     if device_type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise SystemExit("error: --kernels on without a GPU runs Triton's CPU interpreter, which needs "
                          "TRITON_INTERPRET=1 in the environment (slow; for tests); use --kernels auto or off")
+
+
+def require_gpu_or_interpreter():
+    """Called where a kernel module is imported: without a GPU the kernels can only run under Triton's CPU
+    interpreter, which is chosen when a @triton.jit function is defined (triton's own, tl.sum, at its import), so it
+    has to be set in the environment before Python starts."""
+    import torch
+    import triton
+    if not torch.cuda.is_available() and not triton.knobs.runtime.interpret:
+        raise RuntimeError("kernels='on' without a GPU runs Triton's CPU interpreter: set TRITON_INTERPRET=1 in the "
+                           "environment (slow; tests/conftest.py does), or use kernels='auto' or 'off'")
 
 
 def use_kernels(mode, x):

@@ -27,11 +27,9 @@ import torch
 import triton
 import triton.language as tl
 
-if not torch.cuda.is_available() and not triton.knobs.runtime.interpret:
-    # the interpreter is chosen when a @triton.jit function is defined, triton's own (tl.sum) at its import, so
-    # it has to be set in the environment before Python starts
-    raise RuntimeError("kernels='on' without a GPU runs Triton's CPU interpreter: set TRITON_INTERPRET=1 in the "
-                       "environment (slow; tests/conftest.py does), or use kernels='auto' or 'off'")
+from kernels import require_gpu_or_interpreter
+
+require_gpu_or_interpreter()
 
 
 @triton.jit

@@ -12,8 +12,10 @@ import torch
 pytest.importorskip("triton", reason="triton is not installed, so the kernels cannot run")
 
 from kernels import use_kernels
+from kernels.position_net import position_network
 from kernels.rotary import rotary
 from model import GPT, GPTConfig
+from repo import PositionNetwork
 from rope import rope_frequencies, rotate
 from tests.test_train import assert_same_course
 
@@ -84,6 +86,30 @@ def test_rotary_bf16(device, positions):
                         attention_factor, (B, H, T, D), device, torch.bfloat16, BF16)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("n_embd,n_head,T", [(96, 3, 33), (160, 5, 40), (32, 2, 1)])  # P = 12, 20, 4; C in slices
+def test_position_network_matches_plain(device, dtype, n_embd, n_head, T):
+    """kernels/position_net.py vs repo.py's PositionNetwork: the positions z [B, H, T] and the gradients of h and of
+    the three weights, for a random upstream gradient; in bf16 under autocast the plain code multiplies in bf16, the
+    kernel in fp32 from the same bf16 h, so they agree to bf16's rounding of the largest values."""
+    torch.manual_seed(0)
+    net = PositionNetwork(GPTConfig(n_embd=n_embd, n_head=n_head, kernels="off")).to(device)
+    for weight in net.parameters():  # positions of tens of units, as trained RePo layers have
+        torch.nn.init.normal_(weight, std=0.3)
+    h = torch.randn(2, T, n_embd, device=device).to(dtype).requires_grad_()
+    upstream = torch.randn(2, n_head, T, device=device)
+    results = []
+    for fast in (True, False):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            z = position_network(h, net.gate.weight, net.content.weight, net.to_position.weight) if fast else net(h)
+        results.append((z, *torch.autograd.grad((z * upstream).sum(), (h, *net.parameters()))))
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    for name, a, b in zip(("z", "dh", "dW_g", "dW_c", "dW_z"), *results):
+        assert a.shape == b.shape and a.dtype == b.dtype, name
+        torch.testing.assert_close(a.float(), b.float(), rtol=tol, atol=tol * b.abs().max().item(), msg=name)
+
+
 def test_switch():
     x = torch.zeros(1)
     assert use_kernels("on", x) and not use_kernels("off", x) and not use_kernels("auto", x)  # auto: CUDA only
@@ -121,7 +147,8 @@ def assert_trains_the_same(fast, plain):
 
 
 def tiny_repo_gpt(kernels, device, nodes):
-    """A tiny RePo GPT whose rotations record the autograd nodes they make into `nodes`."""
+    """A tiny RePo GPT whose rotations record the autograd nodes they make into `nodes`, and whose plain position
+    networks record that they ran ("plain f_φ")."""
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=3, n_head=2, n_embd=32, pe="repo",
                           kernels=kernels)).to(device)
@@ -129,6 +156,8 @@ def tiny_repo_gpt(kernels, device, nodes):
         with torch.no_grad():  # positions of a few units: f_φ starts near zero, where RePo is NoPE
             block.attn.positional.position_net.to_position.weight.mul_(1000)
         block.attn.positional.register_forward_hook(lambda m, args, out: nodes.add(type(out[0].grad_fn).__name__))
+        if hasattr(block.attn.positional, "position_net"):
+            block.attn.positional.position_net.gate.register_forward_hook(lambda *_: nodes.add("plain f_φ"))
     return model
 
 
@@ -138,5 +167,6 @@ def test_tiny_repo_gpt_trains_the_same_with_kernels_on_and_off(device):
     fast_nodes, plain_nodes = set(), set()
     fast = train_steps(tiny_repo_gpt("on", device, fast_nodes), x, steps=3)
     plain = train_steps(tiny_repo_gpt("off", device, plain_nodes), x, steps=3)
-    assert fast_nodes == {"RotaryBackward"} and "RotaryBackward" not in plain_nodes  # the switch took effect
+    assert fast_nodes == {"RotaryBackward"} and "RotaryBackward" not in plain_nodes  # the switch took effect,
+    assert "plain f_φ" in plain_nodes  # for the position networks too
     assert_trains_the_same(fast, plain)  # the position networks' gradients too: they learn through the kernel
