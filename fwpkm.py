@@ -79,9 +79,15 @@ IDW_EPS = 1e-3  # s = −log(eps + distance²): a slot at distance 0 scores −l
 
 
 def idw_scores(q, keys):
-    """Inverse-distance scores −log(eps + ‖q − K_i‖²): q [B, T, d] against keys [B or 1, n, d] -> [B, T, n]."""
-    distance2 = (q.pow(2).sum(-1, keepdim=True) - 2 * q @ keys.transpose(-1, -2) + keys.pow(2).sum(-1)[:, None])
+    """Inverse-distance scores −log(eps + ‖q − K_i‖²): q [..., T, d] against keys [..., n, d] -> [..., T, n]."""
+    distance2 = q.pow(2).sum(-1, keepdim=True) - 2 * q @ keys.transpose(-1, -2) + keys.pow(2).sum(-1)[..., None, :]
     return -torch.log(IDW_EPS + distance2.clamp_min(0))
+
+
+def halves(q):
+    """The two halves of the queries q [B, T, d_k] side by side, [B, 2, T, d_k/2] (a view): each half is scored
+    against its own sub-keys [B, 2, n, d_k/2], both at once."""
+    return q.unflatten(-1, (2, -1)).transpose(1, 2)
 
 
 def dot_scores(q, keys):
@@ -104,8 +110,8 @@ def product_topk(s1, s2, k):
 def addressing_gradient(q, keys, group, half_scores, topk):
     """∂L_addr/∂K of L_addr = −H(p̄¹) − H(p̄²), the negative entropies of each half's mean top-k usage over a chunk's
     tokens; q [B, T, d_k] the chunk's queries, keys [G, 2, n, d_k/2] the sub-keys, group [B] the memory of each row,
-    half_scores the two halves' idw_scores of q against keys [B, T, n] (the read computed them: not again here).
-    Returns [G, 2, n, d_k/2].
+    half_scores the two halves' idw_scores of q against keys [B, 2, T, n] (the read computed them: not again here).
+    Returns [G, 2, n, d_k/2]; both halves at once, along their dimension of 2.
 
     In closed form, because torch.autograd.grad inside the forward would break torch.compile's graph. For one half,
     with s_{t,i} = −log(eps + ‖q_t − K_i‖²), w_t the softmax over token t's top-k scores, u_{t,i} = w_{t,i} on the
@@ -116,20 +122,17 @@ def addressing_gradient(q, keys, group, half_scores, topk):
         ∂(−H)/∂K_i     = Σ_t ∂(−H)/∂s_{t,i} · 2·(q_t − K_i) / (eps + ‖q_t − K_i‖²),  where 1 / (eps + ‖·‖²) = e^{s_{t,i}}
     """
     G, B, T = keys.shape[0], q.shape[0], q.shape[1]
-    grads = []
-    for m, (q_m, s) in enumerate(zip(q.chunk(2, dim=-1), half_scores)):          # q_m [B, T, d_k/2], s [B, T, n]
-        k_m = keys[group, m]                                                      # [B, n, d_k/2]
-        top, idx = s.topk(topk, dim=-1)
-        w = F.softmax(top, dim=-1)                                                # [B, T, k]
-        usage = torch.zeros_like(s).scatter(-1, idx, w)                           # u [B, T, n]
-        p = usage.mean(1, keepdim=True) if G > 1 else usage.mean((0, 1), keepdim=True)  # p̄ [G, 1, n]
-        a = (p.clamp_min(1e-12).log() + 1) / (T if G > 1 else B * T)              # the clamp: unused slots, p̄ = 0
-        a = a.expand_as(s).gather(-1, idx)                                        # [B, T, k]
-        ds = w * (a - (w * a).sum(-1, keepdim=True))                              # ∂(−H)/∂s on the top-k
-        coeff = torch.zeros_like(s).scatter(-1, idx, 2 * ds * top.exp())         # [B, T, n]
-        grad = coeff.transpose(1, 2) @ q_m - coeff.sum(1)[..., None] * k_m        # [B, n, d_k/2]
-        grads.append(grad if G > 1 else grad.sum(0, keepdim=True))                # a shared memory sums its rows
-    return torch.stack(grads, dim=1)
+    s = half_scores                                                               # [B, 2, T, n]
+    top, idx = s.topk(topk, dim=-1)
+    w = F.softmax(top, dim=-1)                                                    # [B, 2, T, k]
+    usage = torch.zeros_like(s).scatter(-1, idx, w)                               # u [B, 2, T, n]
+    p = usage.mean(2, keepdim=True) if G > 1 else usage.mean((0, 2), keepdim=True)  # p̄ [G, 2, 1, n]
+    a = (p.clamp_min(1e-12).log() + 1) / (T if G > 1 else B * T)                  # the clamp: unused slots, p̄ = 0
+    a = a.expand_as(s).gather(-1, idx)                                            # [B, 2, T, k]
+    ds = w * (a - (w * a).sum(-1, keepdim=True))                                  # ∂(−H)/∂s on the top-k
+    coeff = torch.zeros_like(s).scatter(-1, idx, 2 * ds * top.exp())             # [B, 2, T, n]
+    grad = coeff.transpose(-1, -2) @ halves(q) - coeff.sum(2)[..., None] * keys[group]  # [B, 2, n, d_k/2]
+    return grad if G > 1 else grad.sum(0, keepdim=True)                           # a shared memory sums its rows
 
 
 def slot_health(slots, n_slots):
@@ -231,10 +234,8 @@ class FastWeightProductKeyMemory(nn.Module):
         B = q.shape[0]
         group = torch.arange(B, device=q.device) if state.values.shape[0] == B else torch.zeros(B, dtype=torch.long,
                                                                                                device=q.device)
-        q1, q2 = q.chunk(2, dim=-1)
-        keys = state.keys[group]                                                      # [B, 2, n, d_k/2]
-        half_scores = idw_scores(q1, keys[:, 0]), idw_scores(q2, keys[:, 1])          # [B, T, n] each
-        scores, slots = product_topk(*half_scores, self.topk)
+        half_scores = idw_scores(halves(q), state.keys[group])                       # [B, 2, T, n]
+        scores, slots = product_topk(*half_scores.unbind(1), self.topk)
         w = F.softmax(scores, dim=-1)                                                 # [B, T, k]
         if use_kernels(self.kernels, q):  # the same read, memory [G, N, d_v] as rows group·N + slot (kernels/pkm.py)
             from kernels import pkm
@@ -249,7 +250,7 @@ class FastWeightProductKeyMemory(nn.Module):
         G, N, d_v = state.values.shape
         # L_addr on the keys, taken on detached queries (it does not depend on the values)
         state.keys = state.keys - addressing_gradient(r["q"].detach(), state.keys, r["group"],
-                                                      [s.detach() for s in r["half_scores"]], self.topk)
+                                                      r["half_scores"].detach(), self.topk)
         needs_graph = torch.is_grad_enabled() and any(
             t.requires_grad for t in (state.values, r["v_hat"], r["v"], r["g"], r["w"]))
         if use_kernels(self.kernels, state.values) and not needs_graph:
@@ -282,18 +283,23 @@ class FastWeightProductKeyMemory(nn.Module):
         h = x if state.pending is None else torch.cat((state.pending, x), dim=1)     # [B, done + T, C]
         done = h.shape[1] - T
         projected = self.project(h, state.before)
-        outs, stats, reads = [], [], []
-        for start in range(0, h.shape[1], state.chunk):
+        # split, not sliced chunk by chunk: the backward of a split is one concatenation per tensor, that of each
+        # slice a zero-padded copy and a sum
+        pieces = {k: t.split(state.chunk, dim=1) for k, t in projected.items()}
+        v_hats, stats, reads = [], [], []
+        for i, start in enumerate(range(0, h.shape[1], state.chunk)):
             end = min(start + state.chunk, h.shape[1])
-            r = self.read({k: t[:, start:end] for k, t in projected.items()}, state)
-            outs.append(r["g"] * r["v_hat"] + (1 - r["g"]) * r["v"])
+            r = self.read({k: t[i] for k, t in pieces.items()}, state)
+            v_hats.append(r["v_hat"])
             if not self.training:  # health costs host syncs, so it is measured in evaluation only
                 stats.append((r["g"].mean().item(), *slot_health(r["slots"], state.values.shape[1])))
                 reads.append({k: r[k] for k in ("slots", "w", "g", "v", "v_hat")})
             if end - start == state.chunk:  # the chunk is complete
                 self.write(r, state)
-                state.before = torch.cat((state.before, h[:, start:end].float()), dim=1)[:, state.chunk:]
         state.pending = h[:, start:] if end - start < state.chunk else None
+        # the inputs before the next chunk: the last span − 1 of `before` and the complete chunks (once, not per chunk)
+        complete = end if state.pending is None else start
+        state.before = torch.cat((state.before, h[:, :complete].float()), dim=1)[:, complete:]
         if cache is None and self.lifetime == "persistent" and self.training:
             self.initial_values.copy_(state.values.detach()[0])
             self.initial_keys.copy_(state.keys.detach()[0])
@@ -301,7 +307,8 @@ class FastWeightProductKeyMemory(nn.Module):
             gate, coverage, collisions = (sum(s[i] for s in stats) / len(stats) for i in range(3))
             self.health = {"gate": gate, "coverage": coverage, "collisions": collisions}
             self.last_reads = {k: torch.cat([r[k] for r in reads], dim=1)[:, done:] for k in reads[0]}  # needle_trace
-        out = torch.cat(outs, dim=1)[:, done:].type_as(x)                             # [B, T, d_v]
+        g, v_hat = projected["g"], torch.cat(v_hats, dim=1)
+        out = (g * v_hat + (1 - g) * projected["v"])[:, done:].type_as(x)             # gated read [B, T, d_v]
         return self.out_proj(self.out_norm(out))
 
 

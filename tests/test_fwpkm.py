@@ -138,7 +138,7 @@ def test_addressing_gradient_equals_autograd(groups):
         p = usage.mean(1) if groups > 1 else usage.mean((0, 1))[None]
         neg_entropy = neg_entropy + (p * p.clamp_min(1e-12).log()).sum()
     expected, = torch.autograd.grad(neg_entropy, keys)
-    half_scores = [fwpkm.idw_scores(q_m, keys.detach()[group, m]) for m, q_m in enumerate(q.chunk(2, dim=-1))]
+    half_scores = fwpkm.idw_scores(fwpkm.halves(q), keys.detach()[group])  # [B, 2, T, n], as the read makes them
     got = fwpkm.addressing_gradient(q, keys.detach(), group, half_scores, 3)
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
 
