@@ -33,6 +33,8 @@ from data.format import dataset_dir, load_meta
 from kernels import MODES as KERNEL_MODES, check_available
 from model import GPT, GPTConfig, POSITIONAL
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")  # torch.compile's modes
+
 
 def parse_arm(arm):
     """'rope+fwpkm_layers=1,3+memory_chunk=64' -> {'pe': 'rope', 'fwpkm_layers': '1,3', 'memory_chunk': 64}"""
@@ -67,6 +69,7 @@ def synchronize(device):
 
 
 def training_step(model, optimizer, x, ctx):
+    torch.compiler.cudagraph_mark_step_begin()  # --compile reduce-overhead: the last step's outputs are done with
     with ctx:
         _, loss = model(x, x)
     loss.backward()
@@ -165,13 +168,18 @@ def build(args, overrides, arm):
     return model, torch.optim.AdamW(model.parameters(), lr=1e-4)
 
 
+def compiled(model, args):
+    """The model as the timed steps run it: eager, or torch.compile'd in the mode --compile names."""
+    return torch.compile(model, mode=args.compile) if args.compile else model
+
+
 def peak_alone(args, overrides, arm, x, ctx):
     """CUDA peak memory of warmup steps of this arm with no other arm resident (None elsewhere)."""
     gc.collect()
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(args.device)
     model, optimizer = build(args, overrides, arm)
-    step_model = torch.compile(model) if args.compile else model
+    step_model = compiled(model, args)
     for _ in range(max(1, args.warmup)):
         training_step(step_model, optimizer, x, ctx)
     synchronize(args.device)
@@ -242,7 +250,9 @@ def main(argv=None):
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
                    help="auto: bfloat16 autocast on cuda, float32 elsewhere")
-    p.add_argument("--compile", action="store_true", help="torch.compile every arm")
+    p.add_argument("--compile", nargs="?", const="default", default=None, choices=COMPILE_MODES,
+                   help="torch.compile every arm, in this mode (alone: default); reduce-overhead replays each step's "
+                        "launches as one CUDA graph, which spares a launch-bound step its launch overhead")
     p.add_argument("--drills", default=None,
                    help="instead of the arms: the rate of the retrieval drills, made in each comma-listed number of "
                         "worker processes (train.py --data_workers), e.g. 0,2,8; then train.py's whole batches of "
@@ -281,13 +291,14 @@ def main(argv=None):
         flops = flops_per_step(model, x, ctx)
         saved = saved_for_backward(model, x, ctx)
         ops = ops_per_step(model, x, ctx)
-        step_model = torch.compile(model) if args.compile else model
+        step_model = compiled(model, args)
         for _ in range(args.warmup):
             training_step(step_model, optimizer, x, ctx)
         runs[arm] = {"model": step_model, "optimizer": optimizer, "params": model.num_params(), "flops": flops,
                      "saved": saved, "ops": ops, "peak": peaks[arm], "times": []}
     print(f"{args.n_layer} layers, d={args.n_embd}, {args.n_head} heads, {args.batch_size} x {args.block_size} "
-          f"tokens per step, {args.device} {'bf16' if bf16 else 'fp32'}{', compiled' if args.compile else ''}; "
+          f"tokens per step, {args.device} {'bf16' if bf16 else 'fp32'}"
+          f"{f', compiled ({args.compile})' if args.compile else ''}; "
           f"{args.rounds} rounds, arms alternating")
     t0 = time.time()
     for r in range(args.rounds):

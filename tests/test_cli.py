@@ -108,6 +108,8 @@ CASES = [
     case("drope_fit.py", ["--ckpt", f"{W}/good/ckpt.pt", "--betas", "2,1,0.1"], "--betas '2,1,0.1'"),
     case("repo_positions.py", ["--ckpt", f"{W}/missing.pt"], "missing.pt"),
     case("bench.py", ["--arms", "rope+n_layer=abc"], "n_layer='abc'"),
+    case("bench.py", ["--compile", "fast"], "argument --compile: invalid choice: 'fast' (choose from 'default', "
+                                            "'reduce-overhead', 'max-autotune')"),
 ]
 
 
