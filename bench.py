@@ -69,7 +69,6 @@ def synchronize(device):
 
 
 def training_step(model, optimizer, x, ctx):
-    torch.compiler.cudagraph_mark_step_begin()  # --compile reduce-overhead: the last step's outputs are done with
     with ctx:
         _, loss = model(x, x)
     loss.backward()
