@@ -229,6 +229,11 @@ run python train.py --config "$CONFIG" --prepare_drills --drills_dir "$DRILLS" -
 # The schedule: at most JOBS arms at a time, each staged arm waiting for the checkpoint of the RoPE run it starts from
 # (not for the whole run). Every line an arm prints goes to its log and, prefixed with its name, to this terminal.
 export PYTHONUNBUFFERED=1  # progress lines through the pipe as they come
+# torch.compile's inductor cache, shared by the arms and kept with their checkpoints: an arm whose graphs another arm
+# compiled already (DroPE at both drop points, RePo from scratch and continued, ...) reuses them (on the CPU, a second
+# process compiling config/niah_cpu.py's model: 3.9 s instead of 35.2 s, 2026-12-02). The estimate still counts
+# SEC_COMPILE for every trained arm.
+export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$PWD/$OUT/inductor_cache}
 mkdir -p "$RES/logs"
 declare -A PID
 failed=()
