@@ -210,27 +210,30 @@ def drill_rates(workers_list, block_size, batch_size, seconds=8.0):
         rates[workers] = rate * (block_size + 1)
         print(f"drills of {block_size + 1} tokens, {workers} worker process(es): {rate:,.0f} rows/s, "
               f"{rates[workers] / 1e3:,.0f}k tokens/s ({rates[workers] / rates[workers_list[0]]:.2f}x)")
-    maker, gen = DrillMaker(data_dir), torch.Generator().manual_seed(0)
+    maker = DrillMaker(data_dir)
     options = {"batch_size": batch_size, "niah_mix": 1.0, "answer_weight": 32.0, "anonymous_names": True}
-    batches, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        train_batch(maker.source, options, block_size, gen, maker)
-        batches += 1
-    per_batch = (time.perf_counter() - start) / batches
-    print(f"batches of {batch_size} x {block_size} tokens (train_batch, drills in this process): "
-          f"{1e3 * per_batch:.1f} ms each, {batch_size * block_size / per_batch / 1e3:,.0f}k tokens/s")
-    recorder, gen = SeedRecorder(), torch.Generator().manual_seed(0)
-    for _ in range(batches):  # the seeds of the batches just made, replayed as train.py --prepare_drills does
-        train_batch(maker.source, options, block_size, gen, recorder)
+
+    def batches(drills, until):
+        """train_batch's batches from seed 0 on, with these drills, until until(batches made, seconds elapsed) is
+        true: (batches made, seconds each)."""
+        gen, made, start = torch.Generator().manual_seed(0), 0, time.perf_counter()
+        while not until(made, time.perf_counter() - start):
+            train_batch(maker.source, options, block_size, gen, drills)
+            made += 1
+        return made, (time.perf_counter() - start) / made
+
+    def report(what, per_batch):
+        print(f"batches of {batch_size} x {block_size} tokens ({what}): {1e3 * per_batch:.1f} ms each, "
+              f"{batch_size * block_size / per_batch / 1e3:,.0f}k tokens/s")
+    n, per_batch = batches(maker, lambda made, elapsed: elapsed >= seconds)
+    report("train_batch, drills in this process", per_batch)
+    recorder = SeedRecorder()  # the seeds of the batches just made, replayed as train.py --prepare_drills does
+    batches(recorder, lambda made, elapsed: made == n)
     with tempfile.TemporaryDirectory() as directory:
         maker.prepare(directory, recorder.seeds[block_size + 1], block_size + 1)
-        reader, gen = DrillMaker(data_dir, prepared_dir=directory), torch.Generator().manual_seed(0)
-        start = time.perf_counter()
-        for _ in range(batches):
-            train_batch(reader.source, options, block_size, gen, reader)
-        per_batch = (time.perf_counter() - start) / batches
-    print(f"the same batches read from a prepared table (train.py --drills_dir; {reader.made} drills not there): "
-          f"{1e3 * per_batch:.1f} ms each, {batch_size * block_size / per_batch / 1e3:,.0f}k tokens/s")
+        reader = DrillMaker(data_dir, prepared_dir=directory)
+        _, per_batch = batches(reader, lambda made, elapsed: made == n)
+    report(f"the same, read from a prepared table: train.py --drills_dir; {reader.made} drills not there", per_batch)
     return rates
 
 

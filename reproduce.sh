@@ -152,8 +152,9 @@ fi
 # ---------------------------------------------------------------------------------------------------------------
 # The plan and the time it should take: the drills prepared first (SEC_PREPARE), then training steps at SEC_PER_STEP,
 # evaluation settings (a RoPE scaling, a DroPE beta, a number of FwPKM reads) at SEC_PER_EVAL, ~10 s of start-up per
-# arm and SEC_COMPILE per trained arm, JOBS arms at a time. Memory arms step 1.1-1.4x slower than RoPE on the CPU (bench.py) and drope_fit.py's fits take
-# minutes; the estimate leaves both out. Printed also where mode gpu cannot run (no GPU): the plan, then the refusal.
+# arm and SEC_COMPILE per trained arm, JOBS arms at a time. Memory arms step 1.1-1.4x slower than RoPE on the CPU
+# (bench.py) and drope_fit.py's fits take minutes; the estimate leaves both out. Printed also where mode gpu cannot
+# run (no GPU): the plan, then the refusal.
 hms() { printf "%dh%02dm%02ds" $(( $1 / 3600 )) $(( $1 % 3600 / 60 )) $(( $1 % 60 )); }
 echo "$COMMAND: $CONFIG, $N steps per arm, $JOBS arm(s) at a time; checkpoints in $OUT/, results in $RES/"
 printf "  %-15s %6s  %-46s %s\n" arm steps "starts from" "evaluation (eval_niah.py)"
@@ -195,8 +196,8 @@ do_arm() {
     else
         local resume=() every=$(( STEPS[$arm] / 6 ))  # an evaluation and a checkpoint every sixth of the run
         [[ -f $dir/ckpt.pt ]] && resume=(--resume)  # killed before: continue it
-        # shellcheck disable=SC2086  # TRAIN holds several flags
         # the prepared drills (below): no worker processes, the few drills not there are made in the prefetch thread
+        # shellcheck disable=SC2086  # TRAIN holds several flags
         run python train.py --config "$CONFIG" --out_dir "$dir" --max_iters "${STEPS[$arm]}" \
             --eval_interval $(( every > 0 ? every : 1 )) ${TRAIN[$arm]} --drills_dir "$DRILLS" --data_workers 0 \
             "${SEED_TRAIN[@]}" "${SMOKE_TRAIN[@]}" "${resume[@]}"

@@ -42,7 +42,6 @@ import zlib
 from collections import namedtuple
 
 from data.embedded import NAMES
-from data.format import load_tokenizer, load_tokens
 
 VARIANTS = ("single", "multikey", "multivalue", "multiquery", "passkey")
 HAYSTACKS = ("val", "noise")

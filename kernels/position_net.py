@@ -9,10 +9,11 @@ It computes what PositionNetwork computes, for the rows h_n [C] of a layer's nor
     z = r W_zᵀ                    [N, H]   one position per head
 
 Why a kernel: the plain code is 6 operators forward and ~16 backward per RePo layer (two projections, SiLU, the
-product, fp32 casts, and their gradients), each a kernel launch on a GPU, most of them on small tensors: a step of
-RePo issued ~22 launches per layer more than RoPE's (bench.py's ops/step). Here a program takes BLOCK_N rows of h,
-computes g and c over C in BLOCK_K slices, and writes z; g, c and r never reach memory, and the backward recomputes
-them from h, which is all that is kept (attention keeps h for its own projection anyway).
+product, fp32 casts, and their gradients), each a kernel launch on a GPU, most of them on small tensors: with the
+rotary kernel, a step of RePo issued 17 launches per RePo layer more than RoPE's (bench.py's ops/step). Here a
+program takes BLOCK_N rows of h, computes g and c over C in BLOCK_K slices, and writes z; g, c and r never reach
+memory, and the backward recomputes them from h, which is all that is kept (attention keeps h for its own projection
+anyway).
 
 The backward, for the incoming dL/dz [N, H]:
 

@@ -62,6 +62,6 @@ def test_bench_measures_the_drill_rate_with_workers(capsys):
     rates = bench.drill_rates([0, 1], block_size=128, batch_size=4, seconds=0.2)
     assert set(rates) == {0, 1} and all(r > 0 for r in rates.values())
     # the batches read back from the table prepared from their replayed seeds: every drill was there
-    assert "read from a prepared table (train.py --drills_dir; 0 drills not there)" in capsys.readouterr().out
+    assert "read from a prepared table: train.py --drills_dir; 0 drills not there" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="'0,two' must be a comma list"):
         bench.main(["--drills", "0,two"])
