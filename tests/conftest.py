@@ -1,11 +1,21 @@
 import os
 import sys
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # kernels/ run under Triton's CPU interpreter; must precede @triton.jit
+# Under pytest-xdist every worker would start as many torch threads as the machine has cores: 8 workers on 16 cores
+# run 128 threads that spin while they wait for each other (two 2-thread runs on 2 cores train 15-25x slower,
+# README). Each worker gets its share, and so do the train.py runs it starts (they inherit the environment).
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ and "OMP_NUM_THREADS" not in os.environ:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    os.environ["OMP_NUM_THREADS"] = str(max(1, cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import pytest
 import torch
+
+# Without a GPU, kernels/ run under Triton's CPU interpreter, which is chosen when triton is imported (importing torch
+# does not import it). With a GPU they are compiled: the interpreter would run them on CUDA tensors, slowly.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")
