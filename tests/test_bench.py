@@ -1,3 +1,6 @@
+import os
+import subprocess
+
 import pytest
 import torch
 
@@ -65,3 +68,16 @@ def test_bench_measures_the_drill_rate_with_workers(capsys):
     assert "read from a prepared table: train.py --drills_dir; 0 drills not there" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="'0,two' must be a comma list"):
         bench.main(["--drills", "0,two"])
+
+
+def test_bench_gpu_refuses_in_one_line(tmp_path):
+    """bench_gpu.sh names a bad bandwidth, and without a GPU says it needs one, before it writes anything."""
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench_gpu.sh")
+    bad = subprocess.run(["bash", script, str(tmp_path / "logs")], env={**os.environ, "PEAK_GBPS": "fast"},
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: PEAK_GBPS=fast") and bad.stderr.count("\n") == 1
+    if torch.cuda.is_available():
+        pytest.skip("with a GPU, bench_gpu.sh runs")
+    done = subprocess.run(["bash", script, str(tmp_path / "logs")], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.startswith("error: bench_gpu.sh needs a CUDA GPU")
+    assert not (tmp_path / "logs").exists()

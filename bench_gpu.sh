@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Every speed figure of one GPU in one run, each step bounded in time so a lent GPU's minutes are enough (docs/gpu.md
+# says what each figure is for): the kernels' tests compiled on the GPU, the kernels against their plain versions,
+# the drills' rate, and the training step of every method at 8 layers, d=512, 32 x 512 tokens, eager, compiled, and
+# compiled with CUDA graphs. One log per step in DIR, a summary of the steps (exit status, seconds), and DIR.tgz.
+#
+#   bash bench_gpu.sh                       # logs in out/bench_gpu/
+#   PEAK_GBPS=3350 bash bench_gpu.sh DIR    # an H100 SXM (the default, 4800, is an H200's peak memory bandwidth)
+#
+# A step that fails or runs out of time is recorded in the summary and the next one runs.
+set -uo pipefail
+cd "$(dirname "$0")"
+
+DIR=${1:-out/bench_gpu}
+PEAK_GBPS=${PEAK_GBPS:-4800}  # GB/s, the rotary kernel's share of it is printed
+if [[ ! $PEAK_GBPS =~ ^[0-9]+([.][0-9]+)?$ ]]; then
+    echo "error: PEAK_GBPS=$PEAK_GBPS must be the GPU's peak memory bandwidth in GB/s (H200 4800, H100 SXM 3350)" >&2
+    exit 2
+fi
+if ! python -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
+    echo "error: bench_gpu.sh needs a CUDA GPU; without one, bench.py and bench_kernels.py's CPU figures are in docs/gpu.md" >&2
+    exit 2
+fi
+mkdir -p "$DIR"
+export TORCHINDUCTOR_CACHE_DIR=$PWD/$DIR/inductor_cache  # the three compiled steps share what they compiled
+SIZE=(--n_layer 8 --n_head 8 --n_embd 512 --block_size 512 --batch_size 32)
+ARMS=(--arms abs rope repo rope+fwpkm_layers=2)  # abs: learned absolute positions, nanoGPT's GPT
+
+step() {  # step NAME SECONDS COMMAND...: COMMAND's output in DIR/NAME.log, its exit status and time in the summary
+    local name=$1 limit=$2 start=$SECONDS
+    shift 2
+    echo "[$name] at most ${limit}s: $*"
+    timeout "$limit" "$@" > "$DIR/$name.log" 2>&1
+    local status=$?
+    printf '%-16s exit %3d  %4ds  %s\n' "$name" "$status" $((SECONDS - start)) "$*" | tee -a "$DIR/summary.txt"
+}
+
+: > "$DIR/summary.txt"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$DIR/gpu.txt" 2>&1
+python -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)" >> "$DIR/gpu.txt"
+step kernel_tests 120 python -m pytest -q tests/test_kernels.py tests/test_kernels_pkm.py tests/test_suite.py
+step kernels 90 python bench_kernels.py --peak_gbps "$PEAK_GBPS"
+step drills 60 python bench.py --drills 0,2,8 --block_size 256 --batch_size 64
+step eager 60 python bench.py "${ARMS[@]}" "${SIZE[@]}"
+step compiled 150 python bench.py "${ARMS[@]}" "${SIZE[@]}" --compile
+step cuda_graphs 150 python bench.py "${ARMS[@]}" "${SIZE[@]}" --compile reduce-overhead
+tar -czf "$DIR.tgz" --exclude inductor_cache -C "$(dirname "$DIR")" "$(basename "$DIR")"
+echo "logs: $DIR/ and $DIR.tgz"
