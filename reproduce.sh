@@ -9,6 +9,7 @@
 #   bash reproduce.sh gpu             # config/niah_gpu.py on one GPU, 4 arms side by side
 #   SMOKE=1 bash reproduce.sh cpu     # the whole pipeline in minutes: 16 steps per arm, tiny evaluations, all of it
 #                                     # under out/smoke_cpu/ (results in out/smoke_cpu/results/)
+#   SMOKE=1 bash reproduce.sh gpu     # the same for the GPU plan; where no GPU is, on the CPU
 #   JOBS=3 bash reproduce.sh cpu      # another number of arms side by side
 #   SEED=2 ARMS=rope,repo bash reproduce.sh cpu  # another seed (in out/study_cpu_seed2/, results/cpu/seed2/), and
 #                                     # only some arms (with the arms they start from)
@@ -38,9 +39,6 @@ fi
 CONFIG=config/niah_$MODE.py
 
 if [[ $MODE == cpu ]]; then
-    # One thread per run: torch's threads spin while they wait for each other, so two runs of 2 threads on 2
-    # cores are 15-25x slower, two runs of 1 thread are not (README, results/cpu_default.md).
-    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
     JOBS=${JOBS:-2}
     # measured 2026-12-01 (2-core CPU, 2 runs side by side): 13.5-13.9 minutes per 3,000 steps of RoPE and NoPE
     # (the curriculum's short rows and the random name identities included), ~42 s per evaluation setting (1x-8x,
@@ -62,6 +60,11 @@ if [[ ! $JOBS =~ ^[1-9][0-9]*$ ]]; then
     echo "error: JOBS=$JOBS must be a number of arms side by side, at least 1" >&2
     exit 2
 fi
+CORES=$(python -c "import os; print(len(os.sched_getaffinity(0)))")  # nproc would say OMP_NUM_THREADS
+# Each arm its share of the cores: torch's threads spin while they wait for each other, so two runs of 2 threads on
+# 2 cores are 15-25x slower, two runs of 1 thread are not (README, results/cpu_default.md); on a GPU machine the
+# arms' host-side work would otherwise start a thread per core in each of them as well
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( CORES / JOBS > 0 ? CORES / JOBS : 1 ))}
 
 # N: the training budget of every arm, in optimiser steps. A staged arm (DroPE, RePo continued) spends part of it
 # as RoPE, up to its drop point, and the rest in its own stage, so every arm sees N steps of the same data.
@@ -176,8 +179,12 @@ compiles=""
 echo "estimate: $(hms "$estimate") for the drills ($SEC_PREPARE s), then $total_steps steps at $SEC_PER_STEP s," \
      "$settings evaluation settings at $SEC_PER_EVAL s$compiles, $JOBS at a time ($TIMINGS)"
 if [[ $MODE == gpu ]] && ! python -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
-    echo "error: mode gpu needs a CUDA GPU that torch can see; without one run: bash reproduce.sh cpu" >&2
-    exit 2
+    if [[ $SMOKE == 0 ]]; then
+        echo "error: mode gpu needs a CUDA GPU that torch can see; without one run: bash reproduce.sh cpu" \
+             "(or SMOKE=1 bash reproduce.sh gpu: the GPU plan's pipeline on the CPU)" >&2
+        exit 2
+    fi
+    echo "no GPU: the smoke run of the GPU plan runs on the CPU (config/niah_gpu.py compiled, $JOBS arms at a time)"
 fi
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -220,7 +227,6 @@ do_arm() {
 # without the curriculum (--init_from does not change the stream), the first N - LATE or N - HALF steps of it. Seeds
 # already prepared are not made again, so a rerun only replays the streams.
 DRILLS=$OUT/drills
-CORES=$(python -c "import os; print(len(os.sched_getaffinity(0)))")  # nproc would say OMP_NUM_THREADS
 run python train.py --config "$CONFIG" --prepare_drills --drills_dir "$DRILLS" --max_iters "$N" \
     --data_workers "$CORES" "${SEED_TRAIN[@]}"
 run python train.py --config "$CONFIG" --prepare_drills --drills_dir "$DRILLS" --max_iters $(( N - HALF )) \

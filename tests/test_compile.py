@@ -42,3 +42,16 @@ def test_random_identities_keep_one_graph():
     for names in (slots, torch.full((2, 36), -1)):
         explained = torch._dynamo.explain(lambda idx, s: model(idx, idx, anonymous=s)[1])(x, names)
         assert explained.graph_break_count == 0, explained.break_reasons
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="the compiled kernels need CUDA (under Triton's interpreter dynamo traces the interpreter)")
+@pytest.mark.parametrize("config", [dict(pe="rope"), dict(pe="repo", n_layer=4), dict(pe="rope", pkm_layers="1"),
+                                    dict(pe="rope", fwpkm_layers="1")])
+def test_kernels_stay_in_the_graph(config):
+    """With --kernels on (a GPU's default) the Triton kernels are traced into the graph as calls, not broken out."""
+    torch._dynamo.reset()
+    model = GPT(GPTConfig(**{**TINY, **config}, kernels="on")).cuda().train()
+    x = torch.randint(64, (2, 36), device="cuda")
+    explained = torch._dynamo.explain(lambda idx: model(idx, idx)[1])(x)
+    assert explained.graph_break_count == 0, explained.break_reasons
