@@ -52,7 +52,7 @@ else
     JOBS=${JOBS:-4}  # arms side by side: a model of this size leaves most of an H100/H200 idle (not yet measured)
     SEC_PER_STEP=0.025  # a guess, not measured: 16k tokens per step at the ~655k tokens/s of an earlier H100 probe
     SEC_PER_EVAL=10     # a guess
-    SEC_COMPILE=40      # torch.compile per trained arm: ~40 s on an H200 (bench.py, 2026-11-30), the one measured
+    SEC_COMPILE=40      # torch.compile per shape of a trained arm: ~40 s on an H200 (bench.py, 2026-11-30), measured
     SEC_PREPARE=20      # a guess: both streams' drills took 105 s on this project's 2 cores; the GPU machine has 16
     TIMINGS="the step, evaluation and drill times are GUESSES, not yet measured on a GPU; the compile time was measured"
 fi
@@ -68,7 +68,8 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( CORES / JOBS > 0 ? CORES / JOBS : 
 
 # N: the training budget of every arm, in optimiser steps. A staged arm (DroPE, RePo continued) spends part of it
 # as RoPE, up to its drop point, and the rest in its own stage, so every arm sees N steps of the same data.
-N=$(python -c "import runpy, sys; print(runpy.run_path(sys.argv[1])['max_iters'])" "$CONFIG")
+read -r N CURRICULUM < <(python -c "import runpy, sys; c = runpy.run_path(sys.argv[1])
+print(c['max_iters'], c.get('curriculum_iters', 0))" "$CONFIG")
 OUT=out/study_$MODE
 RES=results/$MODE
 COMMAND="bash reproduce.sh $MODE"
@@ -155,13 +156,16 @@ fi
 # ---------------------------------------------------------------------------------------------------------------
 # The plan and the time it should take: the drills prepared first (SEC_PREPARE), then training steps at SEC_PER_STEP,
 # evaluation settings (a RoPE scaling, a DroPE beta, a number of FwPKM reads) at SEC_PER_EVAL, ~10 s of start-up per
-# arm and SEC_COMPILE per trained arm, JOBS arms at a time. Memory arms step 1.1-1.4x slower than RoPE on the CPU
+# arm and SEC_COMPILE per graph a trained arm compiles (two for an arm from scratch that outlasts the curriculum: its
+# short rows, then L), JOBS arms at a time. Memory arms step 1.1-1.4x slower than RoPE on the CPU
 # (bench.py) and drope_fit.py's fits take minutes; the estimate leaves both out. Printed also where mode gpu cannot
 # run (no GPU): the plan, then the refusal.
 hms() { printf "%dh%02dm%02ds" $(( $1 / 3600 )) $(( $1 % 3600 / 60 )) $(( $1 % 60 )); }
 echo "$COMMAND: $CONFIG, $N steps per arm, $JOBS arm(s) at a time; checkpoints in $OUT/, results in $RES/"
 printf "  %-15s %6s  %-46s %s\n" arm steps "starts from" "evaluation (eval_niah.py)"
-total_steps=0 settings=0 trained_arms=0
+total_steps=0 settings=0
+declare -A GRAPHS  # the graphs torch.compile makes: a model (its --pe flags) at a row shape; one arm's are in the
+                   # shared cache (below) for the next (DroPE at both drop points, RePo and RePo continued)
 for a in "${ARMS[@]}"; do
     from=scratch
     [[ ${TRAIN[$a]} =~ --init_from\ ([^ ]+) ]] && from=${BASH_REMATCH[1]}
@@ -169,13 +173,20 @@ for a in "${ARMS[@]}"; do
     [[ $a == rope ]] && from="scratch; keeps steps $HALF and $LATE"
     printf "  %-15s %6d  %-46s %s\n" "$a" "${STEPS[$a]}" "$from" "${EVAL[$a]:-single setting}"
     total_steps=$(( total_steps + STEPS[$a] ))
-    trained_arms=$(( trained_arms + (STEPS[$a] > 0) ))
+    read -ra words <<< "${TRAIN[$a]%%--init_from*}"  # the flags that make the model: its graph
+    model="${words[*]}" && model=${model%% --keep_iters*}
+    if (( STEPS[$a] > 0 )) && [[ -n ${NEEDS[$a]} ]]; then
+        GRAPHS["$model@L"]=1  # a stage runs without the curriculum
+    elif (( STEPS[$a] > 0 )); then
+        (( CURRICULUM > 0 )) && GRAPHS["$model@short"]=1
+        (( STEPS[$a] > CURRICULUM )) && GRAPHS["$model@L"]=1
+    fi
     settings=$(( settings + SETTINGS[$a] ))
 done
 estimate=$(awk "BEGIN { print int(($total_steps * $SEC_PER_STEP + $settings * $SEC_PER_EVAL + 10 * ${#ARMS[@]} \
-                                     + $trained_arms * $SEC_COMPILE) / $JOBS + $SEC_PREPARE) }")
+                                     + ${#GRAPHS[@]} * $SEC_COMPILE) / $JOBS + $SEC_PREPARE) }")
 compiles=""
-(( SEC_COMPILE > 0 )) && compiles=", $trained_arms compilations at $SEC_COMPILE s"
+(( SEC_COMPILE > 0 )) && compiles=", ${#GRAPHS[@]} compilations at $SEC_COMPILE s"
 echo "estimate: $(hms "$estimate") for the drills ($SEC_PREPARE s), then $total_steps steps at $SEC_PER_STEP s," \
      "$settings evaluation settings at $SEC_PER_EVAL s$compiles, $JOBS at a time ($TIMINGS)"
 if [[ $MODE == gpu ]] && ! python -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
@@ -238,8 +249,8 @@ run python train.py --config "$CONFIG" --prepare_drills --drills_dir "$DRILLS" -
 export PYTHONUNBUFFERED=1  # progress lines through the pipe as they come
 # torch.compile's inductor cache, shared by the arms and kept with their checkpoints: an arm whose graphs another arm
 # compiled already (DroPE at both drop points, RePo from scratch and continued, ...) reuses them (on the CPU, a second
-# process compiling config/niah_cpu.py's model: 3.9 s instead of 35.2 s, 2026-12-02). The estimate still counts
-# SEC_COMPILE for every trained arm.
+# process compiling config/niah_cpu.py's model: 3.9 s instead of 35.2 s, 2026-12-02). The estimate counts
+# SEC_COMPILE once per graph.
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$PWD/$OUT/inductor_cache}
 mkdir -p "$RES/logs"
 declare -A PID
