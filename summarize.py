@@ -14,7 +14,8 @@ It writes to --out_dir:
   name): its row gives the mean over the seeds and, in brackets, the lowest and highest seed, and its name how many
   seeds answer ≥ 50% at the shortest length (a mean over seeds that learned the lookup and seeds that did not is
   not a result). The val loss comes
-  from the checkpoints, so where some seeds' checkpoints are missing it says over how many seeds it is the mean.
+  from the checkpoints, so where some seeds' checkpoints are missing it says over how many seeds it is the mean, and
+  the probe's step (also from the checkpoint) is "?" for those seeds.
   DroPE evaluated with its fitted c (eval_niah.py --logit_scale_c fitted) is one row, "<arm>+fitted beta", with the
   c of each seed.
 
@@ -128,7 +129,7 @@ def markdown_tables(results, losses, learned):
             loss = f"{np.mean(known):.3f}" if known else ""
             if known and len(known) < len(seeds):  # some seeds' checkpoints are not on this machine
                 loss += f" ({len(known)} of {len(seeds)} seeds)"
-            steps = ", ".join(learned.get(ckpt, "") for ckpt in dict.fromkeys(r["ckpt"] for r in mine))
+            steps = ", ".join(learned.get(ckpt, "?") for ckpt in dict.fromkeys(r["ckpt"] for r in mine))  # ?: no ckpt here
             lines.append(f"| {name} | {loss} | " + (f"{steps} | " if learned else "") + " | ".join(cells) + " |")
         lines.append("")
     return lines

@@ -54,7 +54,8 @@ def test_one_arm_from_several_seeds_is_one_row_with_its_range(tmp_path):
     for seed, exact in ((1337, 0.9), (2, 0.3), (3, 0.7)):  # the same arm (label) in three files: three seeds
         (tmp_path / str(seed) / "repo").mkdir(parents=True)
         ckpt = str(tmp_path / str(seed) / "repo" / "ckpt.pt")
-        torch.save({"history": {"val_loss": [2.0, 1.0 + seed % 10 / 10]}}, ckpt)
+        torch.save({"history": {"val_loss": [2.0, 1.0 + seed % 10 / 10], "probe_iter": [100, 200],
+                                "probe_exact": [50.0, 80.0]}}, ckpt)
         rows = [result("repo", ckpt, "heldout", m, d, exact if m == 1 else 0.0, 0.8) for m in (1, 2) for d in (0, 1)]
         paths.append(tmp_path / f"{seed}.json")
         paths[-1].write_text(json.dumps({"results": rows}))
@@ -63,12 +64,12 @@ def test_one_arm_from_several_seeds_is_one_row_with_its_range(tmp_path):
     summarize.main([*map(str, paths), str(tmp_path / "nope.json"), "--out_dir", str(tmp_path / "out")])
     md = (tmp_path / "out" / "results.md").read_text()
     # val losses 1.7, 1.2, 1.3 -> 1.400; exact 90, 30, 70 -> mean 63, range 30-90, two seeds answer at 1x
-    assert "| repo (3 seeds, 2 ≥ 50% at 1x) | 1.400 | 63 [30-90] (80.0) | 0 [0-0] (80.0) |" in md
-    assert "| nope |  | 25 (50.0) | 25 (50.0) |" in md  # one seed: no range
+    assert "| repo (3 seeds, 2 ≥ 50% at 1x) | 1.400 | 200, 200, 200 | 63 [30-90] (80.0) | 0 [0-0] (80.0) |" in md
+    assert "| nope |  | ? | 25 (50.0) | 25 (50.0) |" in md  # one seed: no range; no checkpoint: no probe
     (tmp_path / "1337" / "repo" / "ckpt.pt").unlink()  # one seed's checkpoint is not on this machine
     summarize.main([*map(str, paths), "--out_dir", str(tmp_path / "out")])
     md = (tmp_path / "out" / "results.md").read_text()
-    assert "| repo (3 seeds, 2 ≥ 50% at 1x) | 1.250 (2 of 3 seeds) | 63 [30-90] (80.0) |" in md
+    assert "| repo (3 seeds, 2 ≥ 50% at 1x) | 1.250 (2 of 3 seeds) | ?, 200, 200 | 63 [30-90] (80.0) |" in md
 
 
 def test_fitted_beta_of_several_seeds_is_one_row_with_each_c(tmp_path):
