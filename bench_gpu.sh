@@ -18,7 +18,8 @@ if [[ ! $PEAK_GBPS =~ ^[0-9]+([.][0-9]+)?$ ]]; then
     exit 2
 fi
 if ! python -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
-    echo "error: bench_gpu.sh needs a CUDA GPU; without one, bench.py and bench_kernels.py's CPU figures are in docs/gpu.md" >&2
+    echo "error: bench_gpu.sh needs a CUDA GPU; without one, bench.py and bench_kernels.py's CPU figures are in" \
+         "docs/gpu.md" >&2
     exit 2
 fi
 mkdir -p "$DIR"
@@ -37,8 +38,10 @@ step() {  # step NAME SECONDS COMMAND...: COMMAND's output in DIR/NAME.log, its 
 
 : > "$DIR/summary.txt"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$DIR/gpu.txt" 2>&1
-python -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)" >> "$DIR/gpu.txt"
-step kernel_tests 150 python -m pytest -q tests/test_kernels.py tests/test_kernels_pkm.py tests/test_compile.py tests/test_suite.py
+python -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda,
+      'triton', triton.__version__)" >> "$DIR/gpu.txt"
+step kernel_tests 150 python -m pytest -q tests/test_kernels.py tests/test_kernels_pkm.py tests/test_compile.py \
+    tests/test_suite.py
 step kernels 90 python bench_kernels.py --peak_gbps "$PEAK_GBPS"
 step drills 60 python bench.py --drills 0,2,8 --block_size 256 --batch_size 64
 step eager 60 python bench.py "${ARMS[@]}" "${SIZE[@]}"

@@ -175,9 +175,9 @@ for a in "${ARMS[@]}"; do
     total_steps=$(( total_steps + STEPS[$a] ))
     read -ra words <<< "${TRAIN[$a]%%--init_from*}"  # the flags that make the model: its graph
     model="${words[*]}" && model=${model%% --keep_iters*}
-    if (( STEPS[$a] > 0 )) && [[ -n ${NEEDS[$a]} ]]; then
-        GRAPHS["$model@L"]=1  # a stage runs without the curriculum
-    elif (( STEPS[$a] > 0 )); then
+    if [[ -n ${NEEDS[$a]} ]]; then
+        (( STEPS[$a] > 0 )) && GRAPHS["$model@L"]=1  # a stage runs without the curriculum
+    else
         (( CURRICULUM > 0 )) && GRAPHS["$model@short"]=1
         (( STEPS[$a] > CURRICULUM )) && GRAPHS["$model@L"]=1
     fi

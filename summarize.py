@@ -129,7 +129,8 @@ def markdown_tables(results, losses, learned):
             loss = f"{np.mean(known):.3f}" if known else ""
             if known and len(known) < len(seeds):  # some seeds' checkpoints are not on this machine
                 loss += f" ({len(known)} of {len(seeds)} seeds)"
-            steps = ", ".join(learned.get(ckpt, "?") for ckpt in dict.fromkeys(r["ckpt"] for r in mine))  # ?: no ckpt here
+            # the probe's step per seed; "?" where the checkpoint is not on this machine
+            steps = ", ".join(learned.get(ckpt, "?") for ckpt in dict.fromkeys(r["ckpt"] for r in mine))
             lines.append(f"| {name} | {loss} | " + (f"{steps} | " if learned else "") + " | ".join(cells) + " |")
         lines.append("")
     return lines

@@ -6,12 +6,11 @@ import pytest
 import torch
 
 
-def test_xdist_workers_share_the_cores():
+def test_xdist_workers_share_the_cores(cores):
     """torch reads OMP_NUM_THREADS when it is imported: this fails if something imported it before conftest.py."""
     workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if workers is None:
         pytest.skip("one process (no pytest-xdist): torch's own default of a thread per core")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     share = max(1, cores // int(workers))
     if os.environ["OMP_NUM_THREADS"] != str(share):
         pytest.skip(f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} set by hand")
