@@ -70,14 +70,44 @@ def test_bench_measures_the_drill_rate_with_workers(capsys):
         bench.main(["--drills", "0,two"])
 
 
+BENCH_GPU = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench_gpu.sh")
+
+
 def test_bench_gpu_refuses_in_one_line(tmp_path):
-    """bench_gpu.sh names a bad bandwidth, and without a GPU says it needs one, before it writes anything."""
-    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench_gpu.sh")
-    bad = subprocess.run(["bash", script, str(tmp_path / "logs")], env={**os.environ, "PEAK_GBPS": "fast"},
-                         capture_output=True, text=True)
-    assert bad.returncode == 2 and bad.stderr.startswith("error: PEAK_GBPS=fast") and bad.stderr.count("\n") == 1
+    """bench_gpu.sh names a bad bandwidth or budget, and without a GPU says it needs one, before it writes anything."""
+    for name, value in (("PEAK_GBPS", "fast"), ("BUDGET", "9m")):
+        bad = subprocess.run(["bash", BENCH_GPU, str(tmp_path / "logs")], env={**os.environ, name: value},
+                             capture_output=True, text=True)
+        assert bad.returncode == 2 and bad.stderr.startswith(f"error: {name}={value}") and bad.stderr.count("\n") == 1
     if torch.cuda.is_available():
         pytest.skip("with a GPU, bench_gpu.sh runs")
-    done = subprocess.run(["bash", script, str(tmp_path / "logs")], capture_output=True, text=True)
+    done = subprocess.run(["bash", BENCH_GPU, str(tmp_path / "logs")], capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.startswith("error: bench_gpu.sh needs a CUDA GPU")
     assert not (tmp_path / "logs").exists()
+
+
+def test_bench_gpu_runs_the_steps_its_budget_allows(tmp_path):
+    """With a stand-in python that says a GPU is there and only echoes its commands: a budget of 100 s skips the
+    compiled steps (each needs 150 s), gives every other step at most its own limit or what is left, and records
+    all six steps in the summary, which lands in the tarball."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool, body in (("python", 'case "$*" in *cuda.is_available*) exit 0 ;; esac\necho "ran: $*"'),
+                       ("nvidia-smi", "echo stand-in GPU")):
+        (bin_dir / tool).write_text(f"#!/usr/bin/env bash\n{body}\n")
+        (bin_dir / tool).chmod(0o755)
+    logs = tmp_path / "logs"
+    done = subprocess.run(["bash", BENCH_GPU, str(logs)], capture_output=True, text=True,
+                          env={**os.environ, "BUDGET": "100", "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert done.returncode == 0, done.stderr
+    summary = (logs / "summary.txt").read_text().splitlines()
+    assert [line.split()[0] for line in summary] == ["compiled", "kernels", "kernel_tests", "eager", "drills",
+                                                     "cuda_graphs"]
+    assert "skipped" in summary[0] and "skipped" in summary[5] and "needs 150s" in summary[0]
+    assert all(" exit   0 " in line for line in summary[1:5])
+    assert "[kernels] at most 60s: python bench_kernels.py --peak_gbps 4800" in done.stdout
+    kernel_tests_limit = int(done.stdout.split("[kernel_tests] at most ")[1].split("s")[0])
+    assert 60 <= kernel_tests_limit <= 100  # the budget's 100 s less what the steps before it took
+    assert (logs / "eager.log").read_text().startswith("ran: bench.py --arms abs rope repo")
+    listing = subprocess.run(["tar", "-tzf", f"{logs}.tgz"], capture_output=True, text=True, check=True).stdout
+    assert "logs/summary.txt" in listing.split()
