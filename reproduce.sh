@@ -84,6 +84,9 @@ if [[ $SMOKE == 1 ]]; then  # the same commands with tiny budgets, away from the
     SMOKE_EVAL=(--lengths 1,2 --depths 2 --samples 2)
     SEC_PER_EVAL=10  # its evaluations are mostly start-up
 fi
+if [[ -n $SELECTED ]]; then  # the command that made the results, and that continues them, names the same arms
+    COMMAND="ARMS=$SELECTED $COMMAND"
+fi
 SEED_TRAIN=()
 if [[ $SEED != 1337 ]]; then  # another seed: its own checkpoints and results, beside the main run's
     OUT=${OUT}_seed$SEED

@@ -36,3 +36,15 @@ def test_gpu_plan_is_printed_where_no_gpu_can_run_it():
     assert "config/niah_gpu.py, 4000 steps per arm" in done.stdout and "fwpkm             4000  scratch" in done.stdout
     minutes = re.search(r"estimate: 0h(\d\d)m\d\ds for the drills \(20 s\), then 30000 steps", done.stdout)
     assert minutes and int(minutes.group(1)) < 8 and "GUESSES" in done.stdout
+
+
+def test_the_plan_names_the_seed_and_arms_it_was_run_with():
+    """The command in the plan's first line (and in results.md, and in the message to rerun an arm that failed) is
+    the one that continues this run: with ARMS= it names the same arms, not the whole study."""
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("with a GPU, mode gpu runs the study")
+    done = subprocess.run(["bash", os.path.join(ROOT, "reproduce.sh"), "gpu"], capture_output=True, text=True,
+                          env={**os.environ, "SEED": "4", "ARMS": "repo,drope_late"})
+    assert done.stdout.startswith("SEED=4 ARMS=repo,drope_late bash reproduce.sh gpu: config/niah_gpu.py")
+    assert "rope              4000  scratch" in done.stdout  # drope_late starts from the RoPE arm, which runs too
