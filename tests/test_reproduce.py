@@ -5,8 +5,11 @@ import re
 import subprocess
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# mode gpu prints its plan and stops where no GPU is; with one it would run the study
+plan_only = pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU, mode gpu runs the study")
 
 
 @pytest.mark.parametrize("args, env, message", [
@@ -25,12 +28,10 @@ def test_bad_input_is_refused_in_one_line(args, env, message):
     assert done.stderr.startswith(message) and done.stderr.count("\n") == 1
 
 
+@plan_only
 def test_gpu_plan_is_printed_where_no_gpu_can_run_it():
     """The one-GPU study's plan and estimate can be read on any machine: it fits the 8 minutes a GPU is lent for
     (with the timings reproduce.sh names as guesses), then the refusal."""
-    import torch
-    if torch.cuda.is_available():
-        pytest.skip("with a GPU, mode gpu runs the study")
     done = subprocess.run(["bash", os.path.join(ROOT, "reproduce.sh"), "gpu"], capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.startswith("error: mode gpu needs a CUDA GPU")
     assert "config/niah_gpu.py, 4000 steps per arm" in done.stdout and "fwpkm             4000  scratch" in done.stdout
@@ -38,12 +39,10 @@ def test_gpu_plan_is_printed_where_no_gpu_can_run_it():
     assert minutes and int(minutes.group(1)) < 8 and "GUESSES" in done.stdout
 
 
+@plan_only
 def test_the_plan_names_the_seed_and_arms_it_was_run_with():
     """The command in the plan's first line (and in results.md, and in the message to rerun an arm that failed) is
     the one that continues this run: with ARMS= it names the same arms, not the whole study."""
-    import torch
-    if torch.cuda.is_available():
-        pytest.skip("with a GPU, mode gpu runs the study")
     done = subprocess.run(["bash", os.path.join(ROOT, "reproduce.sh"), "gpu"], capture_output=True, text=True,
                           env={**os.environ, "SEED": "4", "ARMS": "repo,drope_late"})
     assert done.stdout.startswith("SEED=4 ARMS=repo,drope_late bash reproduce.sh gpu: config/niah_gpu.py")
