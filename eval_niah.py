@@ -54,7 +54,7 @@ import torch
 from cli import (DEVICE_HELP, ArgumentParser, check_minimum, check_writable_dir, load_checkpoint, parse_list,
                  resolve_device)
 from data.format import checkpoint_data_dir, load_tokenizer, load_tokens, write_json
-from data.niah import HAYSTACKS, SPLITS, VARIANTS, WORDINGS, make_sample
+from data.niah import HAYSTACKS, MULTIKEY_CHANCE, SPLITS, VARIANTS, WORDINGS, make_sample
 from model import GPT, GPTConfig, format_health
 from plots import plot_accuracy, plt, save_figure
 from fwpkm import needle_trace, read_iteratively
@@ -206,24 +206,33 @@ def cell_samples(enc, val, seed, variant, haystack, wordings, length, depth, n, 
 
 
 PROBE_DEPTHS = (0.25, 0.5, 0.75)  # the training probe's needle depths
-PROBE_PER_DEPTH = 4               # samples per depth: 12 in all, one batch, seconds on a CPU
+PROBE_PER_DEPTH = 4               # samples per depth and variant: 12 each, one batch each, seconds on a CPU
+PROBE_VARIANTS = ("single", "multikey")  # a needle found; the asked key's needle found among others (chance 25%)
 
 
 def probe_samples(enc, val, length):
-    """The samples of the probe train.py runs at every evaluation of a retrieval run: single needles in the
-    validation haystack at the training length, in held-out wordings, the same at every evaluation."""
-    return [s for d, depth in enumerate(PROBE_DEPTHS)
-            for s in cell_samples(enc, val, 0, "single", "val", "heldout", length, (d, depth), PROBE_PER_DEPTH,
-                                 "eval")]
+    """The samples of the probe train.py runs at every evaluation of a retrieval run, {variant: samples}: single
+    and multi-key needles in the validation haystack at the training length, in held-out wordings, keys from the
+    evaluation half, the same at every evaluation."""
+    return {variant: [s for d, depth in enumerate(PROBE_DEPTHS)
+                      for s in cell_samples(enc, val, 0, variant, "val", "heldout", length, (d, depth),
+                                            PROBE_PER_DEPTH, "eval")]
+            for variant in PROBE_VARIANTS}
 
 
 @torch.no_grad()
 def probe(model, samples, enc, device):
-    """(exact match %, needle attention %) of model on the probe's samples: greedy answers as eval_niah.py scores
-    them, and the most attention any layer's answer query puts on the needle (mean over heads and samples). The
-    lookup appearing shows as both rising together: an induction head forming."""
-    exact, _, attention, _ = score_batch(model, samples, enc, device)
-    return 100 * float(np.mean(exact)), 100 * max(stats[0] for stats in attention.values())
+    """{"single": exact %, "multikey": exact %, "needle": attention %} of model on probe_samples(): greedy answers
+    as eval_niah.py scores them, and the most attention any layer's answer query puts on the single needle (mean
+    over heads and samples). A needle found shows as single and needle attention rising together (an induction
+    head forming); the key looked up, as multi-key leaving its chance level (MULTIKEY_CHANCE) for single's."""
+    scores = {}
+    for variant, variant_samples in samples.items():
+        exact, _, attention, _ = score_batch(model, variant_samples, enc, device)
+        scores[variant] = 100 * float(np.mean(exact))
+        if variant == "single":
+            scores["needle"] = 100 * max(stats[0] for stats in attention.values())
+    return scores
 
 
 def evaluate(ckpt_path, ckpt, args, device):
@@ -282,8 +291,10 @@ def print_tables(results, lengths):
         for haystack in sorted({r["haystack"] for r in results}):
             rows = [r for r in results if r["variant"] == variant and r["haystack"] == haystack]
             window = f", attention window {rows[0]['window']}" if rows[0]["window"] else ""
-            print(f"\n{variant} needle, {haystack} haystack{window}: exact match % (teacher-forced value-token "
-                  f"accuracy %)")
+            chance = (f", chance {100 * MULTIKEY_CHANCE:.0f}% (any needle's value, not the asked key's)"
+                      if variant == "multikey" else "")
+            print(f"\n{variant} needle, {haystack} haystack{window}: exact match %{chance} (teacher-forced "
+                  f"value-token accuracy %)")
             print(f"{'':{width}s}" + "".join(f"{f'{m}x':>16s}" for m in lengths))
             for label in dict.fromkeys(map(row_of, rows)):
                 cells = []

@@ -10,6 +10,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from data.format import write_atomic
+from data.niah import MULTIKEY_CHANCE
 
 
 def save_figure(fig, path):
@@ -27,7 +28,8 @@ def line_style(i):
 def plot_accuracy(results, lengths, path, caption=None):
     """Exact match % against the context length: one panel per variant and wordings, one line (the same colour in
     every panel) per checkpoint[+setting], first haystack only. summarize.py draws the whole study with it.
-    caption: a line over the panels (what was run, where, when)."""
+    caption: a line over the panels (what was run, where, when). Multi-key panels draw their chance level: the score
+    of a model that finds a needle, not the asked key's."""
     haystack = results[0]["haystack"]
     results = [r for r in results if r["haystack"] == haystack]
     panels = list(dict.fromkeys((r["variant"], r["wordings"]) for r in results))
@@ -41,6 +43,9 @@ def plot_accuracy(results, lengths, path, caption=None):
                 acc = [100 * np.mean([r["exact"] for r in rows if r["multiple"] == m]) for m in lengths]
                 color, marker = line_style(i)
                 ax.plot(lengths, acc, marker + "-", color=color, label=label)
+        if variant == "multikey":
+            ax.axhline(100 * MULTIKEY_CHANCE, color="gray", lw=1, ls=":",
+                       label=f"multi-key chance ({100 * MULTIKEY_CHANCE:.0f}%: any of the needles)")
         ax.set_xscale("log", base=2)
         ax.set_xticks(lengths, [f"{m}x" for m in lengths])
         ax.set_ylim(-3, 103)

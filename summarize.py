@@ -13,7 +13,9 @@ It writes to --out_dir:
   A label found in several files is one arm trained with several seeds (reproduce.sh's SEED=, same directory
   name): its row gives the mean over the seeds and, in brackets, the lowest and highest seed, and its name how many
   seeds answer ≥ 50% at the shortest length (a mean over seeds that learned the lookup and seeds that did not is
-  not a result). The val loss comes
+  not a result), and, where the multi-key needle was evaluated too, how many answer it: only the key tells its
+  asked needle from the others, so a seed that finds a needle but not the asked key's scores its chance level
+  (25%, said beside its table). The val loss comes
   from the checkpoints, so where some seeds' checkpoints are missing it says over how many seeds it is the mean, and
   the probe's step (also from the checkpoint) is "?" for those seeds.
   DroPE evaluated with its fitted c (eval_niah.py --logit_scale_c fitted) is one row, "<arm>+fitted beta", with the
@@ -32,6 +34,7 @@ import torch
 
 from cli import ArgumentParser, check_writable_dir
 from data.format import write_atomic
+from data.niah import MULTIKEY_CHANCE
 from plots import line_style, plot_accuracy, plt, save_figure
 
 
@@ -83,11 +86,23 @@ def learned_at(history):
     return str(steps[0]) if steps else f"no (best {max(history['probe_exact']):.0f}%)"
 
 
+def exact_per_seed(rows, m):
+    """{seed (its results file): mean exact match % at length multiple m} of one label's rows."""
+    seeds = dict.fromkeys(r["source"] for r in rows if r["multiple"] == m)
+    return {s: 100 * np.mean([r["exact"] for r in rows if r["multiple"] == m and r["source"] == s]) for s in seeds}
+
+
 def markdown_tables(results, losses, learned):
     """One Markdown table per (variant, haystack, wordings): rows are labels, columns val loss, the step the probe
     says the lookup was learned at (learned: {checkpoint: learned_at}, of the runs with a probe), and the lengths."""
     lengths = sorted({r["multiple"] for r in results})
     lines = []
+    multikey = {}  # (label, haystack, wordings) -> the multi-key needle's exact % per seed at the shortest length
+    for r in results:
+        key = (r["label"], r["haystack"], r["wordings"])
+        if r["variant"] == "multikey" and key not in multikey:
+            multikey[key] = exact_per_seed([q for q in results if q["variant"] == "multikey"
+                                            and (q["label"], q["haystack"], q["wordings"]) == key], lengths[0])
     for variant, haystack, wordings in dict.fromkeys((r["variant"], r["haystack"], r["wordings"]) for r in results):
         rows = [r for r in results if (r["variant"], r["haystack"], r["wordings"]) == (variant, haystack, wordings)]
         header = []
@@ -95,9 +110,11 @@ def markdown_tables(results, losses, learned):
             tokens = {r["length"] for r in rows if r["multiple"] == m}
             header.append(f"{m}x ({tokens.pop()})" if len(tokens) == 1 else f"{m}x")  # checkpoints may differ in L
         depths, samples = len({r["depth"] for r in rows}), rows[0]["n"]
+        chance = (f" Chance: {100 * MULTIKEY_CHANCE:.0f}% (the value of any one of the needles, not the asked "
+                  f"key's)." if variant == "multikey" else "")
         lines += [f"### {variant} needle, {haystack} haystack, {wordings} wordings", "",
                   f"Exact match % (teacher-forced value-token accuracy %), mean over {depths} depths x {samples} "
-                  f"samples:", "",
+                  f"samples.{chance}", "",
                   "| method | val loss | " + (f"probe ≥ {LEARNED}% at step | " if learned else "")
                   + " | ".join(header) + " |",
                   "| --- " * (2 + bool(learned) + len(lengths)) + "|"]
@@ -122,6 +139,9 @@ def markdown_tables(results, losses, learned):
             # is no result
             notes = [f"{len(seeds)} seeds, {sum(e >= ANSWERS for e in at_first)} ≥ {ANSWERS}% at {lengths[0]}x"
                      ] if len(seeds) > 1 else []
+            keyed = multikey.get((label, haystack, wordings), {})
+            if notes and variant != "multikey" and keyed:  # the seeds that also look up the key
+                notes[0] += f" ({sum(e >= ANSWERS for e in keyed.values())} of {len(keyed)} on the multi-key needle)"
             if "fitted_c" in mine[0]:  # the c of each seed
                 notes.append("c = " + ", ".join(f"{next(r['fitted_c'] for r in mine if r['source'] == s):.3g}"
                                                 for s in seeds))

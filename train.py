@@ -39,6 +39,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from cli import DEVICE_HELP, ArgumentParser, check_minimum, check_writable_dir, load_checkpoint, resolve_device
 from data.format import PREPARE_COMMANDS, dataset_dir, get_batch, load_meta, load_tokenizer, load_tokens, write_atomic
 from data.drills import DrillMaker, table_path
+from data.niah import MULTIKEY_CHANCE
 from kernels import check_available
 from eval_niah import probe, probe_samples
 from model import GPT, GPTConfig, POSITIONAL, format_health, stage_defaults
@@ -65,6 +66,9 @@ OPTIONS = {  # name: (default, help); the defaults are the CPU default run
     "swa_window": (0, "tokens each query sees on --swa_prob steps, itself included (0: memory_chunk)"),
     # data
     "niah_mix": (0.0, "fraction of training rows replaced by needle-in-a-haystack documents (data/niah.py)"),
+    "drill_needles": (3, "most needles in a retrieval drill (1 to this many, all asked, in random order)"),
+    "shared_wording": (0.0, "fraction of drills whose needles share one wording: only the key tells them apart, as "
+                            "in the multi-key needle (else a wording per needle, which the question repeats)"),
     "answer_weight": (1.0, "loss weight of the drills' answer tokens (the rest weigh 1): the few tokens only a lookup "
                            "predicts; weighted up, the plateau before the lookup is learned is shorter"),
     "anonymous_names": (False, "give the drills' keys, and half their story characters of the drilled names, a fresh "
@@ -105,12 +109,12 @@ OPTIONS = {  # name: (default, help); the defaults are the CPU default run
     "seed": (1337, "seeds the initialisation and the batch stream"),
 }
 DEFAULTS = {name: default for name, (default, _) in OPTIONS.items()}
-AT_LEAST_ONE = ("n_layer", "n_head", "n_embd", "block_size", "curriculum_len", "memory_n_sub", "memory_topk",
+AT_LEAST_ONE = ("n_layer", "n_head", "n_embd", "block_size", "curriculum_len", "drill_needles", "memory_n_sub", "memory_topk",
                 "memory_key_dim", "memory_value_dim", "memory_query_span", "memory_chunk", "batch_size", "grad_accum",
                 "max_iters", "eval_interval", "eval_iters", "log_interval")
 AT_LEAST_ZERO = ("answer_weight", "curriculum_iters", "data_workers", "warmup_iters", "lr", "min_lr", "weight_decay",
                  "grad_clip", "swa_window", "seed")
-FRACTIONS = ("niah_mix", "swa_prob", "cooldown_frac")
+FRACTIONS = ("niah_mix", "shared_wording", "swa_prob", "cooldown_frac")
 
 
 def parse_args(argv=None):
@@ -365,12 +369,16 @@ def plot_losses(history, path, title):
     ax.grid(alpha=0.3)
     if probed:
         ax = axes[0][1]
-        ax.plot(history["probe_iter"], history["probe_exact"], "o-", label="exact match (held-out wordings)")
+        ax.plot(history["probe_iter"], history["probe_exact"], "o-", label="single needle: exact match")
+        if history.get("probe_multikey"):  # checkpoints from before the multi-key probe have none
+            ax.plot(history["probe_iter"], history["probe_multikey"], "^-",
+                    label="multi-key needle: exact match (the asked key's among 4)")
+            ax.axhline(100 * MULTIKEY_CHANCE, color="gray", lw=0.8, ls=":", label="multi-key chance (1 in 4)")
         ax.plot(history["probe_iter"], history["probe_needle"], "s--", label="attention on the needle (best layer)")
         ax.set_xlabel("iteration")
         ax.set_ylabel("%")
         ax.set_ylim(-3, 103)
-        ax.set_title("NIAH probe at the training length")
+        ax.set_title("NIAH probe at the training length (held-out wordings)")
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -533,7 +541,8 @@ def load_data(o, explicit, init, env):
         sys.exit(f"error: --niah_mix {o['niah_mix']} needs retrieval drills, and --block_size {config.block_size} is "
                  f"too short for them ({e}); config/niah_cpu.py uses 128")
     try:  # --prepare_drills writes --drills_dir; a run reads it
-        drills = DrillMaker(data_dir, o["data_workers"], None if o["prepare_drills"] else o["drills_dir"] or None)
+        drills = DrillMaker(data_dir, o["data_workers"], None if o["prepare_drills"] else o["drills_dir"] or None,
+                            {"needles": o["drill_needles"], "shared_wording": o["shared_wording"]})
     except ValueError as e:  # --drills_dir missing, empty or prepared from other data
         sys.exit(f"error: --drills_dir {o['drills_dir']}: {e}")
     if o["curriculum_iters"]:
@@ -552,7 +561,7 @@ def build(o, config, resumed, init, env):
     run = SimpleNamespace(o=o, config=config, env=env, model=GPT(config),
                           ckpt_path=os.path.join(o["out_dir"], "ckpt.pt"),
                           history={"iter": [], "train_loss": [], "grad_norm": [], "eval_iter": [], "val_loss": [],
-                                   "probe_iter": [], "probe_exact": [], "probe_needle": []},
+                                   "probe_iter": [], "probe_exact": [], "probe_multikey": [], "probe_needle": []},
                           start_iter=0, seconds_before=0.0, saved_at=None, t_start=time.time())
     run.data_gen = torch.Generator().manual_seed(o["seed"])  # the train-batch stream; its state is the data position
     if resumed is not None:
@@ -662,7 +671,8 @@ def optimizer_step(run, it, rows, window):
 
 def evaluate(run, splits, it):
     """The validation loss at iteration it, into the history (and onto the screen); in a retrieval run
-    (niah_mix > 0) also the NIAH probe: exact match at 1x and the attention on the needle (eval_niah.probe)."""
+    (niah_mix > 0) also the NIAH probe: exact match at 1x of the single and the multi-key needle, and the attention
+    on the single needle (eval_niah.probe)."""
     t_eval = time.perf_counter()
     losses = estimate_loss(run.model, splits, run.o, run.env.ctx, run.env.device)
     run.history["eval_iter"].append(it)
@@ -671,11 +681,13 @@ def evaluate(run, splits, it):
     if run.probe_samples:
         run.model.eval()
         with run.env.ctx:
-            exact, needle = probe(run.model, run.probe_samples, run.enc, run.env.device)
+            scores = probe(run.model, run.probe_samples, run.enc, run.env.device)
         run.model.train()
-        for key, value in (("probe_iter", it), ("probe_exact", exact), ("probe_needle", needle)):
+        for key, value in (("probe_iter", it), ("probe_exact", scores["single"]),
+                           ("probe_multikey", scores["multikey"]), ("probe_needle", scores["needle"])):
             run.history[key].append(value)
-        probed = f" | NIAH at 1x: {exact:.0f}% exact, {needle:.0f}% attention on the needle"
+        probed = (f" | NIAH at 1x: single {scores['single']:.0f}%, multi-key {scores['multikey']:.0f}% (chance "
+                  f"{100 * MULTIKEY_CHANCE:.0f}%), {scores['needle']:.0f}% attention on the needle")
     print(f"eval iter {it}: train {losses['train']:.4f} val {losses['val']:.4f}{probed} "
           f"({time.perf_counter() - t_eval:.1f}s){format_health(run.model.health_reports())}")
     return losses

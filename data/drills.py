@@ -2,8 +2,8 @@
 The retrieval drills of training (data/niah.py make_drill) at the rate a GPU step wants them, with the same rows
 however they are made.
 
-A drill is make_drill(random.Random(seed), ...) over the "train" split of a dataset: it depends on its seed and its
-length only. train.py's batch stream draws the seeds (train_batch), and a DrillMaker turns seeds into rows in one
+A drill is make_drill(random.Random(seed), ...) over the "train" split of a dataset: it depends on its seed, its
+length and the drills' shape (make_drill's needles and shared_wording: train.py --drill_needles, --shared_wording). train.py's batch stream draws the seeds (train_batch), and a DrillMaker turns seeds into rows in one
 of three ways, all giving the same rows, so a run is the same run and resumes bit for bit whichever it uses:
 
 - in this process (the default; the drills are Python, a row at a time, ~1.1M tokens/s on one core);
@@ -34,14 +34,16 @@ from data.niah import make_drill
 CHECKED_ROWS = 8  # rows of a prepared table remade when it is opened
 
 
-def make_rows(enc, source, seeds, length):
+def make_rows(enc, source, seeds, length, shape):
     """The drills of `seeds` as three arrays [len(seeds), length]: tokens (the source's dtype), is_answer (bool) and
-    name_at (int8: a drill names at most 3 keys and the split's 18 story characters)."""
+    name_at (int8: a drill names its few keys and the split's 18 story characters); shape: make_drill's keyword
+    arguments."""
     tokens = np.empty((len(seeds), length), source.dtype)
     is_answer = np.empty((len(seeds), length), bool)
     name_at = np.empty((len(seeds), length), np.int8)
     for i, seed in enumerate(seeds):
-        tokens[i], is_answer[i], name_at[i] = make_drill(random.Random(int(seed)), enc, source, length, "train")
+        tokens[i], is_answer[i], name_at[i] = make_drill(random.Random(int(seed)), enc, source, length, "train",
+                                                                 **shape)
     return tokens, is_answer, name_at
 
 
@@ -50,14 +52,15 @@ def table_path(directory, length):
 
 
 class DrillMaker:
-    """Turns seeds into drills of the "train" split of data_dir: in this process, in `workers` processes, or read from
-    the tables in prepared_dir (module docstring)."""
+    """Turns seeds into drills of the "train" split of data_dir, of the given shape (make_drill's keyword arguments):
+    in this process, in `workers` processes, or read from the tables in prepared_dir (module docstring)."""
 
-    def __init__(self, data_dir, workers=0, prepared_dir=None):
-        self.workers = workers
+    def __init__(self, data_dir, workers=0, prepared_dir=None, shape=None):
+        self.workers, self.shape = workers, shape or {}
         self.enc, self.source = load_tokenizer(data_dir), load_tokens(data_dir, "train")
         # spawn, not fork: a forked child of a process with torch's threads running can deadlock
-        self.pool = multiprocessing.get_context("spawn").Pool(workers, start_worker, (data_dir,)) if workers else None
+        self.pool = (multiprocessing.get_context("spawn").Pool(workers, start_worker, (data_dir, self.shape))
+                     if workers else None)
         self.tables = {}  # length -> the prepared table of drills of that length, sorted by seed (a memory map)
         if prepared_dir is not None:
             names = os.listdir(prepared_dir) if os.path.isdir(prepared_dir) else []
@@ -77,15 +80,15 @@ class DrillMaker:
         for field, remade in zip(("tokens", "is_answer", "name_at"), self.make(table["seed"][at], length)):
             if not np.array_equal(table[field][at], remade):
                 raise ValueError(f"its {os.path.basename(path)} differs from the drills made here from the same "
-                                 f"seeds: prepared from other data or by another version of data/niah.py; delete it "
-                                 f"and prepare again")
+                                 f"seeds: prepared from other data, by another version of data/niah.py or for other "
+                                 f"drill options (--drill_needles, --shared_wording); delete it and prepare again")
         return table
 
     def make(self, seeds, length):
         """make_rows of the seeds, in the workers when there are some (a few chunks each: even load, little
         overhead; a chunk comes back as three arrays, which cost less to hand over than the rows as lists)."""
         if self.pool is None or len(seeds) == 0:
-            return make_rows(self.enc, self.source, seeds, length)
+            return make_rows(self.enc, self.source, seeds, length, self.shape)
         chunks = np.array_split(np.asarray(seeds), min(len(seeds), 4 * self.workers))
         parts = self.pool.starmap(rows_in_worker, [(chunk, length) for chunk in chunks])
         return tuple(np.concatenate(field) for field in zip(*parts))
@@ -152,12 +155,12 @@ class DrillMaker:
             self.pool.terminate()
 
 
-WORKER = {}  # in a DrillMaker's worker process: its tokenizer and haystack source, loaded once
+WORKER = {}  # in a DrillMaker's worker process: its tokenizer, haystack source and drill shape, loaded once
 
 
-def start_worker(data_dir):
-    WORKER["enc"], WORKER["source"] = load_tokenizer(data_dir), load_tokens(data_dir, "train")
+def start_worker(data_dir, shape):
+    WORKER["enc"], WORKER["source"], WORKER["shape"] = load_tokenizer(data_dir), load_tokens(data_dir, "train"), shape
 
 
 def rows_in_worker(seeds, length):
-    return make_rows(WORKER["enc"], WORKER["source"], seeds, length)
+    return make_rows(WORKER["enc"], WORKER["source"], seeds, length, WORKER["shape"])

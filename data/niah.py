@@ -49,6 +49,7 @@ SPLITS = ("train", "eval")
 KEYS = tuple(sorted(NAMES["she"] + NAMES["he"]))  # one token each in the embedded tokenizer and in gpt2
 NOISE = " The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 N_DISTRACTORS = 3  # multikey: needles with other keys
+MULTIKEY_CHANCE = 1 / (1 + N_DISTRACTORS)  # multikey's score for a model that finds a needle, not the asked key's
 N_VALUES = 3       # multivalue: needles of the one key
 N_QUERIES = 2      # multiquery: keys asked at once
 EVAL_DIGITS = 4          # evaluation values: one length, so a batch's answers are equally long
@@ -245,10 +246,11 @@ def make_sample(rng, enc, source, length, depth, variant, split, wording):
             "depth": depth, "haystack_len": n_haystack}
 
 
-def make_drill(rng, enc, source, length, split, max_needles=3):
-    """A training document of exactly `length` tokens that asks for every needle it holds: 1 to max_needles
-    needles (fewer when long wordings would leave less than MIN_HAYSTACK tokens of haystack), each in its own seen
-    wording with a value of 3 to 5 digits, at random sentence starts of a haystack (the noise sentences in a
+def make_drill(rng, enc, source, length, split, needles=3, shared_wording=0.0):
+    """A training document of exactly `length` tokens that asks for every needle it holds: 1 to `needles` needles
+    (fewer when long wordings would leave less than MIN_HAYSTACK tokens of haystack), each in its own seen wording,
+    or, in a `shared_wording` share of the drills, all in one (they differ only in key and value, so only the key
+    tells the asked needle from the others: the multi-key needle's test), with a value of 3 to 5 digits, at random sentence starts of a haystack (the noise sentences in a
     DRILL_NOISE share of drills, else source), then one question and answer per needle, in random order. Several
     answers per row is what lets a small model leave the long plateau before lookups are learned (README, "Needle
     in a haystack").
@@ -260,9 +262,10 @@ def make_drill(rng, enc, source, length, split, max_needles=3):
     some of the split's names that are characters of the haystack."""
     pool = haystack_tokens(rng, enc, None if rng.random() < DRILL_NOISE else source, length)
     free = unused_keys(split, enc.decode(pool))
-    keys = rng.sample(free, min(rng.randint(1, max_needles), len(free)))
+    keys = rng.sample(free, min(rng.randint(1, needles), len(free)))
     taken = set()
-    drawn = [(k, draw_value(rng, split, taken, rng.choice(DRILL_DIGITS)), draw_wording(rng)) for k in keys]
+    shared = draw_wording(rng) if shared_wording and rng.random() < shared_wording else None  # no draw at 0
+    drawn = [(k, draw_value(rng, split, taken, rng.choice(DRILL_DIGITS)), shared or draw_wording(rng)) for k in keys]
     needles = [enc.encode_ordinary(w.needle.format(name=k, value=v)) for k, v, w in drawn]
     asked = [[enc.encode_ordinary(text) for text in question_and_answer(w, [k], [v])] for k, v, w in drawn]
     answers = [question + answer for question, answer in asked]
