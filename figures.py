@@ -16,6 +16,12 @@ It writes to --out_dir:
   distance L from the query, dotted and dashed), and the attention of the last 64 queries (query x key, log
   colour): at 4x RoPE and YaRN keep it on recent tokens, a soft truncation. Attention is recomputed from the q and
   k the positional modules return (eval_niah.attention_weights), so YaRN's scaling and DroPE's beta count.
+- key_lookup.png: for the RoPE checkpoint, one multi-key prompt per length (the asked needle among others in the
+  same held-out wording: only the key tells them apart; eval_niah.py's first sample of the cell) at 1x and 4x: the
+  attention of the answer's query over the prompt in the head that looks up the key (the most attention on the
+  asked needle beyond the most on any other at 1x), the needles shaded, and its mass on each needle as bars, with
+  the model's greedy answer. Where the lookup works, the asked needle's bar stands alone; where it stops, the
+  bars level out or the attention leaves the needles.
 - needle_attention_by_length.png: from eval_niah.py's results.json files, per method (label), the attention mass
   of the answer's first query on the needle (solid) and on as many tokens right before it (dashed), mean over
   heads, depths and samples, against the context length, in the method's layer with the most needle mass at 1x;
@@ -33,6 +39,7 @@ import argparse
 import functools
 import glob
 import os
+import re
 
 import numpy as np
 import torch
@@ -167,6 +174,63 @@ def attention_maps(models, args, path):
     return {"layer": layer, "head": head, "reference": reference}, panels
 
 
+@torch.no_grad()
+def key_lookup(path_ckpt, args, path):
+    """key_lookup.png for a RoPE checkpoint: one multi-key prompt per length (eval_niah.py's first sample of the cell:
+    the asked needle among N_DISTRACTORS in the same wording, val haystack, held-out wording 0, --depth, --seed) at
+    1x and 4x. The head shown is the one whose answer query (the last prompt token) puts the most attention on the
+    asked needle beyond the most on any distractor at 1x: the head that looks up the key. Returns {"layer", "head"}
+    and {multiple: {"sample", "strip" [prompt_len], "masses" [asked, distractors...], "answer"}}."""
+    ckpt_path, ckpt = path_ckpt
+    enc, val = data_of(checkpoint_data_dir(ckpt))
+    L = ckpt["model_config"]["block_size"]
+    panels, weights = {}, {}
+    for m in MULTIPLES:
+        s = cell_samples(enc, val, args.seed, "multikey", "val", "heldout", m * L, (0, args.depth), 1, "eval")[0]
+        model = load_model(ckpt, {}, len(s["tokens"]), args.device)
+        tokens = torch.tensor([s["tokens"]], device=args.device)
+        _, qk = teacher_forced(model, tokens)
+        at = s["prompt_len"] - 1
+        weights[m] = torch.stack([attention_weights(*qk[layer], [at])[0, :, 0, :at + 1]
+                                  for layer in sorted(qk)]).cpu()                          # [n_layer, H, prompt_len]
+        answer = model.generate(tokens[:, :s["prompt_len"]], len(s["tokens"]) - s["prompt_len"], temperature=0)
+        panels[m] = {"sample": s, "answer": enc.decode(answer[0, s["prompt_len"]:].tolist())}
+    masses = {m: torch.stack([w[..., a:a + n].sum(-1) for a, n in panels[m]["sample"]["needles"]], -1)
+              for m, w in weights.items()}                                                # [n_layer, H, needles]
+    lead = masses[1][..., 0] - masses[1][..., 1:].max(-1).values
+    layer, head = divmod(int(lead.argmax()), lead.shape[1])
+    fig, axes = plt.subplots(1, 2 * len(MULTIPLES), figsize=(18, 3.8), squeeze=False,
+                             gridspec_kw={"width_ratios": [3, 1] * len(MULTIPLES)}, layout="constrained")
+    for (ax, ax_bar), m in zip(zip(axes[0][::2], axes[0][1::2]), MULTIPLES):
+        p, s = panels[m], panels[m]["sample"]
+        p.update(strip=weights[m][layer, head], masses=masses[m][layer, head].tolist())
+        for i, (a, n) in enumerate(s["needles"]):
+            ax.axvspan(a - 0.5, a + n - 0.5, color="gold" if i == 0 else "silver", alpha=0.6,
+                       label="asked needle" if i == 0 else "other keys' needles" if i == 1 else None)
+        if L <= s["prompt_len"] - 1:
+            ax.axvline(L, color="gray", ls=":", label="position L")
+        ax.plot(p["strip"].numpy(), lw=0.8, color="C0")
+        ax.set_xlim(-0.5, s["prompt_len"] - 0.5)
+        ax.set_ylim(0, None)
+        ax.set_xlabel("key position")
+        ax.set_ylabel("attention of the\nanswer's query", fontsize=8)
+        right = "right" if any(n.startswith(s["values"][0]) for n in re.findall(r"\d+", p["answer"])) else "wrong"
+        ax.set_title(f"{m}x ({len(s['tokens'])} tokens): answers {p['answer']!r}, asked for {s['values'][0]} "
+                     f"({right})", fontsize=9)
+        bars = 100 * np.array(p["masses"])
+        ax_bar.bar(range(len(bars)), bars, color=["gold"] + ["silver"] * (len(bars) - 1))
+        ax_bar.set_xticks(range(len(bars)), ["asked"] + [f"other {i}" for i in range(1, len(bars))], fontsize=8)
+        ax_bar.set_ylabel("% of the attention", fontsize=8)
+        ax_bar.set_title(f"on each needle at {m}x", fontsize=9)
+    axes[0][0].legend(fontsize=7, loc="upper left")
+    name = os.path.basename(os.path.dirname(os.path.abspath(ckpt_path)))
+    fig.suptitle(f"{name}: the key lookup on one multi-key prompt (the asked needle among {len(bars) - 1} in the same "
+                 f"held-out wording, depth {args.depth:g}, seed {args.seed}): layer {layer}, head {head}, the head "
+                 f"whose answer query leads most on the asked needle at 1x", fontsize=10)
+    save_figure(fig, path)
+    return {"layer": layer, "head": head}, panels
+
+
 def needle_attention_by_length(results, path):
     """needle_attention_by_length.png from eval_niah.py's results. Returns {label: (layer, wordings, multiples,
     needle mass per multiple, nearby mass per multiple)}, as plotted."""
@@ -297,6 +361,14 @@ def main(argv=None):
         written["attention_maps"] = (out, *attention_maps(attention, args, out))
     else:
         print("note: no --rope, --nope or --drope checkpoint: attention_maps.png skipped")
+    out = os.path.join(args.out_dir, "key_lookup.png")
+    try:
+        if models["rope"]:
+            written["key_lookup"] = (out, *key_lookup(models["rope"], args, out))
+        else:
+            print("note: no --rope checkpoint: key_lookup.png skipped")
+    except ValueError as e:  # the multi-key needle's four needles and question do not fit the training length
+        print(f"note: key_lookup.png skipped: {e}")
     if results:
         out = os.path.join(args.out_dir, "needle_attention_by_length.png")
         written["needle_attention_by_length"] = (out, needle_attention_by_length(results, out))

@@ -370,7 +370,8 @@ def plot_losses(history, path, title):
     if probed:
         ax = axes[0][1]
         ax.plot(history["probe_iter"], history["probe_exact"], "o-", label="single needle: exact match")
-        if history.get("probe_multikey"):  # checkpoints from before the multi-key probe have none
+        # one per probe, unless the run began before the multi-key probe existed or its context cannot hold it
+        if history.get("probe_multikey") and len(history["probe_multikey"]) == len(history["probe_iter"]):
             ax.plot(history["probe_iter"], history["probe_multikey"], "^-",
                     label="multi-key needle: exact match (the asked key's among 4)")
             ax.axhline(100 * MULTIKEY_CHANCE, color="gray", lw=0.8, ls=":", label="multi-key chance (1 in 4)")
@@ -683,11 +684,14 @@ def evaluate(run, splits, it):
         with run.env.ctx:
             scores = probe(run.model, run.probe_samples, run.enc, run.env.device)
         run.model.train()
-        for key, value in (("probe_iter", it), ("probe_exact", scores["single"]),
-                           ("probe_multikey", scores["multikey"]), ("probe_needle", scores["needle"])):
+        for key, value in (("probe_iter", it), ("probe_exact", scores["single"]), ("probe_needle", scores["needle"])):
             run.history[key].append(value)
-        probed = (f" | NIAH at 1x: single {scores['single']:.0f}%, multi-key {scores['multikey']:.0f}% (chance "
-                  f"{100 * MULTIKEY_CHANCE:.0f}%), {scores['needle']:.0f}% attention on the needle")
+        multikey = ""
+        if "multikey" in scores:  # a context long enough for it (eval_niah.probe_samples)
+            run.history["probe_multikey"].append(scores["multikey"])
+            multikey = f", multi-key {scores['multikey']:.0f}% (chance {100 * MULTIKEY_CHANCE:.0f}%)"
+        probed = (f" | NIAH at 1x: single {scores['single']:.0f}%{multikey}, {scores['needle']:.0f}% attention on "
+                  f"the needle")
     print(f"eval iter {it}: train {losses['train']:.4f} val {losses['val']:.4f}{probed} "
           f"({time.perf_counter() - t_eval:.1f}s){format_health(run.model.health_reports())}")
     return losses

@@ -216,8 +216,8 @@ def make_sample(rng, enc, source, length, depth, variant, split, wording):
     source: a token array for the "val" haystack, None for "noise".
 
     Returns a dict: tokens (list), prompt_len, values (expected strings), value_mask (True at answer tokens that
-    hold digits), needle_at and needle_len (where the asked needle starts, and its tokens), question_at (where the
-    question starts), depth (requested)."""
+    hold digits), needle_at and needle_len (where the asked needle starts, and its tokens), needles ((start, tokens)
+    of every needle, the asked one first), question_at (where the question starts), depth (requested)."""
     check_choice("variant", variant, VARIANTS)
     check_choice("split", split, SPLITS)
     wording = PASSKEY if variant == "passkey" else wording
@@ -237,12 +237,16 @@ def make_sample(rng, enc, source, length, depth, variant, split, wording):
     tokens = list(haystack)
     for at, which in placed:
         tokens[at:at] = needle_ids[which]
-    needle_at = target + sum(len(needle_ids[w]) for at, w in placed if at < target)
+    # where each needle starts once all are in: those inserted before it, or at the same place and drawn earlier
+    needle_starts = [at + sum(len(needle_ids[v]) for other, v in placed if other < at or (other == at and v < w))
+                     for at, w in sorted(placed, key=lambda p: p[1])]
+    needle_at = needle_starts[0]
     tokens += question_ids + answer_ids
     prompt_len = length - len(answer_ids)
     value_mask = [any(c.isdigit() for c in enc.decode([t])) for t in answer_ids]
     return {"tokens": tokens, "prompt_len": prompt_len, "values": values, "value_mask": value_mask,
             "needle_at": needle_at, "needle_len": len(needle_ids[0]), "question_at": prompt_len - len(question_ids),
+            "needles": [(at, len(ids)) for at, ids in zip(needle_starts, needle_ids)],
             "depth": depth, "haystack_len": n_haystack}
 
 
@@ -250,7 +254,9 @@ def make_drill(rng, enc, source, length, split, needles=3, shared_wording=0.0):
     """A training document of exactly `length` tokens that asks for every needle it holds: 1 to `needles` needles
     (fewer when long wordings would leave less than MIN_HAYSTACK tokens of haystack), each in its own seen wording,
     or, in a `shared_wording` share of the drills, all in one (they differ only in key and value, so only the key
-    tells the asked needle from the others: the multi-key needle's test), with a value of 3 to 5 digits, at random sentence starts of a haystack (the noise sentences in a
+    tells the asked needle from the others: the multi-key needle's test; such a drill asks 1 to n − 1 of its n
+    needles, so that no question is answered by elimination, as the last of all n would be), with a value of 3 to 5
+    digits, at random sentence starts of a haystack (the noise sentences in a
     DRILL_NOISE share of drills, else source), then one question and answer per needle, in random order. Several
     answers per row is what lets a small model leave the long plateau before lookups are learned (README, "Needle
     in a haystack").
@@ -273,6 +279,9 @@ def make_drill(rng, enc, source, length, split, needles=3, shared_wording=0.0):
     while len(needles) > 1 and sum(map(len, needles + answers)) > length - MIN_HAYSTACK:
         needles.pop()
         answers.pop()
+    if shared and len(needles) > 1:  # asks 1 to n - 1 of its n needles: no answer is the one value not yet given
+        kept = sorted(rng.sample(range(len(answers)), rng.randint(1, len(answers) - 1)))
+        answers, answer_lens = [answers[i] for i in kept], [answer_lens[i] for i in kept]
     n_haystack = length - sum(map(len, needles + answers))
     if n_haystack < MIN_HAYSTACK:
         raise ValueError(f"drill length {length} is too short: {length - n_haystack} tokens of needle and question "
@@ -289,7 +298,7 @@ def make_drill(rng, enc, source, length, split, needles=3, shared_wording=0.0):
     # random identity (train.py --anonymous_names) does not by itself mark a key, the model has to match names
     absent = set(unused_keys(split, enc.decode(pool[:n_haystack])))
     characters = [k for k in KEYS_OF[split] if k not in absent and rng.random() < STORY_NAME_IDENTITY]
-    asked = [k for k, _, _ in drawn[:len(needles)]]  # the keys whose needles fitted
-    name_ids = {ids[0]: j for j, k in enumerate(asked + characters)  # " Mia" and "Mia" (after a quote), one token
+    keys = [k for k, _, _ in drawn[:len(needles)]]  # the keys whose needles fitted, asked or not
+    name_ids = {ids[0]: j for j, k in enumerate(keys + characters)  # " Mia" and "Mia" (after a quote), one token
                 for ids in (enc.encode_ordinary(" " + k), enc.encode_ordinary(k)) if len(ids) == 1}
     return tokens, is_answer, [name_ids.get(t, -1) for t in tokens]

@@ -131,6 +131,36 @@ def test_writes_the_three_figures_with_eval_niahs_numbers(tmp_path, tiny_data, c
     assert not torch.equal(fw["blocks.0.sublayers.0", 1]["read"], fw["blocks.0.sublayers.0", 3]["read"])
 
 
+def test_key_lookup_shows_the_head_that_leads_on_the_asked_needle(tmp_path, tiny_data):
+    """key_lookup.png, from a RoPE checkpoint long enough for a multi-key prompt at 1x: one held-out multi-key prompt
+    per length, the asked needle first in sample["needles"]; the head shown is the one whose answer query puts the
+    most attention on the asked needle beyond the most on any other needle at 1x, and the bars are that head's mass
+    on each needle (recomputed by hand). A checkpoint too short for the prompt skips the figure."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=load_tokenizer(tiny_data).n_vocab, block_size=128, n_layer=2, n_head=2,
+                          n_embd=16))
+    state = {k: 8 * v if k.endswith("attn.qkv.weight") else v for k, v in model.state_dict().items()}  # peaky
+    path = tmp_path / "rope128" / "ckpt.pt"
+    path.parent.mkdir()
+    torch.save({"model_config": model.config.to_dict(), "model": state, "options": {"data_dir": tiny_data}}, path)
+    written = figures.main(["--rope", str(path), "--nope", "none", "--drope", "none", "--fwpkm", "none",
+                            "--results", "none", "--out_dir", str(tmp_path / "figs"), "--device", "cpu"])
+    out, choice, panels = written["key_lookup"]
+    assert (tmp_path / "figs" / "key_lookup.png").stat().st_size > 10_000 and set(panels) == set(figures.MULTIPLES)
+    lead = None
+    for m, p in panels.items():
+        s = p["sample"]
+        assert len(s["tokens"]) == 128 * m and len(s["needles"]) == 4 and s["needles"][0][0] == s["needle_at"]
+        rows, _ = by_hand(str(path), {}, s)                                      # [n_layer, H, prompt_len]
+        masses = torch.stack([rows[..., a:a + n].sum(-1) for a, n in s["needles"]], -1)  # [n_layer, H, 4]
+        if m == 1:
+            lead = masses[..., 0] - masses[..., 1:].max(-1).values
+            assert lead[choice["layer"], choice["head"]] >= lead.max() - 1e-5
+        torch.testing.assert_close(p["strip"], rows[choice["layer"], choice["head"]], atol=1e-6, rtol=1e-5)
+        assert p["masses"] == pytest.approx(masses[choice["layer"], choice["head"]].tolist(), abs=1e-5)
+    assert lead is not None
+
+
 def test_missing_inputs_skip_their_figures(tmp_path, ckpts, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # no study here: the defaults find nothing
     (tmp_path / "r.json").write_text(json.dumps({"results": [result("a", "seen", 1, 0.0, {"0": [0.1, 0.2, 1.0]})]}))
@@ -138,7 +168,7 @@ def test_missing_inputs_skip_their_figures(tmp_path, ckpts, monkeypatch, capsys)
     assert list(written) == ["needle_attention_by_length"]
     assert (tmp_path / "results" / "figures" / "needle_attention_by_length.png").exists()
     out = capsys.readouterr().out
-    assert "attention_maps.png skipped" in out and "fwpkm_slots.png skipped" in out
+    assert "attention_maps.png skipped" in out and "fwpkm_slots.png skipped" in out and "key_lookup.png skipped" in out
 
 
 @pytest.mark.parametrize("flag, value, message", [

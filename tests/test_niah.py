@@ -291,6 +291,30 @@ def test_drills_ask_in_composed_wordings_only(enc_and_val, monkeypatch):
     assert any(w.needle.startswith(" {value}") for w in used)  # the value before the key
 
 
+@pytest.mark.parametrize("config", ["", "config/niah_cpu.py"])
+def test_the_drills_share_a_wording_as_often_as_the_options_say(enc_and_val, monkeypatch, config):
+    """Of the drills with several needles, the share whose needles all share one wording (only the key tells them
+    apart, as in the multi-key needle) is --shared_wording (binomial bounds), at the defaults (0: every needle its
+    own wording) and at config/niah_cpu.py's options; no drill holds more than --drill_needles needles."""
+    import train
+    o, _ = train.parse_args(["--config", config] if config else [])
+    enc, val = enc_and_val
+    drawn = record_draws(monkeypatch)
+    several = shared = 0
+    for i in range(400):
+        drawn.clear()
+        tokens, _, _ = make_drill(random.Random(i), enc, val, o["block_size"] + 1, "train", needles=o["drill_needles"],
+                                  shared_wording=o["shared_wording"])
+        answers = drill_answers(enc.decode(tokens), drawn)
+        assert 1 <= len(answers) <= o["drill_needles"]
+        if len(answers) > 1:
+            several += 1
+            shared += len({wording for wording, _, _ in answers}) == 1
+    p = o["shared_wording"]
+    assert several > 100 and abs(shared / several - p) <= 4 * math.sqrt(p * (1 - p) / several) + 0.01, (shared,
+                                                                                                        several)
+
+
 def test_drills_fit_short_lengths(enc_and_val, monkeypatch):
     """Three needles in long wordings do not fit 64 tokens: a drill holds fewer instead of failing, and a length
     that not even one needle fits is a clear error."""
