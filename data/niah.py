@@ -268,9 +268,10 @@ def make_drill(rng, enc, source, length, split, needles=3, shared_wording=0.0):
     some of the split's names that are characters of the haystack."""
     pool = haystack_tokens(rng, enc, None if rng.random() < DRILL_NOISE else source, length)
     free = unused_keys(split, enc.decode(pool))
-    keys = rng.sample(free, min(rng.randint(1, needles), len(free)))
+    shared = shared_wording and rng.random() < shared_wording  # no draw at 0: the drills of before stay the same
+    keys = rng.sample(free, min(rng.randint(2 if shared and needles > 1 else 1, needles), len(free)))
     taken = set()
-    shared = draw_wording(rng) if shared_wording and rng.random() < shared_wording else None  # no draw at 0
+    shared = draw_wording(rng) if shared else None
     drawn = [(k, draw_value(rng, split, taken, rng.choice(DRILL_DIGITS)), shared or draw_wording(rng)) for k in keys]
     needles = [enc.encode_ordinary(w.needle.format(name=k, value=v)) for k, v, w in drawn]
     asked = [[enc.encode_ordinary(text) for text in question_and_answer(w, [k], [v])] for k, v, w in drawn]
