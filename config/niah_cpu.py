@@ -12,5 +12,9 @@ max_iters = 3000       # the lookup forms after a plateau (the probe on the eval
 min_lr = 1e-3          # keep the learning rate high through the plateau
 cooldown_frac = 0.2    # the last 600 steps take it linearly to 0: a lookup found on the plateau settles
 anonymous_names = True  # every drill's key a fresh random identity per row: the lookup cannot be learned name by name
+drill_needles = 3      # 1-3 needles per drill, each in its own wording, all asked
+shared_wording = 0.0   # no drill shares one wording among its needles: with a share of them (up to 1.0, low learning
+#                        rates too) the key lookup still was not learned in 3,000 steps (results/niah.md, "The
+#                        multi-key needle"), and the single needle is what this config is measured on
 eval_interval = 250    # each evaluation also runs the NIAH probe (~3 s)
 log_interval = 250

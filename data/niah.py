@@ -253,13 +253,12 @@ def make_sample(rng, enc, source, length, depth, variant, split, wording):
 def make_drill(rng, enc, source, length, split, needles=3, shared_wording=0.0):
     """A training document of exactly `length` tokens that asks for the needles it holds: 1 to `needles` needles
     (fewer when long wordings would leave less than MIN_HAYSTACK tokens of haystack), each in its own seen wording,
-    or, in a `shared_wording` share of the drills, all in one (they differ only in key and value, so only the key
-    tells the asked needle from the others: the multi-key needle's test; such a drill asks 1 to n − 1 of its n
-    needles, so that no question is answered by elimination, as the last of all n would be), with a value of 3 to 5
-    digits, at random sentence starts of a haystack (the noise sentences in a
-    DRILL_NOISE share of drills, else source), then one question and answer per asked needle, in random order. Several
-    answers per row is what lets a small model leave the long plateau before lookups are learned (README, "Needle
-    in a haystack").
+    or, in a `shared_wording` share of the drills, 2 to `needles` needles all in one (they differ only in key and
+    value, so only the key tells the asked needle from the others: the multi-key needle's test; such a drill asks 1
+    to n − 1 of its n needles, so that no question is answered by elimination, as the last of all n would be), with
+    a value of 3 to 5 digits, at random sentence starts of a haystack (the noise sentences in a DRILL_NOISE share of
+    drills, else source), then one question and answer per asked needle, in random order. Several answers per row is
+    what lets a small model leave the long plateau before lookups are learned (README, "Needle in a haystack").
 
     Returns (tokens, is_answer, name_at): is_answer[i] is True where tokens[i] is part of an answer (" 4821"), the
     tokens only a lookup predicts (train.py --answer_weight weighs them in the loss); name_at[i] is j where tokens[i]

@@ -291,14 +291,16 @@ def test_drills_ask_in_composed_wordings_only(enc_and_val, monkeypatch):
     assert any(w.needle.startswith(" {value}") for w in used)  # the value before the key
 
 
-@pytest.mark.parametrize("config", ["", "config/niah_cpu.py"])
-def test_the_drills_share_a_wording_as_often_as_the_options_say(enc_and_val, monkeypatch, config):
+@pytest.mark.parametrize("argv", [[], ["--config", "config/niah_cpu.py"],
+                                  ["--config", "config/niah_cpu.py", "--shared_wording", "0.5", "--drill_needles", "5"]])
+def test_the_drills_share_a_wording_as_often_as_the_options_say(enc_and_val, monkeypatch, argv):
     """Of the drills with several needles, the share whose needles all share one wording (only the key tells them
-    apart, as in the multi-key needle) is --shared_wording (binomial bounds), at the defaults (0: every needle its
-    own wording) and at config/niah_cpu.py's options. Such a drill asks 1 to n − 1 of its n needles, the others every
-    needle; none holds more than --drill_needles. (Noise haystacks, so that the only needles are the drill's.)"""
+    apart, as in the multi-key needle) is --shared_wording (binomial bounds): at the defaults (0: every needle its
+    own wording), at config/niah_cpu.py's options, and at a share of one half. Such a drill asks 1 to n − 1 of its n
+    needles, the others every needle; none holds more than --drill_needles. (Noise haystacks, so that the only
+    needles are the drill's.)"""
     import train
-    o, _ = train.parse_args(["--config", config] if config else [])
+    o, _ = train.parse_args(argv)
     enc, val = enc_and_val
     drawn = record_draws(monkeypatch)
     monkeypatch.setattr(niah, "DRILL_NOISE", 1.0)

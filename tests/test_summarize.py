@@ -72,6 +72,23 @@ def test_one_arm_from_several_seeds_is_one_row_with_its_range(tmp_path):
     assert "| repo (3 seeds, 2 ≥ 50% at 1x) | 1.250 (2 of 3 seeds) | ?, 200, 200 | 63 [30-90] (80.0) |" in md
 
 
+def test_seeds_that_answer_the_multi_key_needle_are_counted_beside_the_single_needles(tmp_path):
+    """Where an arm was evaluated on the multi-key needle too, its single-needle rows also say how many seeds answer
+    that (the key looked up, not just a needle found), and the multi-key table names its chance level."""
+    paths = []
+    for seed, single, multikey in ((1, 1.0, 0.25), (2, 0.9, 0.95), (3, 0.8, 0.2)):
+        rows = [result("rope", "none.pt", "heldout", m, 0, single, 0.9) for m in (1, 2)]
+        rows += [{**result("rope", "none.pt", "heldout", m, 0, multikey, 0.7), "variant": "multikey"} for m in (1, 2)]
+        paths.append(tmp_path / f"{seed}.json")
+        paths[-1].write_text(json.dumps({"results": rows}))
+    summarize.main([*map(str, paths), "--out_dir", str(tmp_path / "out")])
+    md = (tmp_path / "out" / "results.md").read_text()
+    single = md.split("### single needle")[1].split("###")[0]
+    assert "| rope (3 seeds, 3 ≥ 50% at 1x (1 of 3 on the multi-key needle)) |" in single
+    multikey = md.split("### multikey needle")[1].split("###")[0]
+    assert "Chance: 25%" in multikey and "| rope (3 seeds, 1 ≥ 50% at 1x) |  | 47 [20-95] (70.0) |" in multikey
+
+
 def test_fitted_beta_of_several_seeds_is_one_row_with_each_c(tmp_path):
     paths = []
     for seed, c in ((1337, 0.112), (2, 0.00742)):  # drope.py fits another c for every seed

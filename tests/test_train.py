@@ -137,6 +137,20 @@ def test_embedded_corpus_goes_to_a_new_data_dir_only_when_asked(tmp_path, tiny_d
     assert asked == [str(tmp_path / "corpus")] and load(tmp_path)["iter"] == 2
 
 
+def test_the_probe_scores_the_multi_key_needle_beside_the_single_one_where_the_context_holds_it(tmp_path, tiny_data,
+                                                                                                 capsys):
+    """At a 128-token context the probe also scores the multi-key needle (four needles in one wording; chance 25%):
+    on the eval line, in the history (one per probe) and in loss.png; at 64 tokens it cannot hold four needles and
+    the probe scores the single needle only."""
+    history = run(tmp_path, tiny_data, "--niah_mix", "1", "--block_size", "128", "--max_iters", "4", out="long")
+    out = capsys.readouterr().out
+    assert "multi-key" in out and "(chance 25%)" in out
+    assert len(history["probe_multikey"]) == len(history["probe_iter"]) == 2
+    assert all(0 <= v <= 100 for v in history["probe_multikey"])
+    history = run(tmp_path, tiny_data, "--niah_mix", "1", "--block_size", "64", "--max_iters", "4", out="short")
+    assert "multi-key" not in capsys.readouterr().out and history["probe_multikey"] == []
+
+
 def test_a_retrieval_run_probes_the_lookup_and_still_resumes_exactly(tmp_path, tiny_data, monkeypatch, capsys):
     """With drills in training (niah_mix > 0), every evaluation runs the NIAH probe (exact match at 1x and attention
     on the needle) onto the eval line, into the history and as loss.png's second panel; the probe draws no random
