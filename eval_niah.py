@@ -230,10 +230,9 @@ def probe_samples(enc, val, length):
 @torch.no_grad()
 def probe(model, samples, enc, device):
     """{"single": exact %, "multikey": exact % (where probed), "needle": attention %} of model on probe_samples():
-    greedy answers
-    as eval_niah.py scores them, and the most attention any layer's answer query puts on the single needle (mean
-    over heads and samples). A needle found shows as single and needle attention rising together (an induction
-    head forming); the key looked up, as multi-key leaving its chance level (MULTIKEY_CHANCE) for single's."""
+    greedy answers as eval_niah.py scores them, and the most attention any layer's answer query puts on the single
+    needle (mean over heads and samples). A needle found shows as single and needle attention rising together; the
+    key looked up, as multi-key leaving its chance level (MULTIKEY_CHANCE) for single's level."""
     scores = {}
     for variant, variant_samples in samples.items():
         exact, _, attention, _ = score_batch(model, variant_samples, enc, device)

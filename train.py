@@ -66,9 +66,10 @@ OPTIONS = {  # name: (default, help); the defaults are the CPU default run
     "swa_window": (0, "tokens each query sees on --swa_prob steps, itself included (0: memory_chunk)"),
     # data
     "niah_mix": (0.0, "fraction of training rows replaced by needle-in-a-haystack documents (data/niah.py)"),
-    "drill_needles": (3, "most needles in a retrieval drill (1 to this many, all asked, in random order)"),
-    "shared_wording": (0.0, "fraction of drills whose needles share one wording: only the key tells them apart, as "
-                            "in the multi-key needle (else a wording per needle, which the question repeats)"),
+    "drill_needles": (3, "most needles in a retrieval drill (1 to this many, asked in random order)"),
+    "shared_wording": (0.0, "fraction of drills whose 2 or more needles share one wording, 1 to n - 1 of them asked: "
+                            "only the key tells them apart, as in the multi-key needle (else each needle has its own "
+                            "wording, which its question repeats, and every needle is asked)"),
     "answer_weight": (1.0, "loss weight of the drills' answer tokens (the rest weigh 1): the few tokens only a lookup "
                            "predicts; weighted up, the plateau before the lookup is learned is shorter"),
     "anonymous_names": (False, "give the drills' keys, and half their story characters of the drilled names, a fresh "
@@ -109,9 +110,9 @@ OPTIONS = {  # name: (default, help); the defaults are the CPU default run
     "seed": (1337, "seeds the initialisation and the batch stream"),
 }
 DEFAULTS = {name: default for name, (default, _) in OPTIONS.items()}
-AT_LEAST_ONE = ("n_layer", "n_head", "n_embd", "block_size", "curriculum_len", "drill_needles", "memory_n_sub", "memory_topk",
-                "memory_key_dim", "memory_value_dim", "memory_query_span", "memory_chunk", "batch_size", "grad_accum",
-                "max_iters", "eval_interval", "eval_iters", "log_interval")
+AT_LEAST_ONE = ("n_layer", "n_head", "n_embd", "block_size", "curriculum_len", "drill_needles", "memory_n_sub",
+                "memory_topk", "memory_key_dim", "memory_value_dim", "memory_query_span", "memory_chunk", "batch_size",
+                "grad_accum", "max_iters", "eval_interval", "eval_iters", "log_interval")
 AT_LEAST_ZERO = ("answer_weight", "curriculum_iters", "data_workers", "warmup_iters", "lr", "min_lr", "weight_decay",
                  "grad_clip", "swa_window", "seed")
 FRACTIONS = ("niah_mix", "shared_wording", "swa_prob", "cooldown_frac")
