@@ -201,15 +201,24 @@ def main(argv=None):
 
 def plot_probes(histories, results, path, caption):
     """The probe's exact match over training steps, one line per checkpoint of histories (each with a probe;
-    labelled as in the tables); returns path."""
+    labelled as in the tables), and a dashed one of the same colour for its multi-key needle where it was probed
+    (with that needle's chance level); returns path."""
     fig, ax = plt.subplots(figsize=(8, 4.5), layout="constrained")
     labels = {r["ckpt"]: r["label"].split("+")[0] for r in results}
+    keyed = False
     for i, (ckpt, history) in enumerate(histories.items()):
         color, marker = line_style(i)
         ax.plot(history["probe_iter"], history["probe_exact"], marker + "-", ms=3, color=color, label=labels[ckpt])
+        if len(history.get("probe_multikey", [])) == len(history["probe_iter"]):  # probed since the multi-key needle
+            ax.plot(history["probe_iter"], history["probe_multikey"], marker + "--", ms=2, lw=0.8, color=color)
+            keyed = True
     ax.axhline(LEARNED, color="gray", lw=0.8, ls=":")
+    if keyed:
+        ax.axhline(100 * MULTIKEY_CHANCE, color="black", lw=0.8, ls="-.",
+                   label=f"multi-key chance ({100 * MULTIKEY_CHANCE:.0f}%)")
     ax.set(xlabel="training step", ylabel="NIAH probe: exact match at 1x (%)", ylim=(-3, 103),
-           title="When the lookup is learned (train.py's probe, 12 held-out-wording samples)")
+           title="When the lookup is learned (train.py's probe, 12 held-out-wording samples"
+                 + ("; solid: single needle, dashed: multi-key needle)" if keyed else ")"))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.suptitle(caption, fontsize=8)

@@ -108,10 +108,11 @@ def test_runs_with_the_niah_probe_say_when_they_learned_the_lookup(tmp_path):
     """Checkpoints whose history has train.py's probe get a column with the first step at which it reached
     summarize.LEARNED % (or "no" and the best), per seed, and the probe curves as probe.png."""
     paths = []
-    for name, curve in (("s1", [0, 8, 50, 92]), ("s2", [0, 0, 8, 17])):
+    for name, curve, keyed in (("s1", [0, 8, 50, 92], {"probe_multikey": [0, 8, 25, 33]}), ("s2", [0, 0, 8, 17], {})):
         (tmp_path / name).mkdir()
-        ckpt = str(tmp_path / name / "ckpt.pt")
-        torch.save({"history": {"val_loss": [1.5], "probe_iter": [0, 250, 500, 750], "probe_exact": curve}}, ckpt)
+        ckpt = str(tmp_path / name / "ckpt.pt")  # s1 probed the multi-key needle too (drawn dashed), s2 is older
+        torch.save({"history": {"val_loss": [1.5], "probe_iter": [0, 250, 500, 750], "probe_exact": curve, **keyed}},
+                   ckpt)
         paths.append(tmp_path / f"{name}.json")
         paths[-1].write_text(json.dumps({"results": [result(name, ckpt, "heldout", 1, 0, 0.5, 0.5)]}))
     summarize.main([*map(str, paths), "--out_dir", str(tmp_path / "out")])
