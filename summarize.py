@@ -109,7 +109,10 @@ def markdown_tables(results, losses, learned):
         for m in lengths:
             tokens = {r["length"] for r in rows if r["multiple"] == m}
             header.append(f"{m}x ({tokens.pop()})" if len(tokens) == 1 else f"{m}x")  # checkpoints may differ in L
-        depths, samples = len({r["depth"] for r in rows}), rows[0]["n"]
+        depths = len({r["depth"] for r in rows})
+        per_length = {m: {r["n"] for r in rows if r["multiple"] == m} for m in lengths}
+        samples = rows[0]["n"] if len(set().union(*per_length.values())) == 1 else "(" + ", ".join(  # apart
+            f"{'/'.join(map(str, sorted(n)))} at {m}x" for m, n in per_length.items() if n) + ")"
         chance = (f" Chance: {100 * MULTIKEY_CHANCE:.0f}% (the value of any one of the needles, not the asked "
                   f"key's)." if variant == "multikey" else "")
         lines += [f"### {variant} needle, {haystack} haystack, {wordings} wordings", "",

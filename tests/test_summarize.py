@@ -77,7 +77,7 @@ def test_seeds_that_answer_the_multi_key_needle_are_counted_beside_the_single_ne
     that (the key looked up, not just a needle found), and the multi-key table names its chance level."""
     paths = []
     for seed, single, multikey in ((1, 1.0, 0.25), (2, 0.9, 0.95), (3, 0.8, 0.2)):
-        rows = [result("rope", "none.pt", "heldout", m, 0, single, 0.9) for m in (1, 2)]
+        rows = [result("rope", "none.pt", "heldout", m, 0, single, 0.9) | {"n": 20 // m} for m in (1, 2)]
         rows += [{**result("rope", "none.pt", "heldout", m, 0, multikey, 0.7), "variant": "multikey"} for m in (1, 2)]
         paths.append(tmp_path / f"{seed}.json")
         paths[-1].write_text(json.dumps({"results": rows}))
@@ -85,6 +85,7 @@ def test_seeds_that_answer_the_multi_key_needle_are_counted_beside_the_single_ne
     md = (tmp_path / "out" / "results.md").read_text()
     single = md.split("### single needle")[1].split("###")[0]
     assert "| rope (3 seeds, 3 ≥ 50% at 1x (1 of 3 on the multi-key needle)) |" in single
+    assert "mean over 1 depths x (20 at 1x, 10 at 2x) samples" in single  # lengths evaluated with other counts
     multikey = md.split("### multikey needle")[1].split("###")[0]
     assert "Chance: 25%" in multikey and "| rope (3 seeds, 1 ≥ 50% at 1x) |  | 47 [20-95] (70.0) |" in multikey
 
