@@ -2,7 +2,7 @@
 The smallest setting where a key lookup must be learned: multi-query associative recall (MQAR; Arora et al. 2023,
 "Zoology", arXiv 2312.04927) with model.py's GPT, at several learning rates side by side.
 
-    python assoc_recall.py                                   # 2 pairs, 2 layers, lr 2e-3, 1e-3, 5e-4, 2.5e-4: ~3 minutes
+    python assoc_recall.py                       # 2 pairs, 2 layers, lr 2e-3, 1e-3, 5e-4, 2.5e-4: ~3 minutes
     python assoc_recall.py --pairs 4 --lrs 5e-4 --steps 3000
 
 A row is n key-value pairs of single tokens, then the same keys in another order, each followed by its value:
@@ -77,7 +77,8 @@ def train_recall(lr, args):
 
 
 def main(argv=None):
-    p = ArgumentParser(prog="assoc_recall.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="assoc_recall.py", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--lrs", default="2e-3,1e-3,5e-4,2.5e-4", help="comma list of peak learning rates, one run each")
     p.add_argument("--pairs", type=int, default=2, help="key-value pairs per row (chance is 1/pairs)")
     p.add_argument("--steps", type=int, default=1500, help="optimiser steps per run")

@@ -3,8 +3,9 @@ The retrieval drills of training (data/niah.py make_drill) at the rate a GPU ste
 however they are made.
 
 A drill is make_drill(random.Random(seed), ...) over the "train" split of a dataset: it depends on its seed, its
-length and the drills' shape (make_drill's needles and shared_wording: train.py --drill_needles, --shared_wording). train.py's batch stream draws the seeds (train_batch), and a DrillMaker turns seeds into rows in one
-of three ways, all giving the same rows, so a run is the same run and resumes bit for bit whichever it uses:
+length and the drills' shape (make_drill's needles and shared_wording: train.py --drill_needles, --shared_wording).
+train.py's batch stream draws the seeds (train_batch), and a DrillMaker turns seeds into rows in one of three
+ways, all giving the same rows, so a run is the same run and resumes bit for bit whichever it uses:
 
 - in this process (the default; the drills are Python, a row at a time, ~1.1M tokens/s on one core);
 - in worker processes (train.py --data_workers N), each making a chunk of rows and handing them back as arrays;
@@ -42,8 +43,8 @@ def make_rows(enc, source, seeds, length, shape):
     is_answer = np.empty((len(seeds), length), bool)
     name_at = np.empty((len(seeds), length), np.int8)
     for i, seed in enumerate(seeds):
-        tokens[i], is_answer[i], name_at[i] = make_drill(random.Random(int(seed)), enc, source, length, "train",
-                                                                 **shape)
+        drill = make_drill(random.Random(int(seed)), enc, source, length, "train", **shape)
+        tokens[i], is_answer[i], name_at[i] = drill
     return tokens, is_answer, name_at
 
 

@@ -292,7 +292,8 @@ def test_drills_ask_in_composed_wordings_only(enc_and_val, monkeypatch):
 
 
 @pytest.mark.parametrize("argv", [[], ["--config", "config/niah_cpu.py"],
-                                  ["--config", "config/niah_cpu.py", "--shared_wording", "0.5", "--drill_needles", "5"]])
+                                  ["--config", "config/niah_cpu.py", "--shared_wording", "0.5",
+                                   "--drill_needles", "5"]])
 def test_the_drills_share_a_wording_as_often_as_the_options_say(enc_and_val, monkeypatch, argv):
     """Of the drills with several needles, the share whose needles all share one wording (only the key tells them
     apart, as in the multi-key needle) is --shared_wording (binomial bounds): at the defaults (0: every needle its
