@@ -50,7 +50,7 @@ def train_recall(lr, args):
     torch.manual_seed(args.seed)
     model = GPT(GPTConfig(vocab_size=VOCAB, block_size=4 * args.pairs, n_layer=args.n_layer, n_head=args.n_head,
                           n_embd=args.n_embd, pe="rope"))
-    params = [p for p in model.parameters()]
+    params = list(model.parameters())
     optimizer = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
                                    {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
                                   lr=lr, betas=(0.9, 0.95))

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+import assoc_recall
 import bench
 import drope_fit
 import eval_niah
@@ -20,8 +21,8 @@ import train
 from data.format import write_atomic
 from tests.test_train import ROOT, TINY
 
-PROGRAMS = {"train.py": train.main, "eval_niah.py": eval_niah.main, "drope_fit.py": drope_fit.main, "repo_positions.py": repo_positions.main,
-            "bench.py": bench.main}
+PROGRAMS = {"train.py": train.main, "eval_niah.py": eval_niah.main, "drope_fit.py": drope_fit.main,
+            "repo_positions.py": repo_positions.main, "bench.py": bench.main, "assoc_recall.py": assoc_recall.main}
 NO_SUCH_GPU = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
 
 
@@ -89,6 +90,13 @@ CASES = [
          "a_file is a file"),
     *(case("train.py", ["--data_dir", f"{W}/{d}"], f"{W}/{d} holds no prepared dataset") for d in ("nowhere", "empty_dir")),
     case("train.py", ["--kernels", "fast"], "unknown kernels 'fast'; valid choices: auto, on, off"),
+    case("train.py", ["--shared_wording", "2"], "--shared_wording 2.0 must be between 0 and 1"),
+    case("train.py", ["--drill_needles", "0"], "--drill_needles 0 must be at least 1"),
+    case("assoc_recall.py", ["--lrs", "abc"], "--lrs 'abc'"),
+    case("assoc_recall.py", ["--lrs", "1e-3,0"], "--lrs '1e-3,0': every learning rate must be > 0"),
+    case("assoc_recall.py", ["--pairs", "0"], "--pairs 0 must be at least 1"),
+    case("assoc_recall.py", ["--pairs", "65"], "--pairs 65: at most 64 distinct keys"),
+    case("assoc_recall.py", ["--n_embd", "30"], "--n_embd 30 must be a multiple of --n_head 4"),
     *(case("eval_niah.py", ["--ckpt", f"{W}/good/ckpt.pt", "--lengths", value], value) for value in ("abc", "0", "-1")),
     case("eval_niah.py", ["--ckpt", f"{W}/good/ckpt.pt", "--iters", "x"], "--iters 'x'"),
     *(case("eval_niah.py", ["--ckpt", f"{W}/good/ckpt.pt", "--batch_size", value], f"--batch_size {value}")

@@ -134,3 +134,20 @@ def test_without_the_previous_token_head_the_values_hold_no_key_and_the_lookup_i
         # every value token scores alike: no fact stands out
         assert max(attention[values_at]) - min(attention[values_at]) < 1e-6
     assert right / n < 0.5, right / n  # chance is 1 in 4 (more where facts share a value)
+
+
+def test_assoc_recall_rows_ask_each_key_once_and_score_only_the_answers():
+    """assoc_recall.py's rows: n facts "key value", then every key again in another order, each followed by its
+    value; the answers are the only targets that weigh. A short run prints a reading every --every steps."""
+    import assoc_recall
+    x, y, w = assoc_recall.recall_batch(16, 3, torch.Generator().manual_seed(0))
+    seq = torch.cat([x, y[:, -1:]], 1)                                     # [16, 12]
+    for row in seq.tolist():
+        facts = dict(zip(row[0:6:2], row[1:6:2]))
+        asked = list(zip(row[6::2], row[7::2]))
+        assert len(facts) == 3 and sorted(k for k, _ in asked) == sorted(facts)
+        assert all(facts[k] == v for k, v in asked)
+    assert w.sum(1).tolist() == [3.0] * 16 and (y[w > 0] >= assoc_recall.VALUES[0]).all()
+    curves = assoc_recall.main(["--steps", "4", "--every", "2", "--lrs", "1e-3,5e-4", "--n_embd", "16", "--n_head", "2"])
+    assert set(curves) == {1e-3, 5e-4} and all([s for s, _ in c] == [0, 2, 4] for c in curves.values())
+    assert all(0 <= a <= 1 for c in curves.values() for _, a in c)
