@@ -184,11 +184,14 @@ def score_batch(model, samples, enc, device, iters=1, window=None):
     token_acc = ((predicted == tokens[:, prompt_len:]) & mask).sum(1) / mask.sum(1)
     generated = model.generate(tokens[:, :prompt_len], answer_len + ANSWER_SLACK, temperature=0, cache=cache,
                                window=window)[:, prompt_len:]
-    exact = []
-    for s, out in zip(samples, generated.tolist()):
-        numbers = re.findall(r"\d+", enc.decode(out))
-        exact.append(sum(any(n.startswith(v) for n in numbers) for v in s["values"]) / len(s["values"]))
+    exact = [exact_match(enc.decode(out), s["values"]) for s, out in zip(samples, generated.tolist())]
     return exact, token_acc.tolist(), attention, health
+
+
+def exact_match(answer, values):
+    """The fraction of the expected values that begin a number of the answer text (RULER's score)."""
+    numbers = re.findall(r"\d+", answer)
+    return sum(any(n.startswith(v) for n in numbers) for v in values) / len(values)
 
 
 # --wordings: the two sets of data/niah.py, and each held-out wording alone

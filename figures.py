@@ -39,7 +39,6 @@ import argparse
 import functools
 import glob
 import os
-import re
 
 import numpy as np
 import torch
@@ -47,8 +46,8 @@ from matplotlib.colors import LogNorm
 
 from cli import DEVICE_HELP, ArgumentParser, check_writable_dir, load_checkpoint, resolve_device
 from data.format import checkpoint_data_dir, load_tokenizer, load_tokens
-from eval_niah import (attention_stats, attention_weights, cell_samples, load_model, settings, start_cache,
-                       teacher_forced)
+from eval_niah import (attention_stats, attention_weights, cell_samples, exact_match, load_model, settings,
+                       start_cache, teacher_forced)
 from fwpkm import FastWeightProductKeyMemory, needle_trace, value_positions
 from model import GPTConfig
 from plots import line_style, plt, save_figure
@@ -214,7 +213,7 @@ def key_lookup(path_ckpt, args, path):
         ax.set_ylim(0, None)
         ax.set_xlabel("key position")
         ax.set_ylabel("attention of the\nanswer's query", fontsize=8)
-        right = "right" if any(n.startswith(s["values"][0]) for n in re.findall(r"\d+", p["answer"])) else "wrong"
+        right = "right" if exact_match(p["answer"], s["values"]) else "wrong"
         ax.set_title(f"{m}x ({len(s['tokens'])} tokens): answers {p['answer']!r}, asked for {s['values'][0]} "
                      f"({right})", fontsize=9)
         bars = 100 * np.array(p["masses"])

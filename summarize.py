@@ -97,12 +97,10 @@ def markdown_tables(results, losses, learned):
     says the lookup was learned at (learned: {checkpoint: learned_at}, of the runs with a probe), and the lengths."""
     lengths = sorted({r["multiple"] for r in results})
     lines = []
-    multikey = {}  # (label, haystack, wordings) -> the multi-key needle's exact % per seed at the shortest length
-    for r in results:
-        key = (r["label"], r["haystack"], r["wordings"])
-        if r["variant"] == "multikey" and key not in multikey:
-            multikey[key] = exact_per_seed([q for q in results if q["variant"] == "multikey"
-                                            and (q["label"], q["haystack"], q["wordings"]) == key], lengths[0])
+    keyed = [r for r in results if r["variant"] == "multikey"]
+    # (label, haystack, wordings) -> the multi-key needle's exact % per seed at the shortest length
+    multikey = {key: exact_per_seed([r for r in keyed if (r["label"], r["haystack"], r["wordings"]) == key], lengths[0])
+                for key in dict.fromkeys((r["label"], r["haystack"], r["wordings"]) for r in keyed)}
     for variant, haystack, wordings in dict.fromkeys((r["variant"], r["haystack"], r["wordings"]) for r in results):
         rows = [r for r in results if (r["variant"], r["haystack"], r["wordings"]) == (variant, haystack, wordings)]
         header = []
