@@ -1,7 +1,8 @@
 """
 Training-step cost of the positional methods, measured side by side in one process on the same model.
 
-    python bench.py --arms rope repo                       # the CPU default model, 16 x 256 tokens per step
+    python bench.py                                        # the CPU figures: abs, rope, repo, rope+pkm, rope+fwpkm
+                                                           # at 16 x 256 (the CPU default) and 16 x 128 (niah_cpu)
     python bench.py --arms rope rope+pkm_layers=1 rope+fwpkm_layers=1 --block_size 128
     python bench.py --arms rope repo --n_layer 12 --n_embd 768 --n_head 12 --batch_size 16 --block_size 1024
     python bench.py --drills 0,2 --block_size 256          # retrieval drills per second, made in 0 or 2 workers,
@@ -9,14 +10,17 @@ Training-step cost of the positional methods, measured side by side in one proce
 
 Every arm is the same GPT with another --pe, and optionally other model-config fields after '+' (name=value).
 The arms take turns, one full training step each (forward, backward, AdamW step) per round, so a slow moment of the
-machine hits all of them alike; the reported time is the median over rounds. Printed per arm: step time and its
-ratio to the first arm, parameters, FLOPs per step (matrix products, as torch.utils.flop_counter counts them,
-forward and backward), the memory autograd keeps for the backward pass (distinct saved tensors, on any device), and
-on CUDA the peak memory of a step, measured for each arm alone (before the timed rounds, which keep every arm
-resident), and the aten operators of one eager forward and backward pass (ops/step: on a GPU each is at least one
-kernel launch, so a method that is slow for its FLOPs shows here; a Triton kernel counts as one, so with --kernels on
-under TRITON_INTERPRET=1 the CPU shows the GPU's count). The vocabulary is the embedded dataset's unless
---vocab_size is given.
+machine hits all of them alike; the reported time is the median over rounds, and the ratio to the first arm the median
+of the rounds' ratios (each within one round, so that a slow stretch of the machine cancels). Printed per arm: step
+time, tokens per second, that ratio, parameters, FLOPs per step (matrix products, as
+torch.utils.flop_counter counts them, forward and backward), the memory autograd keeps for the backward pass (distinct
+saved tensors, on any device), on CUDA the peak memory of a step, measured for each arm alone (before the timed
+rounds, which keep every arm resident), and the aten operators of one eager forward and backward pass (ops/step: on a
+GPU each is at least one kernel launch, so a method that is slow for its FLOPs shows here; a Triton kernel counts as
+one, so with --kernels on under TRITON_INTERPRET=1 the CPU shows the GPU's count). The vocabulary is the embedded
+dataset's unless --vocab_size is given. Then where the time goes: the operators that take the most time, in ms per
+step of each arm side by side (--profile N rows; 3 profiled steps per arm; self time, without the operators an
+operator calls). Each --block_size given is a run of its own, in turn.
 """
 import argparse
 import gc
@@ -25,6 +29,7 @@ import tempfile
 import time
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -156,10 +161,10 @@ def flops_per_step(model, x, ctx):
     return counter.get_total_flops()
 
 
-def build(args, overrides, arm):
+def build(args, overrides, arm, block_size):
     torch.manual_seed(0)
     try:
-        config = GPTConfig(vocab_size=args.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
+        config = GPTConfig(vocab_size=args.vocab_size, block_size=block_size, n_layer=args.n_layer,
                            n_head=args.n_head, n_embd=args.n_embd, **{"kernels": args.kernels, **overrides})
     except (TypeError, ValueError) as e:
         raise SystemExit(f"error: --arms {arm!r}: {e}")
@@ -177,7 +182,7 @@ def peak_alone(args, overrides, arm, x, ctx):
     gc.collect()
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(args.device)
-    model, optimizer = build(args, overrides, arm)
+    model, optimizer = build(args, overrides, arm, x.shape[1])
     step_model = compiled(model, args)
     for _ in range(max(1, args.warmup)):
         training_step(step_model, optimizer, x, ctx)
@@ -237,18 +242,101 @@ def drill_rates(workers_list, block_size, batch_size, seconds=8.0):
     return rates
 
 
+def where_time_goes(run, x, ctx, device, steps=3):
+    """{operator: ms of self time per step} over `steps` profiled training steps of the arm `run` (CUDA: time on the
+    GPU)."""
+    cuda = device.startswith("cuda")
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            training_step(run["model"], run["optimizer"], x, ctx)
+        synchronize(device)
+    return {event.key: (event.self_device_time_total if cuda else event.self_cpu_time_total) / 1e3 / steps
+            for event in prof.key_averages()}
+
+
+def print_profile(profiles, rows):
+    """The operators that take the most time in any arm (up to `rows`), in ms per step, one column per arm."""
+    top = sorted({op for ms in profiles.values() for op in sorted(ms, key=ms.get, reverse=True)[:rows]},
+                 key=lambda op: -max(ms.get(op, 0.0) for ms in profiles.values()))[:rows]
+    width = max(len(op) for op in top) + 2
+    print("where the time goes (ms of self time per step, 3 profiled steps per arm):")
+    print(f"{'operator':{width}s}" + "".join(f"{arm[:14]:>16s}" for arm in profiles))
+    for op in top:
+        print(f"{op:{width}s}" + "".join(f"{ms.get(op, 0.0):16.1f}" for ms in profiles.values()))
+    print(f"{'all':{width}s}" + "".join(f"{sum(ms.values()):16.1f}" for ms in profiles.values()))
+
+
+def measure(args, arms, block_size, ctx, bf16):
+    """Every arm at one block size, side by side: prints the table (and the profile) and returns
+    {arm: {time, tokens_per_s, params, flops, saved, ops}}."""
+    x = torch.randint(args.vocab_size, (args.batch_size, block_size), generator=torch.Generator().manual_seed(0))
+    x = x.to(args.device)
+    peaks = {arm: peak_alone(args, overrides, arm, x, ctx) if args.device.startswith("cuda") else None
+             for arm, overrides in arms.items()}
+    runs = {}
+    for arm, overrides in arms.items():
+        model, optimizer = build(args, overrides, arm, block_size)
+        flops = flops_per_step(model, x, ctx)
+        saved = saved_for_backward(model, x, ctx)
+        ops = ops_per_step(model, x, ctx)
+        step_model = compiled(model, args)
+        for _ in range(args.warmup):
+            training_step(step_model, optimizer, x, ctx)
+        runs[arm] = {"model": step_model, "optimizer": optimizer, "params": model.num_params(), "flops": flops,
+                     "saved": saved, "ops": ops, "peak": peaks[arm], "times": []}
+    tokens = args.batch_size * block_size
+    print(f"\n{args.n_layer} layers, d={args.n_embd}, {args.n_head} heads, {args.batch_size} x {block_size} "
+          f"tokens per step, {args.device} {'bf16' if bf16 else 'fp32'}"
+          f"{f', compiled ({args.compile})' if args.compile else ''}; "
+          f"{args.rounds} rounds, arms alternating")
+    t0 = time.time()
+    for r in range(args.rounds):
+        for run in runs.values():
+            synchronize(args.device)
+            start = time.perf_counter()
+            training_step(run["model"], run["optimizer"], x, ctx)
+            synchronize(args.device)
+            run["times"].append(time.perf_counter() - start)
+        eta = (time.time() - t0) / (r + 1) * (args.rounds - r - 1)
+        print(f"\rround {r + 1}/{args.rounds} | ETA {eta:.0f}s", end="", flush=True)
+    print()
+    base = runs[args.arms[0]]
+    width = max(12, *(len(arm) + 2 for arm in arms))
+    print(f"{'arm':{width}s}{'step ms':>10s}{'tokens/s':>10s}{'ratio':>8s}{'params':>12s}{'+params':>9s}{'GFLOP/step':>12s}"
+          f"{'+FLOPs':>8s}{'saved MiB':>11s}{'peak MiB':>10s}{'ops/step':>10s}")
+    for pe, run in runs.items():
+        t = statistics.median(run["times"])
+        peak = f"{run['peak'] / 2 ** 20:10.0f}" if run["peak"] is not None else f"{'n/a':>10s}"
+        ratio = statistics.median(a / b for a, b in zip(run["times"], base["times"]))  # within each round
+        print(f"{pe:{width}s}{1e3 * t:10.1f}{tokens / t:10,.0f}{ratio:8.3f}{run['params']:12,d}"
+              f"{100 * (run['params'] / base['params'] - 1):+8.2f}%{run['flops'] / 1e9:12.2f}"
+              f"{100 * (run['flops'] / base['flops'] - 1):+7.2f}%{run['saved'] / 2 ** 20:11.1f}{peak}{run['ops']:10d}")
+    if args.profile:
+        print_profile({arm: where_time_goes(run, x, ctx, args.device) for arm, run in runs.items()}, args.profile)
+    return {pe: {"time": statistics.median(run["times"]), "tokens_per_s": tokens / statistics.median(run["times"]),
+                 "ratio": statistics.median(a / b for a, b in zip(run["times"], base["times"])),
+                 "params": run["params"], "flops": run["flops"], "saved": run["saved"], "ops": run["ops"]}
+            for pe, run in runs.items()}
+
+
 def main(argv=None):
     p = ArgumentParser(prog="bench.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arms", nargs="+", default=["rope", "repo"],
-                   help="pe names, each optionally with +field=value config overrides; ratios are to the first")
+    p.add_argument("--arms", nargs="+", default=["abs", "rope", "repo", "rope+pkm_layers=1", "rope+fwpkm_layers=0"],
+                   help="pe names, each optionally with +field=value config overrides; ratios are to the first "
+                        "(default: nanoGPT's learned absolute positions, then the study's arms at their layers)")
     p.add_argument("--n_layer", type=int, default=4)
     p.add_argument("--n_head", type=int, default=4)
     p.add_argument("--n_embd", type=int, default=128)
     p.add_argument("--vocab_size", type=int, default=None, help="default: the embedded dataset's vocabulary")
     p.add_argument("--batch_size", type=int, default=16)
-    p.add_argument("--block_size", type=int, default=256)
+    p.add_argument("--block_size", type=int, nargs="+", default=[256, 128],
+                   help="tokens per row; each value a run of its own (default: the CPU default's 256, then "
+                        "config/niah_cpu.py's 128)")
     p.add_argument("--rounds", type=int, default=20, help="timed steps per arm")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per arm first")
+    p.add_argument("--profile", type=int, default=10,
+                   help="rows of the table of where the time goes (one profiled step per arm); 0: none")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
                    help="auto: bfloat16 autocast on cuda, float32 elsewhere")
@@ -269,10 +357,12 @@ def main(argv=None):
             raise SystemExit(f"error: --drills {args.drills!r} must be a comma list of worker counts, e.g. 0,2,8")
         if min(workers) < 0:
             raise SystemExit(f"error: --drills {args.drills!r}: a worker count is 0 or more")
-        return drill_rates(workers, args.block_size, args.batch_size)
+        return {block_size: drill_rates(workers, block_size, args.batch_size) for block_size in args.block_size}
     arms = {arm: parse_arm(arm) for arm in args.arms}
-    check_minimum(args, 1, ("n_layer", "n_head", "n_embd", "batch_size", "block_size", "rounds"))
-    check_minimum(args, 0, ("warmup",))
+    check_minimum(args, 1, ("n_layer", "n_head", "n_embd", "batch_size", "rounds"))
+    check_minimum(args, 0, ("warmup", "profile"))
+    if min(args.block_size) < 1:
+        raise SystemExit(f"error: --block_size {min(args.block_size)}: every block size must be at least 1")
     args.device = resolve_device(args.device)
     if args.vocab_size is None:
         from data.embedded import prepare
@@ -283,50 +373,7 @@ def main(argv=None):
     bf16 = args.dtype == "bfloat16" or (args.dtype == "auto" and device_type == "cuda")
     ctx = torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16)
 
-    x = torch.randint(args.vocab_size, (args.batch_size, args.block_size), generator=torch.Generator().manual_seed(0))
-    x = x.to(args.device)
-    peaks = {arm: peak_alone(args, overrides, arm, x, ctx) if device_type == "cuda" else None
-             for arm, overrides in arms.items()}
-    runs = {}
-    for arm, overrides in arms.items():
-        model, optimizer = build(args, overrides, arm)
-        flops = flops_per_step(model, x, ctx)
-        saved = saved_for_backward(model, x, ctx)
-        ops = ops_per_step(model, x, ctx)
-        step_model = compiled(model, args)
-        for _ in range(args.warmup):
-            training_step(step_model, optimizer, x, ctx)
-        runs[arm] = {"model": step_model, "optimizer": optimizer, "params": model.num_params(), "flops": flops,
-                     "saved": saved, "ops": ops, "peak": peaks[arm], "times": []}
-    print(f"{args.n_layer} layers, d={args.n_embd}, {args.n_head} heads, {args.batch_size} x {args.block_size} "
-          f"tokens per step, {args.device} {'bf16' if bf16 else 'fp32'}"
-          f"{f', compiled ({args.compile})' if args.compile else ''}; "
-          f"{args.rounds} rounds, arms alternating")
-    t0 = time.time()
-    for r in range(args.rounds):
-        for run in runs.values():
-            synchronize(args.device)
-            start = time.perf_counter()
-            training_step(run["model"], run["optimizer"], x, ctx)
-            synchronize(args.device)
-            run["times"].append(time.perf_counter() - start)
-        eta = (time.time() - t0) / (r + 1) * (args.rounds - r - 1)
-        print(f"\rround {r + 1}/{args.rounds} | ETA {eta:.0f}s", end="", flush=True)
-    print()
-    base = runs[args.arms[0]]
-    base_time = statistics.median(base["times"])
-    width = max(12, *(len(arm) + 2 for arm in arms))
-    print(f"{'arm':{width}s}{'step ms':>10s}{'ratio':>8s}{'params':>12s}{'+params':>9s}{'GFLOP/step':>12s}"
-          f"{'+FLOPs':>8s}{'saved MiB':>11s}{'peak MiB':>10s}{'ops/step':>10s}")
-    for pe, run in runs.items():
-        t = statistics.median(run["times"])
-        peak = f"{run['peak'] / 2 ** 20:10.0f}" if run["peak"] is not None else f"{'n/a':>10s}"
-        print(f"{pe:{width}s}{1e3 * t:10.1f}{t / base_time:8.3f}{run['params']:12,d}"
-              f"{100 * (run['params'] / base['params'] - 1):+8.2f}%{run['flops'] / 1e9:12.2f}"
-              f"{100 * (run['flops'] / base['flops'] - 1):+7.2f}%{run['saved'] / 2 ** 20:11.1f}{peak}{run['ops']:10d}")
-    return {pe: {"time": statistics.median(run["times"]), "params": run["params"], "flops": run["flops"],
-                 "saved": run["saved"], "ops": run["ops"]}
-            for pe, run in runs.items()}
+    return {block_size: measure(args, arms, block_size, ctx, bf16) for block_size in args.block_size}
 
 
 if __name__ == "__main__":

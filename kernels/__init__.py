@@ -1,21 +1,25 @@
 """
-Fused Triton fast paths of the model's hot spots. The plain PyTorch code they replace stays the readable reference
-and the CPU default; tests/test_kernels.py and tests/test_kernels_pkm.py check every kernel against it (values and
-gradients), under Triton's CPU interpreter and, where there is a GPU, on it.
+Fast paths of the model's hot spots: fused Triton kernels for the GPU, and plain-PyTorch fast forms for the CPU. The
+code they replace stays the readable reference; tests/test_kernels.py and tests/test_kernels_pkm.py check every
+kernel against it (values and gradients), under Triton's CPU interpreter and, where there is a GPU, on it;
+tests/test_rope.py and tests/test_repo.py check the CPU forms.
 
     rotary.py   RoPE's rotation of q and k by real-valued positions (RoPE, RePo, every scaling), one launch
     position_net.py   RePo's position network f_φ, one launch forward, one and two matrix products backward
     pkm.py      the memories' top-k read of value rows (forward, backward) and FwPKM's value write (no graph)
-    bench.py    plain vs fast, side by side (needs CUDA)
+    cpu.py      the rotation and f_φ for the CPU, where the study trains: fewer operators, a backward by hand
 
 The switch is GPTConfig.kernels (train.py --kernels, eval_niah.py and bench.py --kernels):
-    auto   the fast path when the tensors are on CUDA and triton is installed (the default)
+    auto   the Triton fast path when the tensors are on CUDA and triton is installed, and cpu.py's forms for fp32
+           tensors on the CPU (the default)
     on     always; without a GPU this is Triton's CPU interpreter, which TRITON_INTERPRET=1 in the environment
            turns on (slow: for tests)
     off    the plain PyTorch code
 """
 import importlib.util
 import os
+
+import torch
 
 MODES = ("auto", "on", "off")
 TRITON = importlib.util.find_spec("triton") is not None  # torch's CUDA builds bring it
@@ -36,7 +40,6 @@ def require_gpu_or_interpreter():
     """Called where a kernel module is imported: without a GPU the kernels can only run under Triton's CPU
     interpreter, which is chosen when a @triton.jit function is defined (triton's own, tl.sum, at its import), so it
     has to be set in the environment before Python starts."""
-    import torch
     import triton
     if not torch.cuda.is_available() and not triton.knobs.runtime.interpret:
         raise RuntimeError("kernels='on' without a GPU runs Triton's CPU interpreter: set TRITON_INTERPRET=1 in the "
@@ -44,5 +47,11 @@ def require_gpu_or_interpreter():
 
 
 def use_kernels(mode, x):
-    """Whether the switch `mode` sends the tensor x down the fast path."""
+    """Whether the switch `mode` sends the tensor x down the Triton fast path."""
     return mode == "on" or (mode == "auto" and x.is_cuda and TRITON)
+
+
+def use_cpu_forms(mode, x):
+    """Whether the switch `mode` sends the tensor x down a CPU fast form (cpu.py: fp32 on the CPU, no autocast)."""
+    return (mode == "auto" and x.device.type == "cpu" and x.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu"))

@@ -10,7 +10,7 @@ import bench
 def test_bench_reports_repo_overhead():
     result = bench.main(["--arms", "rope", "repo", "rope+fwpkm_layers=1+memory_n_sub=8", "--rounds", "2",
                          "--warmup", "1", "--n_layer", "3", "--n_embd", "32", "--n_head", "2", "--batch_size", "2",
-                         "--block_size", "16", "--device", "cpu", "--vocab_size", "1024"])
+                         "--block_size", "16", "--device", "cpu", "--vocab_size", "1024"])[16]
     d, d_p, heads = 32, 32 // 8, 2
     assert result["repo"]["params"] - result["rope"]["params"] == 3 * (2 * d * d_p + d_p * heads)  # W_g, W_c, W_z
     assert result["repo"]["flops"] > result["rope"]["flops"] and result["rope"]["time"] > 0

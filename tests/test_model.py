@@ -206,3 +206,21 @@ def test_random_identities_share_one_vector_per_key_and_row():
     torch.manual_seed(1)
     logits = model(idx, anonymous=slots)[0]
     assert torch.equal(logits[2], model(idx)[0][2]) and not torch.allclose(logits[0], model(idx)[0][0])
+
+
+def test_cpu_rmsnorm_equals_torchs_in_values_and_gradients():
+    """model.RMSNorm's CPU backward (LayerNorm's fused backward plus r·mean(g·w)) against nn.RMSNorm's autograd."""
+    torch.manual_seed(0)
+    fast, plain = model_module.RMSNorm(48), torch.nn.RMSNorm(48)
+    with torch.no_grad():
+        plain.weight.normal_()
+        fast.weight.copy_(plain.weight)
+    x = (torch.randn(3, 7, 48) * 5 + 1).requires_grad_()  # a mean far from 0, where LayerNorm's gradient differs
+    grad = torch.randn(3, 7, 48)
+    got, expected = fast(x), plain(x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    got_grads = torch.autograd.grad(got, (x, fast.weight), grad)
+    expected_grads = torch.autograd.grad(expected, (x, plain.weight), grad)
+    for name, g, e in zip(("x", "weight"), got_grads, expected_grads):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5, msg=lambda m: f"gradient of {name}: {m}")
+    assert set(fast.state_dict()) == set(plain.state_dict())  # checkpoints keep their keys

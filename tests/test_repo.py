@@ -14,7 +14,7 @@ from rope import RotaryEmbedding
 from tests.test_model import check_kv_cache
 from tests.test_train import ROOT, run
 
-TINY = dict(vocab_size=64, block_size=32, n_layer=3, n_head=2, n_embd=32)
+TINY = dict(vocab_size=64, block_size=32, n_layer=3, n_head=2, n_embd=32, kernels="off")  # the reference code
 
 
 def repo_model(**overrides):
@@ -50,6 +50,22 @@ def test_position_network_is_a_gated_projection_to_one_position_per_head():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         z = net(h)
     assert z.dtype == torch.float32, f"z must be fp32 under bf16 autocast (RoPE multiplies it by θ), got {z.dtype}"
+
+
+def test_cpu_fast_form_of_the_position_network_equals_the_reference():
+    """kernels/cpu.py's f_φ (W_g and W_c as one product), the model's path on the CPU, against repo.py's."""
+    torch.manual_seed(0)
+    reference = repo.PositionNetwork(GPTConfig(**TINY))
+    fast = repo.PositionNetwork(GPTConfig(**{**TINY, "kernels": "auto"}))
+    fast.load_state_dict(reference.state_dict())
+    h = torch.randn(2, 5, 32, requires_grad=True)
+    grad = torch.randn(2, 2, 5)
+    got, expected = fast(h), reference(h)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    got_grads = torch.autograd.grad(got, (h, *fast.parameters()), grad)
+    expected_grads = torch.autograd.grad(expected, (h, *reference.parameters()), grad)
+    for g, e in zip(got_grads, expected_grads):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
 
 
 def test_positions_are_per_head_and_move(monkeypatch):

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from model import GPT, GPTConfig
-from rope import (SCALINGS, apply_rotation, rope_frequencies, rotate, rotation, yarn_attention_factor,
-                  yarn_correction_range)
+from rope import (SCALINGS, apply_rotation, rope_frequencies, rotate, rotation,
+                  yarn_attention_factor, yarn_correction_range)
 
 D = 64
 
@@ -135,7 +135,8 @@ def test_dynamic_ntk_from_a_position_tensor_equals_the_int_length(cur_len):
         got, _ = rope_frequencies(D, scaling="dyn_ntk", factor=2.0, train_len=256, cur_len=pos[-1] + 1)
         assert torch.equal(got, expected)
         q = torch.randn(1, 1, len(pos), D)
-        torch.testing.assert_close(module(q, q, None, pos)[0], rotate(q, pos, expected), rtol=0, atol=0)
+        # the module takes the CPU fast form (kernels/cpu.py): the reference to rounding
+        torch.testing.assert_close(module(q, q, None, pos)[0], rotate(q, pos, expected), rtol=1e-5, atol=1e-5)
 
 
 def test_cached_frequencies_stay_out_of_the_state_dict():
@@ -167,3 +168,26 @@ def test_matches_huggingface(scaling, hf_type):
         ours, factor = rope_frequencies(D, scaling=scaling, factor=4.0, train_len=256)
     torch.testing.assert_close(ours, hf_inv_freq.float())
     assert factor == pytest.approx(hf_factor)
+
+
+@pytest.mark.parametrize("attention_factor", [1.0, 1.3])
+@pytest.mark.parametrize("per_head", [False, True])
+def test_cpu_fast_form_equals_the_reference_in_values_and_gradients(attention_factor, per_head):
+    """kernels/cpu.py (RotaryEmbedding's path on the CPU in fp32) against rope.py's rotate(): q and k, and the
+    gradient of learned per-head positions (RePo) from the backward written by hand."""
+    from kernels.cpu import rotary
+    inv_freq, _ = rope_frequencies(D)
+    torch.manual_seed(0)
+    qkv = torch.randn(2, 40, 3, 3, D, requires_grad=True)  # q, k as strided views of one projection, as in model.py
+    pos = (torch.randn(2, 3, 40) * 50).requires_grad_() if per_head else torch.arange(40) * 3
+    grad_q, grad_k = torch.randn(2, 2, 3, 40, D).unbind(0)
+    q, k = qkv[:, :, 0].transpose(1, 2), qkv[:, :, 1].transpose(1, 2)  # [B, H, T, D]
+    expected = rotate(q, pos, inv_freq, attention_factor), rotate(k, pos, inv_freq, attention_factor)
+    got = rotary(q, k, pos, inv_freq, attention_factor)
+    inputs = (qkv, pos) if per_head else (qkv,)
+    for name, g, e in (("q", got[0], expected[0]), ("k", got[1], expected[1])):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5, msg=lambda m: f"rotated {name}: {m}")
+    got_grads = torch.autograd.grad(got, inputs, (grad_q, grad_k))
+    expected_grads = torch.autograd.grad(expected, inputs, (grad_q, grad_k))
+    for name, g, e in zip(("q and k", "positions"), got_grads, expected_grads):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4, msg=lambda m: f"gradient of {name}: {m}")
