@@ -1,8 +1,10 @@
 """
-Course-assignment mode: a student copy of this repository with the solutions cut out, and a grader for it.
+Course-assignment mode: a student copy of this repository with the solutions cut out, a handout, and a grader that
+grades each part alone with the instructor's tests.
 
-    python assignment.py make OUT_DIR    # copy the git-tracked files to OUT_DIR, every solution region stubbed
-    python assignment.py grade DIR       # run each part's tests in DIR: a score table per part and the total
+    python assignment.py make OUT_DIR                  # the student copy, with docs/assignment/handout.md
+    python assignment.py grade DIR                     # every part of the submission DIR: a score table
+    python assignment.py grade DIR --part "rope rotation" --json score.json   # one part; a score file for an autograder
 
 A solution region marks a whole block of statements inside a function body (shown indented here; this file itself
 is never scanned for regions):
@@ -12,24 +14,27 @@ is never scanned for regions):
     <the statements of the solution>
     # --- end ---
 
-The hint says what to compute and the equation. It is the text after " | " on the start marker, and any "# |" lines
-right after the marker continue it; at least one of the two must be there. `make` keeps the marker and hint lines
-and replaces the statements with one line at the marker's indentation,
+The hint gives the equation and the shapes, not the code. It is the text after " | " on the start marker, and any
+"# |" lines right after the marker continue it; at least one of the two must be there. `make` keeps the marker and
+hint lines and replaces the statements with one line at the marker's indentation,
 
     raise NotImplementedError("<part name>: <hint>")
 
 so every file still imports, and a test that reaches an unsolved part fails naming it and its hint. `make` refuses
-unbalanced or nested markers, a part without tests in PARTS (or tests without a region), and a stub that does not
-land inside a function. Part names are unique: one region per part.
+unbalanced or nested markers, a part without tests in PARTS (or tests without a region), a stub that does not land
+inside a function, and a student copy that still holds a solution: a line of a region's statements anywhere in it, or
+a function of the fast paths (kernels/, which compute the same things another way and stay behind with results/,
+docs/ and the hidden tests). Part names are unique: one region per part.
 
-Grading: PARTS maps each part to its points and the pytest node ids that check it (fast CPU tests; a node id
-without a [parameter] counts each of its parameters as a test). `grade` runs them all in one pytest process in DIR
-and gives a part points × passed / total; under the table each failure is listed with its message on one line
-(the exception; expected vs got). It runs DIR's own tests: to grade a submission, copy the instructor's tests/
-over it first. Later parts build on earlier ones (the RePo and FwPKM tests run RoPE and the product top-k).
+Grading, each part alone: for a part, the grader copies this (the instructor's) repository, puts the submission's
+statements of that part's region in place of the reference ones, and runs the part's tests there: the visible ones
+(in the student copy's tests/) and the hidden ones (tests/hidden/, which stay behind). Every other part is the
+reference, so a part's points do not depend on any other part, and the submission's own tests are not used. A part
+gets points × passed / total; each failure is printed with its whole message.
 """
 import argparse
 import ast
+import json
 import os
 import re
 import shutil
@@ -37,55 +42,61 @@ import subprocess
 import sys
 import tempfile
 import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from cli import ArgumentParser
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-SELF = "assignment.py"                           # its docstring shows the marker format, so it is not scanned
-INSTRUCTOR_ONLY = ("tests/test_assignment.py",)  # checks `make` itself, which a student copy (no git) cannot run
+SELF = "assignment.py"      # its docstring shows the marker format, so it is not scanned
+HANDOUT = "docs/assignment/handout.md"  # the one file of docs/ that a student copy holds
+STAY_BEHIND = (  # what a student copy leaves out: the lab's results and notes, other forms of the solutions, grading
+    "results/", "figures/", "docs/",                     # measurements and the lab's docs (they quote the code)
+    "kernels/rotary.py", "kernels/position_net.py", "kernels/pkm.py", "kernels/cpu.py",  # the parts, another way
+    "bench_kernels.py", "bench_gpu.sh", "tests/test_kernels.py", "tests/test_kernels_pkm.py",  # their benches, tests
+    "tests/hidden/", "tests/test_assignment.py",         # the hidden tests; the tests of this file (need git)
+)
 
-PARTS = {  # part name -> points and the tests that grade it
-    "rope angles": dict(points=10, tests=[
+PARTS = {  # part name -> points, minutes a student may need, visible tests (tests/) and hidden ones (tests/hidden/)
+    "rope angles": dict(points=10, minutes=20, tests=[
         "tests/test_rope.py::test_angles_are_position_times_frequency_in_fp32",
         "tests/test_rope.py::test_real_positions_agree_with_integers_and_compose",
         "tests/test_rope.py::test_per_head_positions_broadcast",
-    ]),
-    "rope rotation": dict(points=10, tests=[
+    ], hidden=["tests/hidden/test_hidden.py::test_angles_at_other_sizes_and_dtypes"]),
+    "rope rotation": dict(points=10, minutes=30, tests=[
         "tests/test_rope.py::test_rotation_multiplies_each_pair_by_a_unit_complex_number",
         "tests/test_rope.py::test_rotation_preserves_norms",
         "tests/test_rope.py::test_score_depends_only_on_position_difference",
-    ]),
-    "yarn frequencies": dict(points=10, tests=[
+    ], hidden=["tests/hidden/test_hidden.py::test_rotation_is_a_two_by_two_rotation_of_each_pair"]),
+    "yarn frequencies": dict(points=10, minutes=40, tests=[
         "tests/test_rope.py::test_yarn_bands_and_attention_factor",
-    ]),
-    "drope drop and beta": dict(points=10, tests=[
+    ], hidden=["tests/hidden/test_hidden.py::test_yarn_at_another_length_and_factor"]),
+    "drope drop and beta": dict(points=10, minutes=30, tests=[
         "tests/test_drope.py::test_after_the_drop_the_last_output_ignores_the_order_of_earlier_tokens",
         "tests/test_drope.py::test_beta_scales_q_exactly_and_is_one_within_the_training_length",
         "tests/test_drope.py::test_beta_scales_every_attention_logit",
         "tests/test_drope.py::test_beta_one_reproduces_the_unscaled_model",
-    ]),
-    "repo position network": dict(points=10, tests=[
+    ], hidden=["tests/hidden/test_hidden.py::test_beta_at_four_times_the_training_length"]),
+    "repo position network": dict(points=10, minutes=30, tests=[
         "tests/test_repo.py::test_position_network_is_a_gated_projection_to_one_position_per_head",
         "tests/test_repo.py::test_positions_are_per_head_and_move",
         "tests/test_repo.py::test_a_constant_shift_of_one_heads_positions_changes_nothing",
         "tests/test_repo.py::test_gradients_reach_the_position_network",
-    ]),
-    "product topk": dict(points=10, tests=[
+    ], hidden=["tests/hidden/test_hidden.py::test_position_network_at_another_width"]),
+    "product topk": dict(points=10, minutes=40, tests=[
         "tests/test_fwpkm.py::test_product_topk_equals_brute_force",
-    ]),
-    "fwpkm write": dict(points=15, tests=[
+    ], hidden=["tests/hidden/test_hidden.py::test_product_topk_at_other_sizes"]),
+    "fwpkm write": dict(points=15, minutes=60, tests=[
         "tests/test_fwpkm.py::test_one_write_lowers_the_memorisation_loss_of_its_chunk",
         "tests/test_fwpkm.py::test_a_single_token_with_gate_one_is_rewritten_exactly",
         "tests/test_fwpkm.py::test_lm_gradients_reach_value_projection_and_gate_through_the_writes",
-    ]),
+    ], hidden=["tests/hidden/test_hidden.py::test_a_write_with_gate_zero_changes_nothing"]),
 }
 
 START = re.compile(r"(?P<indent>[ \t]*)# --- solution: (?P<part>[^|]*?)(?: \| (?P<hint>.*?))? ---\s*")
 HINT = re.compile(r"[ \t]*# \|(?: (?P<hint>.*?))?\s*")
 END = re.compile(r"[ \t]*# --- end ---\s*")
 MARKER = re.compile(r"\s*# --- (solution|end)\b")  # anything that looks like a marker must parse as one
-MESSAGE_CHARS = 200  # of a failure's message in the list under the table
 FORMAT = "'# --- solution: <part name> | <hint> ---' ... '# --- end ---'"
 
 
@@ -206,13 +217,75 @@ def find_regions(root, files):
     return regions
 
 
+def stays_behind(path):
+    """Whether a student copy leaves the tracked file `path` out (STAY_BEHIND), the handout excepted."""
+    return path != HANDOUT and any(path == p or (p.endswith("/") and path.startswith(p)) for p in STAY_BEHIND)
+
+
+def code_line(line):
+    """A statement line as compared for leaks: its comment cut, its spaces collapsed ('' for a comment line)."""
+    return " ".join(line.split("#", 1)[0].split())
+
+
+SHORTEST_LEAK = 16  # characters of a statement line, below which a line ("return q, k") is too common to be a leak
+
+
+def solution_lines(root, regions):
+    """{statement line: part} of every region's statements (those long enough to tell a leak)."""
+    lines = {}
+    for path, found in regions.items():
+        text = read_lines(root, path)
+        for r in found:
+            lines.update({code: r.part for i in r.body if len(code := code_line(text[i])) >= SHORTEST_LEAK})
+    return lines
+
+
+def fast_path_functions(root):
+    """The names of the functions and classes defined in the Python files that stay behind under kernels/."""
+    names = set()
+    for path in (p for p in STAY_BEHIND if p.startswith("kernels/") and p.endswith(".py")):
+        if os.path.exists(os.path.join(root, path)):
+            tree = ast.parse("".join(read_lines(root, path)), path)
+            names |= {node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+    return names
+
+
+def find_leaks(texts, lines, functions):
+    """[(path, line number, what)] where a text of `texts` ({path: text}) holds a solution's statement line (lines:
+    {statement line: part}) or defines one of the fast paths' functions."""
+    leaks = []
+    for path, text in texts.items():
+        for number, line in enumerate(text.splitlines(), 1):
+            code = code_line(line)
+            found = [f"part {lines[c]!r}: {c!r}" for c in lines if c in code]
+            found += [f"the fast path {name}()" for name in functions if re.search(rf"\b(def|class) {name}\b", code)]
+            leaks += [(path, number, what) for what in found]
+    return leaks
+
+
+def student_texts(directory):
+    """{path: text} of the text files under directory (a student copy)."""
+    texts = {}
+    for folder, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(folder, name)
+            try:
+                with open(path, encoding="utf-8") as f:
+                    texts[os.path.relpath(path, directory)] = f.read()
+            except UnicodeDecodeError:  # a binary file holds no code
+                continue
+    return texts
+
+
 def make(out_dir, root=ROOT):
     """Writes the student copy of root to out_dir, a new or empty directory, in one rename: a killed make leaves
-    no half-written copy under that name."""
+    no half-written copy under that name, and neither does a copy that still holds a solution."""
     out_dir = os.path.abspath(out_dir)
     if os.path.exists(out_dir) and not (os.path.isdir(out_dir) and not os.listdir(out_dir)):
         raise SystemExit(f"error: OUT_DIR {out_dir} exists and is not an empty directory; give a new or empty one")
-    files = [p for p in tracked_files(root) if p not in INSTRUCTOR_ONLY]
+    files = [p for p in tracked_files(root) if not stays_behind(p)]
+    if HANDOUT not in files:
+        raise SystemExit(f"error: {HANDOUT} is not in {root}'s tracked files; a student copy ships it")
     regions = find_regions(root, files)
     student = {path: stubbed(path, read_lines(root, path), found) for path, found in regions.items()}
     os.makedirs(os.path.dirname(out_dir), exist_ok=True)
@@ -227,24 +300,30 @@ def make(out_dir, root=ROOT):
                 shutil.copymode(src, dst)
             else:
                 shutil.copy2(src, dst, follow_symlinks=False)
+        leaks = find_leaks(student_texts(tmp), solution_lines(root, regions), fast_path_functions(root))
+        if leaks:
+            raise SystemExit(f"error: the student copy would hold solutions ({len(leaks)} lines), e.g. "
+                             + "; ".join(f"{path}:{n}: {what}" for path, n, what in leaks[:5])
+                             + f"; leave the file behind (STAY_BEHIND in {SELF}) or take the lines out")
         if os.path.isdir(out_dir):
             os.rmdir(out_dir)  # empty, checked above
         os.rename(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    print(f"wrote {out_dir}: {len(files)} files; stubbed {len(PARTS)} parts: "
+    print(f"wrote {out_dir}: {len(files)} files, the handout {HANDOUT}; stubbed {len(PARTS)} parts: "
           + ", ".join(f"{r.part} ({r.path})" for found in regions.values() for r in found))
 
 
 def run_tests(directory, nodes):
-    """Runs the pytest node ids in directory (one process) and returns {node: [(test id, passed, message)]}: a node
-    id without a [parameter] gets one entry per parameter, one that did not run gets a single failed entry."""
+    """Runs the pytest node ids in directory (one process, one thread) and returns {node: [(test id, passed,
+    message)]}: a node id without a [parameter] gets one entry per parameter, one that did not run gets a single
+    failed entry."""
     with tempfile.TemporaryDirectory() as tmp:
         report = os.path.join(tmp, "report.xml")
         done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                                "--continue-on-collection-errors", f"--junitxml={report}", *nodes],
-                              cwd=directory, capture_output=True, text=True)
+                              cwd=directory, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
         if done.returncode not in (0, 1) or not os.path.exists(report):  # 0: all passed, 1: some failed
             last = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()][-3:]
             raise SystemExit(f"error: pytest could not run the graded tests in {directory} (exit status "
@@ -254,9 +333,8 @@ def run_tests(directory, nodes):
     for case in cases:
         test = f"{case.get('classname').replace('.', '/')}.py::{case.get('name')}"
         problem = next((p for p in (case.find(tag) for tag in ("failure", "error", "skipped")) if p is not None), None)
-        lines = [] if problem is None else (problem.get("message") or problem.text or problem.tag).splitlines()
-        message = " / ".join(line.strip() for line in lines if line.strip())  # one line: exception, expected vs got
-        outcomes[test] = (problem is None, message if len(message) <= MESSAGE_CHARS else message[:MESSAGE_CHARS] + "…")
+        outcomes[test] = (problem is None, "" if problem is None else
+                          (problem.get("message") or problem.text or problem.tag).strip())
     results = {}
     for node in nodes:
         found = [(t, *o) for t, o in outcomes.items() if t == node or t.startswith(node + "[")]
@@ -264,14 +342,56 @@ def run_tests(directory, nodes):
     return results
 
 
-def grade(directory):
-    """Prints the score table of the copy in directory and its failures; returns {part: [(test id, passed,
+def grading_tree(directory, part, tree, root=ROOT):
+    """Writes to `tree` the instructor's repository (root's tracked files, results/, figures/ and docs/ left out)
+    with the statements of `part`'s region taken from the submission in `directory`; returns None, or why the
+    submission's region could not be read (the part then scores 0)."""
+    for path in tracked_files(root):
+        if not path.startswith(("results/", "figures/", "docs/")):
+            os.makedirs(os.path.dirname(os.path.join(tree, path)), exist_ok=True)
+            shutil.copy2(os.path.join(root, path), os.path.join(tree, path), follow_symlinks=False)
+    ref, = (r for found in find_regions(root, tracked_files(root)).values() for r in found if r.part == part)
+    where = os.path.join(directory, ref.path)
+    if not os.path.isfile(where):
+        return f"{where} does not exist: the submission needs the file that holds the region {part!r}"
+    try:
+        mine = [r for r in parse_regions(ref.path, read_lines(directory, ref.path)) if r.part == part]
+    except SystemExit as e:
+        return f"the submission's markers do not parse: {e}"
+    if not mine:
+        return (f"{where} has no region {part!r}: keep its '# --- solution: {part} ...' and '# --- end ---' lines and "
+                f"write the statements between them")
+    lines, submitted = read_lines(root, ref.path), read_lines(directory, ref.path)
+    spliced = lines[:ref.body.start] + submitted[mine[0].body.start:mine[0].body.stop] + lines[ref.body.stop:]
+    with open(os.path.join(tree, ref.path), "w", encoding="utf-8") as f:
+        f.write("".join(spliced))
+    return None
+
+
+def grade_part(directory, part):
+    """[(test id, passed, message)] of one part of the submission in directory, graded alone."""
+    nodes = PARTS[part]["tests"] + PARTS[part]["hidden"]
+    with tempfile.TemporaryDirectory() as tree:
+        problem = grading_tree(directory, part, tree)
+        if problem:
+            return [(node, False, problem) for node in nodes]
+        results = run_tests(tree, nodes)
+    return [test for node in nodes for test in results[node]]
+
+
+def grade(directory, parts=None, json_path=None):
+    """Grades the parts (default: all) of the submission in directory, each alone, prints the score table and every
+    failure with its message, writes the score as JSON to json_path if given; returns {part: [(test id, passed,
     message)]}."""
-    if not os.path.isdir(os.path.join(directory, "tests")):
-        raise SystemExit(f"error: DIR {directory} has no tests/ directory; give a copy made by: python {SELF} make "
+    if not os.path.isdir(directory):
+        raise SystemExit(f"error: DIR {directory} is not a directory; give a student copy made by: python {SELF} make "
                          f"OUT_DIR")
-    results = run_tests(directory, list(dict.fromkeys(node for part in PARTS.values() for node in part["tests"])))
-    graded = {name: [test for node in part["tests"] for test in results[node]] for name, part in PARTS.items()}
+    parts = list(PARTS) if parts is None else parts
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        raise SystemExit(f"error: unknown part {unknown[0]!r}; valid choices: {', '.join(PARTS)}")
+    with ThreadPoolExecutor(max_workers=max(1, min(len(parts), os.cpu_count() or 1))) as pool:
+        graded = dict(zip(parts, pool.map(lambda part: grade_part(directory, part), parts)))
     rows = []
     for name, tests in graded.items():
         passed = sum(ok for _, ok, _ in tests)
@@ -283,9 +403,18 @@ def grade(directory):
         print(f"{name:<{width}}  {f'{passed} / {total}':>12}  {f'{points:.1f} / {most}':>12}")
     failures = [(name, test, message) for name, tests in graded.items() for test, ok, message in tests if not ok]
     if failures:
-        print("\nnot passed (a test graded in two parts is listed under each; python -m pytest <test> shows all):")
+        print("\nnot passed (hidden tests are under tests/hidden/, which the student copy does not have):")
         for name, test, message in failures:
-            print(f"  [{name}] {test}: {message}")
+            print(f"\n[{name}] {test}:\n" + "\n".join(f"    {line}" for line in message.splitlines()))
+    if json_path:
+        score = {"parts": {name: {"points": points, "max": most, "passed": passed, "tests": total,
+                                  "failures": [{"test": t, "message": m} for t, ok, m in graded[name] if not ok]}
+                           for name, passed, total, points, most in rows[:-1]},
+                 "total": rows[-1][3], "max": rows[-1][4]}
+        tmp = f"{json_path}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(score, f, indent=1)
+        os.replace(tmp, json_path)
     return graded
 
 
@@ -294,9 +423,13 @@ def main(argv=None):
     commands = p.add_subparsers(dest="command", required=True, metavar="{make,grade}")
     commands.add_parser("make", help="write a student copy").add_argument("out_dir", metavar="OUT_DIR",
                                                                           help="a new or empty directory")
-    commands.add_parser("grade", help="grade a copy").add_argument("dir", metavar="DIR", help="the copy to grade")
+    grading = commands.add_parser("grade", help="grade a submission, each part alone, with the instructor's tests")
+    grading.add_argument("dir", metavar="DIR", help="the submission: a student copy with solutions written in")
+    grading.add_argument("--part", action="append", metavar="NAME",
+                         help=f"grade only this part (repeatable); one of: {', '.join(PARTS)}")
+    grading.add_argument("--json", metavar="PATH", help="also write the score as JSON here (for an autograder)")
     args = p.parse_args(argv)
-    return make(args.out_dir) if args.command == "make" else grade(args.dir)
+    return make(args.out_dir) if args.command == "make" else grade(args.dir, args.part, args.json)
 
 
 if __name__ == "__main__":

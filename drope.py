@@ -65,8 +65,9 @@ class DroppedPositionalEncoding(nn.Module):
     def forward(self, q, k, h, pos):
         # q, k: [B, H, T, D], returned unrotated; h is unused; pos: [T], only its end matters (the context length)
         # --- solution: drope drop and beta ---
-        # | the drop: q and k are returned unrotated; beyond the training length L, q is scaled by
-        # | beta = 1 + c·ln(T / L) (in fp32), T = pos[-1] + 1 the context length; beta = 1 for T <= L
+        # | the drop: no rotation; every attention logit of a context of T = pos[-1] + 1 tokens is multiplied by
+        # | β = 1 + c·ln(T / L) beyond the training length L (β = 1 for T ≤ L and for c = 0); q and k [B, H, T, D];
+        # | where to put β so that the cached keys stay unscaled, in fp32, and without reading T on the host
         if self.c == 0:  # beta = 1 at every length: all of the recalibration, which trains without beta
             return q, k
         # logit_scale() on the device: the length pos[-1] + 1 stays a tensor, so reading it costs no host sync

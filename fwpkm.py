@@ -97,7 +97,9 @@ def dot_scores(q, keys):
 def product_topk(s1, s2, k):
     """The top-k of s1_i + s2_j over all n² slots i·n + j, from the top-k of each half. s1, s2: [..., n].
     Returns (scores [..., k], slots [..., k])."""
-    # --- solution: product topk | top-k of each half; top-k of the k·k sums s1_a + s2_b; slot = i1_a·n + i2_b ---
+    # --- solution: product topk ---
+    # | the k best of the n² sums s1_a + s2_b (s1, s2 [..., n]) lie among the sums of each half's k best;
+    # | return their scores and slots a·n + b, [..., k] each, best first
     n = s1.shape[-1]
     top1, i1 = s1.topk(k, dim=-1)
     top2, i2 = s2.topk(k, dim=-1)
@@ -261,7 +263,10 @@ class FastWeightProductKeyMemory(nn.Module):
             pkm.write_values(state.values, r["group"][:, None, None] * N + r["slots"], r["w"], r["g"], r["v_hat"],
                              r["v"], self.topk)
             return
-        # --- solution: fwpkm write | V_i −= (k / N_i)·Σ_{t<T−1} g_t·w_{t,i}·(v̂_t − v_{t+1}), N_i: reads of row i ---
+        # --- solution: fwpkm write ---
+        # | one SGD step (lr 1) on L_mem = ½·Σ_{t<T−1} g_t·|v̂_t − v_{t+1}|² over the chunk's reads r (v_hat, v, g,
+        # | w, slots, group: read()), so V_i −= (k / N_i)·∂L_mem/∂V_i with N_i the reads of row i in the chunk (at
+        # | least 1); state.values [G, N, d_v] holds row i of memory group g at [g, i]
         # L_mem with lookahead: token t's read is pulled towards v_{t+1}; ∂L_mem/∂V_i = Σ_t g_t w_{t,i} (v̂_t − v_{t+1})
         err = r["v_hat"][:, :-1] - r["v"][:, 1:]                                     # [B, T-1, d_v]
         weight = r["g"][:, :-1] * r["w"][:, :-1]                                      # [B, T-1, k]

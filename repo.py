@@ -74,8 +74,9 @@ class PositionNetwork(nn.Module):
             from kernels.cpu import position_network
             return position_network(h, self.gate.weight, self.content.weight, self.to_position.weight)
         # --- solution: repo position network ---
-        # | r = SiLU(h W_g) ⊙ (h W_c) (self.gate, self.content): [B, T, d_p];
-        # | z = r W_z (self.to_position) in fp32 with autocast off: [B, T, H]; return z as [B, H, T]
+        # | the module docstring's f_φ: a gate and a content projection of h [B, T, C] to d_p = C/8, their
+        # | product, and a projection to one position per head; positions in fp32 even under bf16 autocast (RoPE
+        # | multiplies them by θ); return z [B, H, T]
         r = F.silu(self.gate(h)) * self.content(h)                       # r = SiLU(h W_g) ⊙ (h W_c)  [B, T, d_p]
         # z in fp32 even under bf16 autocast: RoPE multiplies it by θ_k, and a bf16 z of ~100 is off by ~0.5
         with torch.autocast(h.device.type, enabled=False):

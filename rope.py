@@ -99,9 +99,10 @@ def rope_frequencies(head_dim, base=10000.0, scaling=None, factor=1.0, train_len
         inv_freq = inv_freq / factor                                       # θ_i / s  ==  positions m / s
     elif scaling == "yarn":
         # --- solution: yarn frequencies ---
-        # | ramp_i = clamp((i − low) / (high − low), 0, 1) over the pairs i, (low, high) = yarn_correction_range()
-        # | (high += 0.001 if they are equal); θ'_i = θ_i / s · ramp_i + θ_i · (1 − ramp_i);
-        # | attention_factor = 0.1·ln(s) + 1 (yarn_attention_factor)
+        # | pair i turns r_i = L·θ_i / (2π) times over the training length L: the fast pairs (i ≤ low) keep θ_i,
+        # | the slow ones (i ≥ high) get θ_i / s as in PI, and between them the weight of θ_i / s rises linearly in i
+        # | from 0 to 1 (low, high: yarn_correction_range; equal bounds must not divide by 0); the attention
+        # | factor is 0.1·ln(s) + 1. inv_freq [D/2] fp64 here; s = factor
         low, high = yarn_correction_range(head_dim, base, train_len)
         if low == high:
             high += 0.001  # avoid a division by zero in the ramp
@@ -117,8 +118,9 @@ def rotation(pos, inv_freq, attention_factor=1.0):
     """cos and sin of the angles m·θ_i, times the attention factor: [T, D/2] for pos [T] (shared by all heads),
     [B, H, T, D/2] for pos [B, H, T] (a position per head, RePo). Positions may be any real values."""
     # --- solution: rope angles ---
-    # | angle = m·θ_i for every position m, in fp32 (pos[..., None] · inv_freq);
-    # | return cos(angle)·attention_factor, sin(angle)·attention_factor
+    # | pair i of a token at position m turns by the angle φ_i = m·θ_i, for pos [T] or [B, H, T] (any real values,
+    # | any dtype) and inv_freq θ [D/2]: φ in fp32 whatever pos's dtype (why: see the module docstring); return
+    # | a·cos φ and a·sin φ, a = attention_factor, each [..., D/2] with pos's shape in front
     angle = pos.float()[..., None] * inv_freq  # fp32 always
     if attention_factor == 1.0:  # the common case: two multiplications (and their backward) fewer per layer
         return angle.cos(), angle.sin()
@@ -129,8 +131,9 @@ def rotation(pos, inv_freq, attention_factor=1.0):
 def apply_rotation(x, cos, sin):
     """Rotates pair i of x [B, H, T, D] by the angles whose cos and sin are given (rotation())."""
     # --- solution: rope rotation ---
-    # | in fp32, pair i = (x1_i, x2_i) = (x[i], x[i + D/2]) rotated by the angle whose cos and sin are given:
-    # | return cat(x1·cos − x2·sin, x1·sin + x2·cos) in x's dtype
+    # | pair i of x [B, H, T, D] is the complex number x[i] + j·x[i + D/2] (the rotate-half layout); multiply it by
+    # | e^{jφ_i}, whose cos and sin ([T, D/2] or [B, H, T, D/2]) are given, and put the real parts back at i and the
+    # | imaginary parts at i + D/2; compute in fp32 and return x's shape and dtype
     x1, x2 = x.float().chunk(2, dim=-1)  # rotate-half layout: pair i = (x[i], x[i + D/2])
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
     # --- end ---

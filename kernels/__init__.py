@@ -23,12 +23,19 @@ import torch
 
 MODES = ("auto", "on", "off")
 TRITON = importlib.util.find_spec("triton") is not None  # torch's CUDA builds bring it
+# a student copy (python assignment.py make) leaves the fast paths out, so that the reference code, which students
+# write, is what runs
+FAST_PATHS = all(os.path.exists(os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py"))
+                 for name in ("rotary", "position_net", "pkm", "cpu"))
 
 
 def check_available(mode, device_type):
     """Ends the program with one line when the switch `mode` cannot run on a device of this type."""
     if mode != "on":
         return
+    if not FAST_PATHS:
+        raise SystemExit("error: --kernels on needs the fast paths in kernels/, which this copy leaves out (a student "
+                         "copy of assignment.py); use --kernels auto or off")
     if not TRITON:
         raise SystemExit("error: --kernels on needs triton (pip install triton); use --kernels auto or off")
     if device_type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
@@ -48,10 +55,11 @@ def require_gpu_or_interpreter():
 
 def use_kernels(mode, x):
     """Whether the switch `mode` sends the tensor x down the Triton fast path."""
-    return mode == "on" or (mode == "auto" and x.is_cuda and TRITON)
+    return FAST_PATHS and (mode == "on" or (mode == "auto" and x.is_cuda and TRITON))
 
 
 def use_cpu_forms(mode, x):
-    """Whether the switch `mode` sends the tensor x down a CPU fast form (cpu.py: fp32 on the CPU, no autocast)."""
-    return (mode == "auto" and x.device.type == "cpu" and x.dtype == torch.float32
-            and not torch.is_autocast_enabled("cpu"))
+    """Whether the switch `mode` sends the tensor x down a CPU fast form (cpu.py: fp32 on the CPU, eager; under
+    torch.compile the compiler fuses the reference code itself)."""
+    return (FAST_PATHS and mode == "auto" and x.device.type == "cpu" and x.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling())

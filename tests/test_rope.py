@@ -175,7 +175,7 @@ def test_matches_huggingface(scaling, hf_type):
 def test_cpu_fast_form_equals_the_reference_in_values_and_gradients(attention_factor, per_head):
     """kernels/cpu.py (RotaryEmbedding's path on the CPU in fp32) against rope.py's rotate(): q and k, and the
     gradient of learned per-head positions (RePo) from the backward written by hand."""
-    from kernels.cpu import rotary
+    rotary = pytest.importorskip("kernels.cpu", reason="a student copy leaves the fast paths out").rotary
     inv_freq, _ = rope_frequencies(D)
     torch.manual_seed(0)
     qkv = torch.randn(2, 40, 3, 3, D, requires_grad=True)  # q, k as strided views of one projection, as in model.py
