@@ -22,9 +22,9 @@ hint lines and replaces the statements with one line at the marker's indentation
 
 so every file still imports, and a test that reaches an unsolved part fails naming it and its hint. `make` refuses
 unbalanced or nested markers, a part without tests in PARTS (or tests without a region), a stub that does not land
-inside a function, and a student copy that still holds a solution: a line of a region's statements anywhere in it, or
-a function of the fast paths (kernels/, which compute the same things another way and stay behind with results/,
-docs/ and the hidden tests). Part names are unique: one region per part.
+inside a function, and a student copy that still holds a solution: a statement line of a region, or of the fast paths
+(kernels/, which compute the same things another way and stay behind with results/, docs/ and the hidden tests),
+anywhere in it. Part names are unique: one region per part.
 
 Grading, each part alone: for a part, the grader copies this (the instructor's) repository, puts the submission's
 statements of that part's region in place of the reference ones, and runs the part's tests there: the visible ones
@@ -227,39 +227,35 @@ def code_line(line):
     return " ".join(line.split("#", 1)[0].split())
 
 
-SHORTEST_LEAK = 16  # characters of a statement line, below which a line ("return q, k") is too common to be a leak
+SHORTEST_LEAK = 20  # characters of a statement line, below which a line ("return q, k") is too common to be a leak
 
 
 def solution_lines(root, regions):
-    """{statement line: part} of every region's statements (those long enough to tell a leak)."""
+    """{statement line: where it comes from} of every region's statements and of every function in the fast paths
+    that stay behind (kernels/: the same computations another way), those long enough to tell a leak."""
     lines = {}
     for path, found in regions.items():
         text = read_lines(root, path)
         for r in found:
-            lines.update({code: r.part for i in r.body if len(code := code_line(text[i])) >= SHORTEST_LEAK})
+            lines.update({code: f"part {r.part!r}" for i in r.body if len(code := code_line(text[i])) >= SHORTEST_LEAK})
+    for path in (p for p in STAY_BEHIND if p.startswith("kernels/") and p.endswith(".py")):
+        if os.path.exists(os.path.join(root, path)):
+            text = read_lines(root, path)
+            for node in ast.walk(ast.parse("".join(text), path)):
+                if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                    lines.update({code: f"{path} {node.name}" for i in range(node.body[0].lineno - 1, node.end_lineno)
+                                  if len(code := code_line(text[i])) >= SHORTEST_LEAK})
     return lines
 
 
-def fast_path_functions(root):
-    """The names of the functions and classes defined in the Python files that stay behind under kernels/."""
-    names = set()
-    for path in (p for p in STAY_BEHIND if p.startswith("kernels/") and p.endswith(".py")):
-        if os.path.exists(os.path.join(root, path)):
-            tree = ast.parse("".join(read_lines(root, path)), path)
-            names |= {node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
-    return names
-
-
-def find_leaks(texts, lines, functions):
-    """[(path, line number, what)] where a text of `texts` ({path: text}) holds a solution's statement line (lines:
-    {statement line: part}) or defines one of the fast paths' functions."""
+def find_leaks(texts, lines):
+    """[(path, line number, what)] where a text of `texts` ({path: text}) holds one of `lines` ({statement line:
+    where it comes from}: solution_lines())."""
     leaks = []
     for path, text in texts.items():
         for number, line in enumerate(text.splitlines(), 1):
             code = code_line(line)
-            found = [f"part {lines[c]!r}: {c!r}" for c in lines if c in code]
-            found += [f"the fast path {name}()" for name in functions if re.search(rf"\b(def|class) {name}\b", code)]
-            leaks += [(path, number, what) for what in found]
+            leaks += [(path, number, f"{lines[c]}: {c!r}") for c in lines if c in code]
     return leaks
 
 
@@ -300,7 +296,7 @@ def make(out_dir, root=ROOT):
                 shutil.copymode(src, dst)
             else:
                 shutil.copy2(src, dst, follow_symlinks=False)
-        leaks = find_leaks(student_texts(tmp), solution_lines(root, regions), fast_path_functions(root))
+        leaks = find_leaks(student_texts(tmp), solution_lines(root, regions))
         if leaks:
             raise SystemExit(f"error: the student copy would hold solutions ({len(leaks)} lines), e.g. "
                              + "; ".join(f"{path}:{n}: {what}" for path, n, what in leaks[:5])

@@ -1,7 +1,10 @@
-"""Course-assignment mode (assignment.py): the student copy imports and runs, each of its graded tests fails by
-NotImplementedError, the full copy passes them all, and the solution markers are well formed and graded."""
+"""Course-assignment mode (assignment.py): the student copy holds no solution and ships the handout, each part is
+graded alone with the instructor's tests (visible and hidden), failures come with their whole message, and the
+solution markers are well formed and graded."""
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -20,13 +23,48 @@ def student(tmp_path_factory):
     return out
 
 
-def test_student_copy_has_the_tracked_files_imports_and_runs(student):
+def solve(directory, part):
+    """Writes the reference statements of `part` into the copy in directory (a student solving that part)."""
+    regions = assignment.find_regions(ROOT, assignment.tracked_files(ROOT))
+    ref, = (r for found in regions.values() for r in found if r.part == part)
+    mine, = (r for r in assignment.parse_regions(ref.path, assignment.read_lines(str(directory), ref.path))
+             if r.part == part)
+    lines = assignment.read_lines(str(directory), ref.path)
+    solution = assignment.read_lines(ROOT, ref.path)[ref.body.start:ref.body.stop]
+    with open(os.path.join(directory, ref.path), "w", encoding="utf-8") as f:
+        f.write("".join(lines[:mine.body.start] + solution + lines[mine.body.stop:]))
+
+
+def test_student_copy_holds_no_solution_ships_the_handout_and_runs(student):
     copied = {os.path.relpath(os.path.join(d, f), student) for d, _, files in os.walk(student) for f in files}
-    assert copied == set(assignment.tracked_files(ROOT)) - set(assignment.INSTRUCTOR_ONLY)
+    tracked = set(assignment.tracked_files(ROOT))
+    assert copied == {p for p in tracked if not assignment.stays_behind(p)} and assignment.HANDOUT in copied
+    assert not any(p.startswith(("results/", "tests/hidden/")) for p in copied)
+    assert [p for p in copied if p.startswith("docs/")] == [assignment.HANDOUT]
+    assert [p for p in copied if p.startswith("kernels/")] == ["kernels/__init__.py"]  # the fast paths stay behind
+    # no statement line of any solution (or of the fast paths) anywhere in the copy: what make checks, checked here
+    # again from the regions of the instructor's files
+    regions = assignment.find_regions(ROOT, sorted(tracked))
+    lines = assignment.solution_lines(ROOT, regions)
+    assert sum(v.startswith("part ") for v in lines.values()) >= 2 * len(assignment.PARTS)
+    texts = assignment.student_texts(str(student))
+    assert not assignment.find_leaks(texts, lines)
     for command in (["-c", "import drope, fwpkm, repo, rope"], ["train.py", "--help"]):
         done = subprocess.run([sys.executable, *command], cwd=student, capture_output=True, text=True)
         assert done.returncode == 0, f"{command}: {done.stderr}"
     assert "usage: train.py" in done.stdout
+
+
+def test_make_refuses_a_copy_that_holds_a_solution(tmp_path, monkeypatch):
+    leak = "    angle = pos.float()[..., None] * inv_freq  # copied\n"
+    lines = {assignment.code_line(leak): "part 'rope angles'"}
+    assert assignment.find_leaks({"notes.py": "x = 1\n" + leak}, lines) == \
+        [("notes.py", 2, "part 'rope angles': 'angle = pos.float()[..., None] * inv_freq'")]
+    # kernels/cpu.py computes the rope angles another way: shipping it fails the build, and nothing is written
+    monkeypatch.setattr(assignment, "STAY_BEHIND", tuple(p for p in assignment.STAY_BEHIND if p != "kernels/cpu.py"))
+    with pytest.raises(SystemExit, match=r"would hold solutions .*kernels/cpu.py:\d+: part 'rope angles'"):
+        assignment.make(str(tmp_path / "out"))
+    assert os.listdir(tmp_path) == []
 
 
 def outcomes(graded):
@@ -40,23 +78,54 @@ def total_row(out):
     return tuple(float(x) for x in found.groups())
 
 
-def graded_count(graded):
-    return sum(map(len, graded.values()))  # a test graded in two parts counts twice, as in the table
-
-
-def test_every_graded_test_fails_on_the_student_copy_by_not_implemented_error(student, capsys):
-    graded = assignment.grade(str(student))
-    wrong = {test: message for test, (ok, message) in outcomes(graded).items()
-             if ok or not message.startswith("NotImplementedError: ")}
-    assert not wrong, f"graded tests that do not fail by NotImplementedError on the student copy: {wrong}"
-    assert total_row(capsys.readouterr().out) == (0, graded_count(graded), 0, MOST)
+def test_each_part_is_graded_alone_with_the_instructors_tests(student, tmp_path, capsys):
+    """One part solved, the rest stubbed, and the submission's own tests made to pass: that part gets full points,
+    every other part zero, each of its tests failing by its NotImplementedError, printed whole."""
+    submission = tmp_path / "submission"
+    shutil.copytree(student, submission)
+    solve(submission, "rope rotation")
+    for path in ("tests/test_rope.py", "tests/test_drope.py"):  # a student's tests that pass whatever the code
+        (submission / path).write_text("def test_angles_are_position_times_frequency_in_fp32():\n    pass\n")
+    graded = assignment.grade(str(submission), json_path=str(tmp_path / "score.json"))
+    out = capsys.readouterr().out
+    assert all(ok for _, ok, _ in graded["rope rotation"]) and len(graded["rope rotation"]) >= 4  # visible + hidden
+    assert any("tests/hidden/" in test for test, _, _ in graded["rope rotation"])
+    wrong = {test: message for part, tests in graded.items() if part != "rope rotation" for test, ok, message in tests
+             if ok or not message.startswith(f"NotImplementedError: {part}: ")}
+    assert not wrong, f"tests of unsolved parts that do not fail by their NotImplementedError: {wrong}"
+    points = assignment.PARTS["rope rotation"]["points"]
+    assert total_row(out)[2:] == (points, MOST)
+    hint = next(r.hint for found in assignment.find_regions(ROOT, assignment.tracked_files(ROOT)).values()
+                for r in found if r.part == "fwpkm write")
+    assert len(hint) > 200 and f"NotImplementedError: fwpkm write: {hint}" in out  # the whole message
+    score = json.loads((tmp_path / "score.json").read_text())
+    assert score["total"] == points and score["max"] == MOST
+    assert score["parts"]["rope rotation"]["points"] == points and score["parts"]["rope angles"]["points"] == 0
 
 
 def test_every_graded_test_passes_on_the_full_copy(capsys):
     graded = assignment.grade(ROOT)
     failed = {test: message for test, (ok, message) in outcomes(graded).items() if not ok}
     assert not failed, f"graded tests that fail on the full copy: {failed}"
-    assert total_row(capsys.readouterr().out) == (graded_count(graded), graded_count(graded), MOST, MOST)
+    assert total_row(capsys.readouterr().out)[2:] == (MOST, MOST)
+
+
+def test_grade_one_part_and_refusals(student, tmp_path, capsys):
+    assignment.main(["grade", str(student), "--part", "product topk", "--json", str(tmp_path / "one.json")])
+    score = json.loads((tmp_path / "one.json").read_text())
+    assert list(score["parts"]) == ["product topk"] and score["total"] == 0
+    assert score["max"] == assignment.PARTS["product topk"]["points"]
+    with pytest.raises(SystemExit, match="unknown part 'attention'; valid choices: rope angles, rope rotation"):
+        assignment.grade(str(student), ["attention"])
+    with pytest.raises(SystemExit, match="is not a directory"):
+        assignment.grade(str(tmp_path / "missing"))
+    moved = tmp_path / "moved"  # a submission whose start marker was deleted: the part scores 0 and says why
+    shutil.copytree(student, moved)
+    text = (moved / "fwpkm.py").read_text().replace("# --- solution: product topk ---", "# product topk")
+    (moved / "fwpkm.py").write_text(text)
+    graded = assignment.grade(str(moved), ["product topk"])
+    assert all(not ok and "markers do not parse" in message and "an end marker without a start" in message
+               for _, ok, message in graded["product topk"])
 
 
 def test_markers_are_balanced_and_every_region_is_graded(student):
@@ -131,8 +200,8 @@ def test_bad_directories_are_refused_in_one_line(tmp_path):
     with pytest.raises(SystemExit, match="taken exists and is not an empty directory"):
         assignment.make(str(tmp_path / "taken"))
     assert os.listdir(tmp_path / "taken") == ["notes.txt"] and sorted(os.listdir(tmp_path)) == ["taken"]
-    with pytest.raises(SystemExit, match="has no tests/ directory"):
-        assignment.grade(str(tmp_path / "taken"))
+    graded = assignment.grade(str(tmp_path / "taken"), ["rope angles"])  # not a copy: 0 points, and why
+    assert all(not ok and "rope.py does not exist" in message for _, ok, message in graded["rope angles"])
     with pytest.raises(SystemExit, match="is not a git checkout"):
         assignment.make(str(tmp_path / "out"), root=str(tmp_path / "taken"))
     # an unpacked archive inside another checkout: that checkout's files are not this copy's
