@@ -14,6 +14,7 @@
 # recorded in the summary and the next one runs.
 set -uo pipefail
 cd "$(dirname "$0")"
+PYTHON=${PYTHON:-python}  # the interpreter: $PYTHON if set (e.g. a virtual environment's, not activated), else PATH's
 
 DIR=${1:-out/bench_gpu}
 PEAK_GBPS=${PEAK_GBPS:-4800}  # GB/s, the rotary kernel's share of it is printed
@@ -26,7 +27,7 @@ if [[ ! $PEAK_GBPS =~ ^[0-9]+([.][0-9]+)?$ ]]; then
     echo "error: PEAK_GBPS=$PEAK_GBPS must be the GPU's peak memory bandwidth in GB/s (H200 4800, H100 SXM 3350)" >&2
     exit 2
 fi
-if ! python -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
+if ! "$PYTHON" -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
     echo "error: bench_gpu.sh needs a CUDA GPU; without one, bench.py and bench_kernels.py's CPU figures are in" \
          "docs/gpu.md" >&2
     exit 2
@@ -54,15 +55,15 @@ step() {  # step NAME LEAST MOST COMMAND...: COMMAND's output in DIR/NAME.log, i
 
 : > "$DIR/summary.txt"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$DIR/gpu.txt" 2>&1
-python -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda,
+"$PYTHON" -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda,
       'triton', triton.__version__)" >> "$DIR/gpu.txt"
 # compiling the four arms took 165 s on an H200 (2026-11-30); timeout's exit 124 in the summary means out of time
-step compiled 150 240 python bench.py "${ARMS[@]}" "${SIZE[@]}" --compile
-step kernels 30 60 python bench_kernels.py --peak_gbps "$PEAK_GBPS"
-step kernel_tests 60 150 python -m pytest -q tests/test_kernels.py tests/test_kernels_pkm.py tests/test_compile.py \
+step compiled 150 240 "$PYTHON" bench.py "${ARMS[@]}" "${SIZE[@]}" --compile
+step kernels 30 60 "$PYTHON" bench_kernels.py --peak_gbps "$PEAK_GBPS"
+step kernel_tests 60 150 "$PYTHON" -m pytest -q tests/test_kernels.py tests/test_kernels_pkm.py tests/test_compile.py \
     tests/test_suite.py
-step eager 30 60 python bench.py "${ARMS[@]}" "${SIZE[@]}"
-step drills 20 45 python bench.py --drills 0,2,8 --block_size 256 --batch_size 64
-step cuda_graphs 150 240 python bench.py "${ARMS[@]}" "${SIZE[@]}" --compile reduce-overhead
+step eager 30 60 "$PYTHON" bench.py "${ARMS[@]}" "${SIZE[@]}"
+step drills 20 45 "$PYTHON" bench.py --drills 0,2,8 --block_size 256 --batch_size 64
+step cuda_graphs 150 240 "$PYTHON" bench.py "${ARMS[@]}" "${SIZE[@]}" --compile reduce-overhead
 tar -czf "$DIR.tgz" --exclude inductor_cache -C "$(dirname "$DIR")" "$(basename "$DIR")"
 echo "logs: $DIR/ and $DIR.tgz"

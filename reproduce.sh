@@ -13,12 +13,17 @@
 #   JOBS=3 bash reproduce.sh cpu      # another number of arms side by side
 #   SEED=2 ARMS=rope,repo bash reproduce.sh cpu  # another seed (in out/study_cpu_seed2/, results/cpu/seed2/), and
 #                                     # only some arms (with the arms they start from)
+#   PYTHON=.venv/bin/python bash reproduce.sh cpu  # another interpreter than python on PATH
 #
 # Safe to rerun: an arm whose checkpoint has reached its planned step is not trained again, a killed one continues
 # from its last checkpoint (train.py --resume; on CPU bit for bit), and an evaluation is redone only when its
 # checkpoint is newer than its results.json.
 set -euo pipefail
 cd "$(dirname "$0")"
+# the interpreter: $PYTHON if set (the tests give theirs, so that a virtual environment works without activating it),
+# else python on PATH; every `python` below, also through run(), is this one
+PYTHON=${PYTHON:-python}
+python() { command "$PYTHON" "$@"; }
 
 MODE=${1:-}
 if [[ $# -ne 1 || ! $MODE =~ ^(cpu|gpu)$ ]]; then

@@ -1,5 +1,6 @@
 import os
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -72,6 +73,8 @@ def test_bench_measures_the_drill_rate_with_workers(capsys):
 
 
 BENCH_GPU = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench_gpu.sh")
+# the running interpreter as $PYTHON and no `python` on PATH: the script runs the interpreter it is given
+NO_PYTHON_ON_PATH = {**os.environ, "PYTHON": sys.executable, "PATH": os.pathsep.join(("/usr/bin", "/bin"))}
 needs_bench_gpu = pytest.mark.skipif(not os.path.exists(BENCH_GPU),
                                      reason="a student copy of assignment.py leaves bench_gpu.sh out")
 
@@ -80,12 +83,13 @@ needs_bench_gpu = pytest.mark.skipif(not os.path.exists(BENCH_GPU),
 def test_bench_gpu_refuses_in_one_line(tmp_path):
     """bench_gpu.sh names a bad bandwidth or budget, and without a GPU says it needs one, before it writes anything."""
     for name, value in (("PEAK_GBPS", "fast"), ("BUDGET", "9m")):
-        bad = subprocess.run(["bash", BENCH_GPU, str(tmp_path / "logs")], env={**os.environ, name: value},
+        bad = subprocess.run(["bash", BENCH_GPU, str(tmp_path / "logs")], env={**NO_PYTHON_ON_PATH, name: value},
                              capture_output=True, text=True)
         assert bad.returncode == 2 and bad.stderr.startswith(f"error: {name}={value}") and bad.stderr.count("\n") == 1
     if torch.cuda.is_available():
         pytest.skip("with a GPU, bench_gpu.sh runs")
-    done = subprocess.run(["bash", BENCH_GPU, str(tmp_path / "logs")], capture_output=True, text=True)
+    done = subprocess.run(["bash", BENCH_GPU, str(tmp_path / "logs")], capture_output=True, text=True,
+                          env=NO_PYTHON_ON_PATH)
     assert done.returncode == 2 and done.stderr.startswith("error: bench_gpu.sh needs a CUDA GPU")
     assert not (tmp_path / "logs").exists()
 
@@ -103,7 +107,8 @@ def test_bench_gpu_runs_the_steps_its_budget_allows(tmp_path):
         (bin_dir / tool).chmod(0o755)
     logs = tmp_path / "logs"
     done = subprocess.run(["bash", BENCH_GPU, str(logs)], capture_output=True, text=True,
-                          env={**os.environ, "BUDGET": "100", "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+                          env={**os.environ, "BUDGET": "100", "PATH": f"{bin_dir}:{os.environ['PATH']}",
+                               "PYTHON": "python"})  # the stand-in, found on PATH
     assert done.returncode == 0, done.stderr
     summary = (logs / "summary.txt").read_text().splitlines()
     assert [line.split()[0] for line in summary] == ["compiled", "kernels", "kernel_tests", "eager", "drills",
