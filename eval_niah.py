@@ -66,9 +66,9 @@ ANSWER_SLACK = 4  # extra greedy tokens for a lead-in before the value (": ", " 
 
 
 def settings(ckpt, name, args):
-    """(label, config changes, reading passes) for each way to evaluate a checkpoint: every --scaling for a model
-    with RoPE layers, every --logit_scale_c for a DroPE model (beta = 1 + c·ln(s), drope.py), and every --iters
-    for a model with FwPKM layers."""
+    """(label, config changes, reading passes, answer writes) for each way to evaluate a checkpoint: every --scaling
+    for a model with RoPE layers, every --logit_scale_c for a DroPE model (beta = 1 + c·ln(s), drope.py), and every
+    --iters and --answer_writes for a model with FwPKM layers."""
     config = ckpt["model_config"]
     if has_rotary(config):  # RoPE, RePo, rope_nope
         pe = [(name + (f"+{s}" if s else ""), {"rope_scaling": s}) for s in args.scaling]
@@ -77,8 +77,10 @@ def settings(ckpt, name, args):
         pe = [(name + (f"+beta{c:.3g}" if c else ""), {"logit_scale_c": c}) for c in cs]
     else:
         pe = [(name, {})]
-    iters = args.iters if config.get("fwpkm_layers") else [1]
-    return [(label + (f"+{n}reads" if n > 1 else ""), changes, n) for label, changes in pe for n in iters]
+    fwpkm = bool(config.get("fwpkm_layers"))
+    iters, writes = (args.iters, args.answer_writes) if fwpkm else ([1], ["chunks"])
+    return [(label + (f"+{n}reads" if n > 1 else "") + ("+writes_at_end" if w == "end" else ""), changes, n, w)
+            for label, changes in pe for n in iters for w in writes]
 
 
 def check_options_apply(ckpts, args):
@@ -86,7 +88,9 @@ def check_options_apply(ckpts, args):
     would be ignored silently): --scaling needs RoPE layers, --logit_scale_c a DroPE model, --iters FwPKM layers."""
     needs = {"scaling": ([None], "models with RoPE layers (rope, repo, rope_nope)", has_rotary),
              "logit_scale_c": (["fitted"], "DroPE models (pe=drope)", lambda config: config["pe"] == "drope"),
-             "iters": ([1], "models with FwPKM layers (--fwpkm_layers)", lambda config: config.get("fwpkm_layers"))}
+             "iters": ([1], "models with FwPKM layers (--fwpkm_layers)", lambda config: config.get("fwpkm_layers")),
+             "answer_writes": (["chunks"], "models with FwPKM layers (--fwpkm_layers)",
+                               lambda config: config.get("fwpkm_layers"))}
     for name, (default, who, applies) in needs.items():
         if getattr(args, name) != default and not any(applies(c["model_config"]) for c in ckpts.values()):
             kinds = ", ".join(f"{path}: pe={c['model_config']['pe']}" for path, c in ckpts.items())
@@ -149,12 +153,16 @@ def attention_stats(qk, samples, window=None):
     return stats
 
 
-def start_cache(model, tokens, samples, iters, window=None):
-    """None for a single pass; for iters = n > 1, a KVCache holding the FwPKM fast weights after n − 1 extra reads
-    of the haystack (every token before the earliest question of the batch), with the same attention window."""
-    if iters == 1:
+def start_cache(model, tokens, samples, iters, window=None, writes="chunks"):
+    """The cache the answering pass starts from: for iters = n, the FwPKM fast weights after n − 1 extra reads of
+    the haystack (every token before the earliest question of the batch), with the same attention window. writes:
+    "chunks", the answering pass writes every memory_chunk tokens (None for one pass: the model's own forward); "end",
+    it writes only at its end, after the answer, as the official evaluation reads (fwpkm.read_iteratively)."""
+    if iters == 1 and writes == "chunks":
         return None
-    return read_iteratively(model, tokens[:, :min(s["question_at"] for s in samples)], iters - 1, window)
+    answer_chunk = None if writes == "chunks" else tokens.shape[1] + ANSWER_SLACK
+    return read_iteratively(model, tokens[:, :min(s["question_at"] for s in samples)], iters - 1, window,
+                            answer_chunk)
 
 
 def teacher_forced(model, tokens, cache=None, window=None):
@@ -166,14 +174,13 @@ def teacher_forced(model, tokens, cache=None, window=None):
 
 
 @torch.no_grad()
-def score_batch(model, samples, enc, device, iters=1, window=None):
+def score_batch(model, samples, enc, device, iters=1, window=None, writes="chunks"):
     """Greedy exact match and teacher-forced value-token accuracy for samples of equal length and answer length,
-    and attention_stats() of the teacher-forced pass; with iters > 1, both passes start from the fast weights of
-    iters − 1 extra reads (fwpkm.py)."""
+    and attention_stats() of the teacher-forced pass; both passes start from start_cache()'s fast weights."""
     tokens = torch.tensor([s["tokens"] for s in samples], device=device)
     prompt_len = samples[0]["prompt_len"]
     answer_len = tokens.shape[1] - prompt_len
-    cache = start_cache(model, tokens, samples, iters, window)
+    cache = start_cache(model, tokens, samples, iters, window, writes)
     logits, qk = teacher_forced(model, tokens, cache, window)
     attention = attention_stats(qk, samples, window)
     health = model.health_reports() if isinstance(model, GPT) else {}  # of this teacher-forced pass
@@ -255,7 +262,7 @@ def evaluate(ckpt_path, ckpt, args, device):
     if os.path.basename(ckpt_path) != "ckpt.pt":  # a kept earlier checkpoint (train.py --keep_iters): say which step
         name += f"@{ckpt['iter']}"
     depths = np.linspace(0, 1, args.depths).round(3).tolist()
-    for label, changes, iters in settings(ckpt, name, args):
+    for label, changes, iters, writes in settings(ckpt, name, args):
         for mult in args.lengths:
             length = int(mult * config["block_size"])
             model = load_model(ckpt, {**changes, "kernels": args.kernels}, length, device)
@@ -267,12 +274,13 @@ def evaluate(ckpt_path, ckpt, args, device):
                 exact, token, attention, health = [], [], [], []
                 for b in range(0, len(samples), args.batch_size):
                     e, t, a, h = score_batch(model, samples[b:b + args.batch_size], enc, device, iters,
-                                             args.window or None)
+                                             args.window or None, writes)
                     health.append(h)
                     exact += e
                     token += t
                     attention += [a] * len(e)
                 yield {"label": label, "ckpt": ckpt_path, "pe": config["pe"], **changes, "window": args.window,
+                       "iters": iters, "answer_writes": writes,
                        "variant": variant, "haystack": haystack, "wordings": wordings, "split": args.split,
                        "multiple": mult, "length": length, "depth": depth, "exact": float(np.mean(exact)),
                        "token": float(np.mean(token)),
@@ -382,6 +390,10 @@ def main(argv=None):
                         "python drope_fit.py; 0 if none)")
     p.add_argument("--iters", default="1", help="comma list of reading passes for models with FwPKM layers: n > 1 "
                    "reads the haystack n − 1 extra times first, carrying only the fast weights (fwpkm.py)")
+    p.add_argument("--answer_writes", default="chunks",
+                   help="comma list, for models with FwPKM layers: chunks (the answering pass writes every "
+                        "memory_chunk tokens, as in training), end (it writes once, at its end: every pass reads "
+                        "with the memory of the passes before it, as the FwPKM paper's evaluation does)")
     p.add_argument("--window", type=int, default=0, help="sliding-window attention of this many tokens in every "
                    "pass (0: full attention), for models whose attention must not reach the needle")
     p.add_argument("--data_dir", default=None, help="haystack data; default: the checkpoint's dataset")
@@ -399,6 +411,7 @@ def main(argv=None):
         raise SystemExit(f"error: --lengths {lengths!r}: each multiple of the training length must be > 0")
     args.lengths = [int(m) if m == int(m) else m for m in args.lengths]
     args.iters = parse_list(args.iters, int, "iters", minimum=1)
+    args.answer_writes = parse_list(args.answer_writes, str, "answer_writes", valid=("chunks", "end"))
     args.variants = parse_list(args.variants, str, "variants", valid=VARIANTS)
     args.haystacks = parse_list(args.haystacks, str, "haystacks", valid=HAYSTACKS)
     args.wordings = parse_list(args.wordings, str, "wordings", valid=tuple(WORDING_SETS))

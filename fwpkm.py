@@ -368,10 +368,12 @@ def memory_layer(config, layer_idx):
 
 
 @torch.no_grad()
-def read_iteratively(model, context, passes, window=None):
+def read_iteratively(model, context, passes, window=None, answer_chunk=None):
     """Reads context [B, T] `passes` times, each pass one write of the whole context (write chunk = T), carrying only
     the fast weights from pass to pass; window: the attention's sliding window while reading, as in forward().
-    Returns an empty KVCache holding them, to answer from."""
+    Returns an empty KVCache holding them, to answer from: the answering pass writes every memory_chunk tokens, or
+    every answer_chunk tokens when given (longer than the input: no write inside it, as the official evaluation
+    reads, where every pass writes once, at its end)."""
     memories = [m for m in model.modules() if isinstance(m, FastWeightProductKeyMemory)]
     state = {m.name: m.fresh_state(context.shape[0], chunk=context.shape[1]) for m in memories}
     for _ in range(passes):
@@ -379,5 +381,5 @@ def read_iteratively(model, context, passes, window=None):
         for m in memories:
             state[m.name].restart()
     for m in memories:
-        state[m.name].chunk = m.chunk
+        state[m.name].chunk = m.chunk if answer_chunk is None else answer_chunk
     return model.new_cache(state)

@@ -111,8 +111,13 @@ declare -A STEPS TRAIN EVAL NEEDS CKPT SETTINGS
 arm() {  # name, steps, train.py flags, eval_niah.py flags, [the arm whose checkpoint it starts from]
     ARMS+=("$1")
     STEPS[$1]=$2 TRAIN[$1]=$3 EVAL[$1]="$4 --variants single,multikey" NEEDS[$1]=${5:-} CKPT[$1]=$OUT/$1/ckpt.pt
-    local list=${4##* } && local commas=${list//[^,]/}  # the last word: the comma list of settings ('' for one)
-    SETTINGS[$1]=$(( ${#commas} + 1 ))
+    local word commas settings=1  # the product of the comma lists' lengths: --scaling none,yarn --iters 1,2 is 4
+    for word in $4; do
+        [[ $word == --* ]] && continue
+        commas=${word//[^,]/}
+        settings=$(( settings * (${#commas} + 1) ))
+    done
+    SETTINGS[$1]=$settings
 }
 kept() {  # name, step: no training, the RoPE run's checkpoint at that step evaluated as it is
     arm "$1" 0 "" "" rope
@@ -140,13 +145,19 @@ arm drope_late_qk  $(( N - LATE )) "--pe drope --qk_norm true $(stage $LATE $(( 
     "--logit_scale_c fitted,0.412,0" rope
 arm drope_half_qk  $(( N - HALF )) "--pe drope --qk_norm true $(stage $HALF $(( N - HALF )))" \
     "--logit_scale_c fitted,0.412,0" rope
-arm repo_cont      $(( N - LATE )) "--pe repo $(stage $LATE $(( N - LATE )))"   "" rope
-arm rope_nope_cont $(( N - LATE )) "--pe rope_nope $(stage $LATE $(( N - LATE )))" "" rope
-arm repo           $N             "--pe repo"                                  ""
-arm rope_nope      $N             "--pe rope_nope"                             ""
-arm pkm            $N             "--pe rope --pkm_layers 1"                   ""
-# FwPKM at layer 0 with the default query span of 8 (README, FwPKM testbed), with full attention like every arm
-arm fwpkm          $N             "--pe rope --fwpkm_layers 0"                 "--iters 1,2,3"
+# every arm that keeps RoPE layers is evaluated with YaRN too, as RoPE is: the RePo paper evaluates RePo + YaRN (a
+# scaling changes θ, so it applies to learned positions as they are), and an arm without it would be compared with
+# RoPE + YaRN on unequal terms
+arm repo_cont      $(( N - LATE )) "--pe repo $(stage $LATE $(( N - LATE )))"   "--scaling none,yarn" rope
+arm rope_nope_cont $(( N - LATE )) "--pe rope_nope $(stage $LATE $(( N - LATE )))" "--scaling none,yarn" rope
+arm repo           $N             "--pe repo"                                  "--scaling none,yarn"
+arm rope_nope      $N             "--pe rope_nope"                             "--scaling none,yarn"
+arm pkm            $N             "--pe rope --pkm_layers 1"                   "--scaling none,yarn"
+# FwPKM at layer 0 with the default query span of 8 (README, FwPKM testbed), with full attention like every arm; read
+# as the paper's evaluation reads (every pass writes once, at its end: --answer_writes end) and as ours (the answering
+# pass writes every chunk, as in training)
+arm fwpkm          $N             "--pe rope --fwpkm_layers 0"                 \
+    "--scaling none,yarn --iters 1,2,3 --answer_writes end,chunks"
 
 if [[ -n $SELECTED ]]; then  # keep the chosen arms and the arms they start from, in the table's order
     for a in ${SELECTED//,/ }; do

@@ -99,6 +99,10 @@ CASES = [
     case("assoc_recall.py", ["--n_embd", "30"], "--n_embd 30 must be a multiple of --n_head 4"),
     *(case("eval_niah.py", ["--ckpt", f"{W}/good/ckpt.pt", "--lengths", value], value) for value in ("abc", "0", "-1")),
     case("eval_niah.py", ["--ckpt", f"{W}/good/ckpt.pt", "--iters", "x"], "--iters 'x'"),
+    case("eval_niah.py", ["--ckpt", f"{W}/good/ckpt.pt", "--answer_writes", "never"],
+         "unknown --answer_writes ['never']; valid choices: chunks, end"),
+    case("eval_niah.py", ["--ckpt", f"{W}/good/ckpt.pt", "--answer_writes", "end"],
+         "--answer_writes applies only to models with FwPKM layers"),
     *(case("eval_niah.py", ["--ckpt", f"{W}/good/ckpt.pt", "--batch_size", value], f"--batch_size {value}")
       for value in ("0", "-1")),
     case("eval_niah.py", ["--ckpt", f"{W}/good/ckpt.pt", "--logit_scale_c", "0.4"],

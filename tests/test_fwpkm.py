@@ -197,6 +197,26 @@ def test_iterative_reading_changes_only_the_fast_weights():
         assert not torch.allclose(model(context, cache=cache.copy())[0], model(context)[0])
 
 
+def test_an_answering_pass_that_writes_at_its_end_reads_the_memory_of_the_passes_before():
+    """eval_niah.py --answer_writes end (the FwPKM paper's evaluation): no write inside the answering pass, so with
+    one pass the model reads its initial memory throughout, as the same weights with a write chunk longer than the
+    input do; writing every chunk (ours) changes what later tokens read."""
+    model = memory_model().eval()
+    never_writes = GPT(GPTConfig(**{**TINY, "fwpkm_layers": (1,), "memory_chunk": 1000})).eval()
+    never_writes.load_state_dict(model.state_dict())
+    tokens = torch.randint(64, (2, 30))
+    samples = [{"question_at": 20}] * 2
+    with torch.no_grad():
+        expected = never_writes(tokens)[0]
+        at_end = eval_niah.start_cache(model, tokens, samples, 1, writes="end")
+        torch.testing.assert_close(model(tokens, cache=at_end)[0], expected)
+        assert eval_niah.start_cache(model, tokens, samples, 1, writes="chunks") is None
+        assert not torch.allclose(model(tokens)[0][:, 16:], expected[:, 16:])  # two chunks of 8 written by then
+        twice = eval_niah.start_cache(model, tokens, samples, 2, writes="end")  # one read of the 20-token haystack
+        state = twice.state[fw_layer(model).name]
+        assert state.chunk > tokens.shape[1] and not torch.equal(state.values[0], fw_layer(model).initial_values)
+
+
 def test_bad_memory_layers_name_the_valid_ones():
     with pytest.raises(ValueError, match=r"layers \[5\] do not exist; valid: 0..1"):
         memory_model(fwpkm_layers="1,5")
@@ -213,8 +233,10 @@ def test_training_and_iterative_niah_from_the_command_line(tmp_path, tiny_data, 
     ckpt = load(tmp_path)
     assert ckpt["model_config"]["fwpkm_layers"] == (1,) and "blocks.1.sublayers.0.initial_values" in ckpt["model"]
     results = eval_niah.main(["--ckpt", str(tmp_path / "run" / "ckpt.pt"), "--lengths", "4", "--depths", "1",
-                              "--samples", "2", "--iters", "1,2", "--wordings", "heldout", "--out_dir", str(tmp_path / "niah")])
-    assert [r["label"] for r in results] == ["run", "run+2reads"]
+                              "--samples", "2", "--iters", "1,2", "--answer_writes", "chunks,end", "--wordings", "heldout",
+                              "--out_dir", str(tmp_path / "niah")])
+    assert [r["label"] for r in results] == ["run", "run+writes_at_end", "run+2reads", "run+2reads+writes_at_end"]
+    assert [(r["iters"], r["answer_writes"]) for r in results] == [(1, "chunks"), (1, "end"), (2, "chunks"), (2, "end")]
     run(tmp_path, tiny_data, *memory, "--pkm_layers", "0", "--max_iters", "4", out="pkm")
     assert "L0: coverage" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="do not exist"):
