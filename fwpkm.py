@@ -148,6 +148,7 @@ def slot_health(slots, n_slots):
 
 class ProductKeyMemory(nn.Module):
     """Static PKM (Lample et al. 2019): product keys, dot-product scores, softmax over the top-k, value rows."""
+    memory = True  # model.Block puts it in place of the layer's MLP with GPTConfig.memory_replaces_mlp
 
     def __init__(self, config):
         super().__init__()
@@ -196,6 +197,8 @@ class FastWeights:
 
 
 class FastWeightProductKeyMemory(nn.Module):
+    memory = True  # model.Block puts it in place of the layer's MLP with GPTConfig.memory_replaces_mlp
+
     def __init__(self, config, layer_idx):
         super().__init__()
         self.name = f"fwpkm{layer_idx}"  # its key in KVCache.state

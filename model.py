@@ -27,7 +27,8 @@ Adding a method is writing its file and one line in the table; the method files 
 
 The sublayer interface, for memories (fwpkm.py: static PKM and FwPKM) and the learned absolute positions of
 "abs". Every factory in SUBLAYERS is asked for every layer; where it returns a module, that module is an extra
-residual sublayer before the layer's attention:
+residual sublayer before the layer's attention (a memory, marked `memory = True`, takes the place of the layer's MLP
+instead with memory_replaces_mlp):
 
     factory(config, layer_idx) -> nn.Module or None
     module(x, pos, cache) -> [B, T, C]   added to the residual stream x [B, T, C]; pos as above; cache: the
@@ -158,12 +159,13 @@ class GPTConfig:
     memory_query_span: int = 8     # FwPKM: tokens whose hidden states form the query (1: the paper's; fwpkm.py)
     memory_chunk: int = 32         # FwPKM: tokens per write; also the sliding window of training
     memory_lifetime: str = "sequence"  # FwPKM: "sequence" (fresh per sequence) or "persistent" (fwpkm.py)
+    memory_replaces_mlp: bool = False  # a memory in place of its layer's MLP (Lample et al., the FwPKM code), not beside
     kernels: str = "auto"          # Triton fast paths (kernels/): auto (on CUDA), on, off; the same weights either way
 
     # what changes the weights' meaning; resuming with a different value here is refused
     ARCHITECTURE = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "pe", "rope_base", "qk_norm",
                     "pkm_layers", "fwpkm_layers", "memory_n_sub", "memory_topk", "memory_key_dim", "memory_value_dim",
-                    "memory_query_span")
+                    "memory_query_span", "memory_replaces_mlp")
 
     def __post_init__(self):
         if self.n_embd % self.n_head or (self.n_embd // self.n_head) % 2:
@@ -178,6 +180,9 @@ class GPTConfig:
             if bad:
                 raise ValueError(f"{name}={value!r}: layers {bad} do not exist; valid: 0..{self.n_layer - 1}")
             setattr(self, name, layers)
+        if self.memory_replaces_mlp and not (self.pkm_layers or self.fwpkm_layers):
+            raise ValueError("memory_replaces_mlp=True puts a memory in place of its layer's MLP, and no layer has one: "
+                             "give pkm_layers or fwpkm_layers")
         if self.memory_lifetime not in ("sequence", "persistent"):
             raise ValueError(f"unknown memory_lifetime {self.memory_lifetime!r}; valid choices: sequence, persistent")
         if self.kernels not in kernels.MODES:
@@ -292,14 +297,20 @@ class Block(nn.Module):
         super().__init__()
         self.attn_norm = RMSNorm(config.n_embd)
         self.attn = CausalSelfAttention(config, layer_idx)
-        self.sublayers = nn.ModuleList(m for factory in SUBLAYERS if (m := factory(config, layer_idx)) is not None)
-        self.mlp_norm = RMSNorm(config.n_embd)
-        self.mlp = MLP(config)
+        sublayers = [m for factory in SUBLAYERS if (m := factory(config, layer_idx)) is not None]
+        # memory_replaces_mlp: the layer's memory (a module with `memory = True`) takes the MLP's place
+        memory = [m for m in sublayers if config.memory_replaces_mlp and getattr(m, "memory", False)]
+        self.sublayers = nn.ModuleList(m for m in sublayers if m not in memory)
+        self.ffn_memory = memory[0] if memory else None
+        self.mlp_norm = None if memory else RMSNorm(config.n_embd)
+        self.mlp = None if memory else MLP(config)
 
     def forward(self, x, pos, cache=None, window=None):
         for sublayer in self.sublayers:
             x = x + sublayer(x, pos, cache)
         x = x + self.attn(self.attn_norm(x), pos, cache, window)
+        if self.ffn_memory is not None:  # the memory normalises its own input
+            return x + self.ffn_memory(x, pos, cache)
         return x + self.mlp(self.mlp_norm(x))
 
 

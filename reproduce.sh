@@ -153,10 +153,16 @@ arm rope_nope_cont $(( N - LATE )) "--pe rope_nope $(stage $LATE $(( N - LATE ))
 arm repo           $N             "--pe repo"                                  "--scaling none,yarn"
 arm rope_nope      $N             "--pe rope_nope"                             "--scaling none,yarn"
 arm pkm            $N             "--pe rope --pkm_layers 1"                   "--scaling none,yarn"
+# the static PKM where Lample et al. and the FwPKM code put it: in place of its layer's MLP, not beside it
+arm pkm_ffn        $N             "--pe rope --pkm_layers 1 --memory_replaces_mlp true" "--scaling none,yarn"
 # FwPKM at layer 0 with the default query span of 8 (README, FwPKM testbed), with full attention like every arm; read
 # as the paper's evaluation reads (every pass writes once, at its end: --answer_writes end) and as ours (the answering
 # pass writes every chunk, as in training)
 arm fwpkm          $N             "--pe rope --fwpkm_layers 0"                 \
+    "--scaling none,yarn --iters 1,2,3 --answer_writes end,chunks"
+# FwPKM as its paper trains it: the query of one token's contextual state (span 1) in a deeper layer, and sliding-window
+# attention (window = the write chunk) on 90% of the steps, so that the memory must carry what the window drops
+arm fwpkm_paper    $N             "--pe rope --fwpkm_layers 2 --memory_query_span 1 --swa_prob 0.9" \
     "--scaling none,yarn --iters 1,2,3 --answer_writes end,chunks"
 
 if [[ -n $SELECTED ]]; then  # keep the chosen arms and the arms they start from, in the table's order

@@ -217,6 +217,25 @@ def test_an_answering_pass_that_writes_at_its_end_reads_the_memory_of_the_passes
         assert state.chunk > tokens.shape[1] and not torch.equal(state.values[0], fw_layer(model).initial_values)
 
 
+@pytest.mark.parametrize("memory", ["pkm_layers", "fwpkm_layers"])
+def test_a_memory_in_place_of_the_mlp(memory):
+    """memory_replaces_mlp (Lample et al.'s PKM, the FwPKM code): the memory's layer has no MLP, the others keep
+    theirs; the model trains and generates with a cache as it runs whole."""
+    beside = GPT(GPTConfig(**{**TINY, memory: (1,)}))
+    model = GPT(GPTConfig(**{**TINY, memory: (1,), "memory_replaces_mlp": True}))
+    mlp = sum(p.numel() for p in beside.blocks[1].mlp.parameters()) + beside.blocks[1].mlp_norm.weight.numel()
+    assert model.num_params() == beside.num_params() - mlp
+    assert model.blocks[1].mlp is None and model.blocks[1].ffn_memory is not None and not model.blocks[1].sublayers
+    assert model.blocks[0].mlp is not None and model.blocks[0].ffn_memory is None
+    x = torch.randint(64, (2, 20))
+    _, loss = model(x, x)
+    loss.backward()
+    assert torch.isfinite(loss) and model.blocks[1].ffn_memory.out_proj.weight.grad is not None
+    check_kv_cache(model.eval())
+    with pytest.raises(ValueError, match="memory_replaces_mlp=True .* give pkm_layers or fwpkm_layers"):
+        GPTConfig(**{**TINY, "memory_replaces_mlp": True})
+
+
 def test_bad_memory_layers_name_the_valid_ones():
     with pytest.raises(ValueError, match=r"layers \[5\] do not exist; valid: 0..1"):
         memory_model(fwpkm_layers="1,5")
