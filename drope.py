@@ -81,9 +81,11 @@ class DroppedPositionalEncoding(nn.Module):
 def recalibration_defaults(init_ckpt):
     """The paper's recalibration schedule, for a stage started from the RoPE checkpoint init_ckpt: 2K of 16K total
     steps after 14K of RoPE, i.e. 1/7 of the checkpoint's steps (12.5% of the total), 70/2000 = 3.5% warmup, peak
-    LR 1e-3, cosine (to 1e-4: the paper does not give its final LR)."""
+    LR 1e-3, cosine (to 1e-4: the paper does not give its final LR), and the official trainer's AdamW: no weight
+    decay, β2 = 0.999 (this project's pretraining uses 0.1 and 0.95)."""
     steps = max(1, round(init_ckpt["iter"] / 7))
-    return {"max_iters": steps, "warmup_iters": max(1, round(0.035 * steps)), "lr": 1e-3, "min_lr": 1e-4}
+    return {"max_iters": steps, "warmup_iters": max(1, round(0.035 * steps)), "lr": 1e-3, "min_lr": 1e-4,
+            "weight_decay": 0.0, "beta2": 0.999}
 
 
 # ----------------------------------------------------------------------------------------------------------------

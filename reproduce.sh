@@ -136,9 +136,21 @@ arm nope           $N             "--pe nope"                                  "
 # "DroPE learned it again without positions"
 kept rope_at_late $LATE
 kept rope_at_half $HALF
-# DroPE with beta = 1 + c ln(s): c fitted by drope_fit.py, the paper's c = 0.412 (0.5B from scratch), and no beta
+# DroPE with beta = 1 + c ln(s): c fitted by drope_fit.py, the paper's c = 0.412 (0.5B from scratch), and no beta;
+# the official trainer's AdamW (no weight decay, beta2 0.999: drope.py's stage defaults, which the config's values do
+# not override since it sets neither)
 arm drope_late     $(( N - LATE )) "--pe drope $(stage $LATE $(( N - LATE )))"  "--logit_scale_c fitted,0.412,0" rope
 arm drope_half     $(( N - HALF )) "--pe drope $(stage $HALF $(( N - HALF )))"  "--logit_scale_c fitted,0.412,0" rope
+# the recalibration sweep: from the whole RoPE run, recalibrated for the paper's 1/7 of its steps, 1/2 and 1x, each
+# with the curriculum (its share of the steps) and the cooldown the RoPE run had, the official optimizer
+sweep() {  # train.py flags of a DroPE recalibration of $1 steps from the RoPE run's last checkpoint
+    local warmup=$(( ($1 * 35 + 500) / 1000 ))
+    echo "--pe drope --init_from $OUT/rope/ckpt.pt --warmup_iters $(( warmup > 0 ? warmup : 1 )) --lr 1e-3" \
+         "--min_lr 1e-4 --curriculum_iters $(( $1 * CURRICULUM / N ))"
+}
+arm drope_x1_7     $(( N / 7 ))   "$(sweep $(( N / 7 )))"                     "--logit_scale_c fitted,0" rope
+arm drope_x1_2     $(( N / 2 ))   "$(sweep $(( N / 2 )))"                     "--logit_scale_c fitted,0" rope
+arm drope_x1       $N             "$(sweep $N)"                               "--logit_scale_c fitted,0" rope
 # the same with QK-norm added at the drop (RMSNorm on q and k, weights from 1): the paper's stabiliser, with which its
 # SmolLM recalibrated at LR 1e-3 where it diverged without; here the schedule stays the one above
 arm drope_late_qk  $(( N - LATE )) "--pe drope --qk_norm true $(stage $LATE $(( N - LATE )))" \
@@ -149,7 +161,8 @@ arm drope_half_qk  $(( N - HALF )) "--pe drope --qk_norm true $(stage $HALF $(( 
 # scaling changes θ, so it applies to learned positions as they are), and an arm without it would be compared with
 # RoPE + YaRN on unequal terms
 arm repo_cont      $(( N - LATE )) "--pe repo $(stage $LATE $(( N - LATE )))"   "--scaling none,yarn" rope
-arm rope_nope_cont $(( N - LATE )) "--pe rope_nope $(stage $LATE $(( N - LATE )))" "--scaling none,yarn" rope
+arm rope_nope_cont $(( N - LATE )) "--pe rope_nope $(stage $LATE $(( N - LATE ))) --weight_decay 0 --beta2 0.999" \
+    "--scaling none,yarn" rope  # DroPE's schedule and optimizer, RoPE kept in layer 0: what the drop of layer 0 costs
 arm repo           $N             "--pe repo"                                  "--scaling none,yarn"
 arm rope_nope      $N             "--pe rope_nope"                             "--scaling none,yarn"
 arm pkm            $N             "--pe rope --pkm_layers 1"                   "--scaling none,yarn"

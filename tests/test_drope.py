@@ -101,6 +101,7 @@ def test_recalibration_defaults_and_loss_drop(tmp_path, tiny_data, rope_ckpt, ca
     assert "defaults of pe=drope" in capsys.readouterr().out
     options = load(tmp_path)["options"]
     assert options["max_iters"] == 20 and options["lr"] == 1e-3 and options["min_lr"] == 1e-4  # 140 / 7 steps
+    assert options["weight_decay"] == 0.0 and options["beta2"] == 0.999  # the official trainer's AdamW
     assert options["warmup_iters"] == 2  # TINY sets it: flags win over the method's defaults
     # val_loss[0] is the dropped model before any recalibration step: the drop costs loss, recalibration wins it back
     rope_loss = torch.load(rope_ckpt, weights_only=True)["history"]["val_loss"][-1]
