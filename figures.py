@@ -114,12 +114,13 @@ def needle_mass(w, s):
 def attention_maps(models, args, path):
     """attention_maps.png. models: [(flag, path, ckpt)]. Returns the choice {"layer", "head", "reference"} and
     {(label, multiple): {"sample", "strip" [prompt_len], "map" [Q, prompt_len], "stats"}} for the chosen head."""
-    how = argparse.Namespace(scaling=[None, "yarn"], logit_scale_c=["fitted"], iters=[1])  # eval_niah's settings
+    how = argparse.Namespace(scaling=[None, "yarn"], logit_scale_c=["fitted"], iters=[1],  # eval_niah's settings
+                             answer_writes=["chunks"])
     names = {flag: os.path.basename(os.path.dirname(os.path.abspath(ckpt_path))) for flag, ckpt_path, _ in models}
     if len(set(names.values())) < len(names):  # eval_niah.py's names (the directories) must tell them apart
         names = {flag: flag for flag in names}
     runs = [(label, ckpt, changes) for flag, _, ckpt in models
-            for label, changes, _ in settings(ckpt, names[flag], how)]
+            for label, changes, _, _ in settings(ckpt, names[flag], how)]
     panels, weights = {}, {}
     for label, ckpt, changes in runs:
         for m in MULTIPLES:

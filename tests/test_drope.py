@@ -134,8 +134,8 @@ def test_fitted_c_is_stored_reloaded_and_overridable(tmp_path, tiny_data, rope_c
         # The grid's ends differ by 0.03-0.06 nats on this model, the rounding of a mean fp32 loss is ~1e-6
         assert max(losses) - min(losses) > 1e-3, curve
     assert (tmp_path / "run" / "beta_fit.png").stat().st_size > 1000
-    args = argparse.Namespace(logit_scale_c=["fitted", 0.0], scaling=[None], iters=[1])
-    (label_fit, fit, _), (label_off, off, _) = eval_niah.settings(ckpt, "run", args)
+    args = argparse.Namespace(logit_scale_c=["fitted", 0.0], scaling=[None], iters=[1], answer_writes=["chunks"])
+    (label_fit, fit, *_), (label_off, off, *_) = eval_niah.settings(ckpt, "run", args)
     assert fit == {"logit_scale_c": c} and off == {"logit_scale_c": 0.0} and label_off == "run" != label_fit
     model = eval_niah.load_model(ckpt, fit, 64, "cpu")
     assert all(m.c == c for m in model.modules() if isinstance(m, drope.DroppedPositionalEncoding))

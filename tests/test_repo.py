@@ -141,9 +141,9 @@ def test_continue_from_rope_gets_fresh_position_network(tmp_path, tiny_data, cap
     out = capsys.readouterr().out
     fresh = out.split("fresh: ")[1].split("; not used")[0]
     assert fresh.count(".position_net.") == 9 and "not used: none" in out  # 3 layers x (W_g, W_c, W_z)
-    args = argparse.Namespace(scaling=[None, "yarn"], iters=[1], logit_scale_c=["fitted"])
+    args = argparse.Namespace(scaling=[None, "yarn"], iters=[1], logit_scale_c=["fitted"], answer_writes=["chunks"])
     ckpt = torch.load(tmp_path / "repo" / "ckpt.pt", weights_only=True)
-    assert [label for label, _, _ in eval_niah.settings(ckpt, "repo", args)] == ["repo", "repo+yarn"]
+    assert [label for label, *_ in eval_niah.settings(ckpt, "repo", args)] == ["repo", "repo+yarn"]
     positions = repo_positions.main(["--ckpt", str(tmp_path / "repo" / "ckpt.pt"), "--length", "128"])
     assert sorted(positions) == [0, 1, 2] and (tmp_path / "repo" / "positions.png").stat().st_size > 1000
     done = subprocess.run([sys.executable, "repo_positions.py", "--ckpt", str(tmp_path / "repo" / "ckpt.pt"), "--length", "128",
