@@ -303,7 +303,8 @@ def measure(args, arms, block_size, ctx, bf16):
     print()
     base = runs[args.arms[0]]
     width = max(12, *(len(arm) + 2 for arm in arms))
-    print(f"{'arm':{width}s}{'step ms':>10s}{'tokens/s':>10s}{'ratio':>8s}{'params':>12s}{'+params':>9s}{'GFLOP/step':>12s}"
+    print(f"{'arm':{width}s}{'step ms':>10s}{'tokens/s':>10s}{'ratio':>8s}{'params':>12s}{'+params':>9s}"
+          f"{'GFLOP/step':>12s}"
           f"{'+FLOPs':>8s}{'saved MiB':>11s}{'peak MiB':>10s}{'ops/step':>10s}")
     for pe, run in runs.items():
         t = statistics.median(run["times"])

@@ -159,7 +159,7 @@ class GPTConfig:
     memory_query_span: int = 8     # FwPKM: tokens whose hidden states form the query (1: the paper's; fwpkm.py)
     memory_chunk: int = 32         # FwPKM: tokens per write; also the sliding window of training
     memory_lifetime: str = "sequence"  # FwPKM: "sequence" (fresh per sequence) or "persistent" (fwpkm.py)
-    memory_replaces_mlp: bool = False  # a memory in place of its layer's MLP (Lample et al., the FwPKM code), not beside
+    memory_replaces_mlp: bool = False  # memories in place of their layers' MLP (Lample et al., the FwPKM code)
     kernels: str = "auto"          # Triton fast paths (kernels/): auto (on CUDA), on, off; the same weights either way
 
     # what changes the weights' meaning; resuming with a different value here is refused
@@ -181,8 +181,8 @@ class GPTConfig:
                 raise ValueError(f"{name}={value!r}: layers {bad} do not exist; valid: 0..{self.n_layer - 1}")
             setattr(self, name, layers)
         if self.memory_replaces_mlp and not (self.pkm_layers or self.fwpkm_layers):
-            raise ValueError("memory_replaces_mlp=True puts a memory in place of its layer's MLP, and no layer has one: "
-                             "give pkm_layers or fwpkm_layers")
+            raise ValueError("memory_replaces_mlp=True puts a memory in place of its layer's MLP, and no layer has "
+                             "one: give pkm_layers or fwpkm_layers")
         if self.memory_lifetime not in ("sequence", "persistent"):
             raise ValueError(f"unknown memory_lifetime {self.memory_lifetime!r}; valid choices: sequence, persistent")
         if self.kernels not in kernels.MODES:

@@ -252,8 +252,8 @@ def test_training_and_iterative_niah_from_the_command_line(tmp_path, tiny_data, 
     ckpt = load(tmp_path)
     assert ckpt["model_config"]["fwpkm_layers"] == (1,) and "blocks.1.sublayers.0.initial_values" in ckpt["model"]
     results = eval_niah.main(["--ckpt", str(tmp_path / "run" / "ckpt.pt"), "--lengths", "4", "--depths", "1",
-                              "--samples", "2", "--iters", "1,2", "--answer_writes", "chunks,end", "--wordings", "heldout",
-                              "--out_dir", str(tmp_path / "niah")])
+                              "--samples", "2", "--iters", "1,2", "--answer_writes", "chunks,end", "--wordings",
+                              "heldout", "--out_dir", str(tmp_path / "niah")])
     assert [r["label"] for r in results] == ["run", "run+writes_at_end", "run+2reads", "run+2reads+writes_at_end"]
     assert [(r["iters"], r["answer_writes"]) for r in results] == [(1, "chunks"), (1, "end"), (2, "chunks"), (2, "end")]
     run(tmp_path, tiny_data, *memory, "--pkm_layers", "0", "--max_iters", "4", out="pkm")
