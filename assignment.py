@@ -45,14 +45,16 @@ import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import kernels
 from cli import ArgumentParser
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 SELF = "assignment.py"      # its docstring shows the marker format, so it is not scanned
 HANDOUT = "docs/assignment/handout.md"  # the one file of docs/ that a student copy holds
+LAB = ("results/", "figures/", "docs/")  # measurements and the lab's docs (they quote the code): no one grades with them
 STAY_BEHIND = (  # what a student copy leaves out: the lab's results and notes, other forms of the solutions, grading
-    "results/", "figures/", "docs/",                     # measurements and the lab's docs (they quote the code)
-    "kernels/rotary.py", "kernels/position_net.py", "kernels/pkm.py", "kernels/cpu.py",  # the parts, another way
+    *LAB,
+    *(f"kernels/{name}" for name in kernels.FILES),      # the fast paths: the parts, computed another way
     "bench_kernels.py", "bench_gpu.sh", "tests/test_kernels.py", "tests/test_kernels_pkm.py",  # their benches, tests
     "tests/hidden/", "tests/test_assignment.py",         # the hidden tests; the tests of this file (need git)
 )
@@ -338,16 +340,20 @@ def run_tests(directory, nodes):
     return results
 
 
-def grading_tree(directory, part, tree, root=ROOT):
-    """Writes to `tree` the instructor's repository (root's tracked files, results/, figures/ and docs/ left out)
-    with the statements of `part`'s region taken from the submission in `directory`; returns None, or why the
-    submission's region could not be read (the part then scores 0)."""
-    for path in tracked_files(root):
-        if not path.startswith(("results/", "figures/", "docs/")):
+def with_body(lines, region, body):
+    """lines (a file's, as read) with region's statements replaced by the lines `body`."""
+    return lines[:region.body.start] + body + lines[region.body.stop:]
+
+
+def grading_tree(directory, ref, files, tree, root=ROOT):
+    """Writes to `tree` the instructor's repository (root's tracked `files` but LAB) with the statements of the
+    reference region `ref` taken from the submission in `directory`; returns None, or why the submission's region
+    could not be read (the part then scores 0)."""
+    for path in files:
+        if not path.startswith(LAB):
             os.makedirs(os.path.dirname(os.path.join(tree, path)), exist_ok=True)
             shutil.copy2(os.path.join(root, path), os.path.join(tree, path), follow_symlinks=False)
-    ref, = (r for found in find_regions(root, tracked_files(root)).values() for r in found if r.part == part)
-    where = os.path.join(directory, ref.path)
+    part, where = ref.part, os.path.join(directory, ref.path)
     if not os.path.isfile(where):
         return f"{where} does not exist: the submission needs the file that holds the region {part!r}"
     try:
@@ -357,18 +363,18 @@ def grading_tree(directory, part, tree, root=ROOT):
     if not mine:
         return (f"{where} has no region {part!r}: keep its '# --- solution: {part} ...' and '# --- end ---' lines and "
                 f"write the statements between them")
-    lines, submitted = read_lines(root, ref.path), read_lines(directory, ref.path)
-    spliced = lines[:ref.body.start] + submitted[mine[0].body.start:mine[0].body.stop] + lines[ref.body.stop:]
+    submitted = read_lines(directory, ref.path)[mine[0].body.start:mine[0].body.stop]
     with open(os.path.join(tree, ref.path), "w", encoding="utf-8") as f:
-        f.write("".join(spliced))
+        f.write("".join(with_body(read_lines(root, ref.path), ref, submitted)))
     return None
 
 
-def grade_part(directory, part):
-    """[(test id, passed, message)] of one part of the submission in directory, graded alone."""
-    nodes = PARTS[part]["tests"] + PARTS[part]["hidden"]
+def grade_part(directory, ref, files):
+    """[(test id, passed, message)] of the part of the reference region `ref` in the submission in directory, graded
+    alone; files: the instructor's tracked files."""
+    nodes = PARTS[ref.part]["tests"] + PARTS[ref.part]["hidden"]
     with tempfile.TemporaryDirectory() as tree:
-        problem = grading_tree(directory, part, tree)
+        problem = grading_tree(directory, ref, files, tree)
         if problem:
             return [(node, False, problem) for node in nodes]
         results = run_tests(tree, nodes)
@@ -386,8 +392,10 @@ def grade(directory, parts=None, json_path=None):
     unknown = [p for p in parts if p not in PARTS]
     if unknown:
         raise SystemExit(f"error: unknown part {unknown[0]!r}; valid choices: {', '.join(PARTS)}")
+    files = tracked_files(ROOT)
+    refs = {r.part: r for found in find_regions(ROOT, files).values() for r in found}
     with ThreadPoolExecutor(max_workers=max(1, min(len(parts), os.cpu_count() or 1))) as pool:
-        graded = dict(zip(parts, pool.map(lambda part: grade_part(directory, part), parts)))
+        graded = dict(zip(parts, pool.map(lambda part: grade_part(directory, refs[part], files), parts)))
     rows = []
     for name, tests in graded.items():
         passed = sum(ok for _, ok, _ in tests)

@@ -86,11 +86,10 @@ def settings(ckpt, name, args):
 def check_options_apply(ckpts, args):
     """Refuses an evaluation option set to other than its default that applies to none of the checkpoints (it
     would be ignored silently): --scaling needs RoPE layers, --logit_scale_c a DroPE model, --iters FwPKM layers."""
+    fwpkm = ("models with FwPKM layers (--fwpkm_layers)", lambda config: config.get("fwpkm_layers"))
     needs = {"scaling": ([None], "models with RoPE layers (rope, repo, rope_nope)", has_rotary),
              "logit_scale_c": (["fitted"], "DroPE models (pe=drope)", lambda config: config["pe"] == "drope"),
-             "iters": ([1], "models with FwPKM layers (--fwpkm_layers)", lambda config: config.get("fwpkm_layers")),
-             "answer_writes": (["chunks"], "models with FwPKM layers (--fwpkm_layers)",
-                               lambda config: config.get("fwpkm_layers"))}
+             "iters": ([1], *fwpkm), "answer_writes": (["chunks"], *fwpkm)}
     for name, (default, who, applies) in needs.items():
         if getattr(args, name) != default and not any(applies(c["model_config"]) for c in ckpts.values()):
             kinds = ", ".join(f"{path}: pe={c['model_config']['pe']}" for path, c in ckpts.items())

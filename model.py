@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 import kernels
+from kernels import use_cpu_forms
 from drope import DroppedPositionalEncoding, recalibration_defaults
 from fwpkm import memory_layer
 from repo import repo_layer, rope_nope_layer
@@ -58,41 +59,19 @@ from rope import NoPositionalEncoding, RotaryEmbedding
 
 
 class RMSNorm(nn.RMSNorm):
-    """y = x / sqrt(mean(x²) + eps) · w over the last dimension: nn.RMSNorm, with a faster backward on the CPU.
+    """y = x / sqrt(mean(x²) + eps) · w over the last dimension: nn.RMSNorm, whose CPU backward is a chain of
+    elementwise operators (~6x LayerNorm's fused one); the switch `kernels` ("auto") runs kernels/cpu.py's form on the
+    CPU instead (LayerNorm's fused backward plus one term, derived there)."""
 
-    On the CPU nn.RMSNorm runs as a chain of elementwise operators, each writing a new [..., C] tensor, and its
-    backward costs ~6x LayerNorm's fused one (bench.py's profile shows it). Here the forward writes one new tensor
-    (r = 1 / sqrt(mean(x²) + eps) from a norm, then x·r·w), and the backward is LayerNorm's fused backward with its
-    mean set to 0, which is RMSNorm's gradient except for one term: with x̂ = x·r and g·w = the incoming gradient
-    times w,
-
-        dx_LayerNorm = r·(g·w − mean(g·w) − x̂·mean(g·w·x̂))      dx_RMSNorm = r·(g·w − x̂·mean(g·w·x̂))
-
-    so dx_RMSNorm = dx_LayerNorm + r·mean(g·w), one matrix-vector product (g @ w) and one addition. dw is the same
-    in both. GPUs (whose nn.RMSNorm is fused both ways), autocast and torch.compile run nn.RMSNorm itself; a test
-    checks that both ways agree."""
+    def __init__(self, n_embd, kernels_mode):
+        super().__init__(n_embd)
+        self.kernels = kernels_mode
 
     def forward(self, x):
-        if x.device.type != "cpu" or torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling():
-            return super().forward(x)
-        return _CPURMSNorm.apply(x, self.weight, self.eps)
-
-
-class _CPURMSNorm(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, eps):
-        eps = torch.finfo(x.dtype).eps if eps is None else eps  # nn.RMSNorm's default
-        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)            # ||x||  [..., 1]: no x² in memory
-        r = norm.square_().div_(x.shape[-1]).add_(eps).rsqrt_()             # r = 1 / sqrt(mean(x²) + eps)
-        ctx.save_for_backward(x, weight, r)
-        return torch.mul(x, r).mul_(weight)                                  # one new [..., C] tensor, as LayerNorm's
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight, r = ctx.saved_tensors
-        dx, dweight, _ = torch.ops.aten.native_layer_norm_backward(grad, x, [x.shape[-1]], torch.zeros_like(r), r,
-                                                                     weight, None, [True, True, False])
-        return dx.add_(r * (grad @ weight)[..., None] / x.shape[-1]), dweight, None  # + r·mean(g·w), in place
+        if use_cpu_forms(self.kernels, x):
+            from kernels.cpu import rms_norm
+            return rms_norm(x, self.weight, self.eps)
+        return super().forward(x)
 
 
 class LearnedPositions(nn.Module):
@@ -261,8 +240,8 @@ class CausalSelfAttention(nn.Module):
         self.layer_idx = layer_idx
         self.n_head = config.n_head
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)
-        self.q_norm = RMSNorm(config.n_embd) if config.qk_norm else nn.Identity()
-        self.k_norm = RMSNorm(config.n_embd) if config.qk_norm else nn.Identity()
+        self.q_norm = RMSNorm(config.n_embd, config.kernels) if config.qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(config.n_embd, config.kernels) if config.qk_norm else nn.Identity()
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
         self.positional = make_positional(config, layer_idx)
 
@@ -295,14 +274,14 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, config, layer_idx):
         super().__init__()
-        self.attn_norm = RMSNorm(config.n_embd)
+        self.attn_norm = RMSNorm(config.n_embd, config.kernels)
         self.attn = CausalSelfAttention(config, layer_idx)
         sublayers = [m for factory in SUBLAYERS if (m := factory(config, layer_idx)) is not None]
         # memory_replaces_mlp: the layer's memory (a module with `memory = True`) takes the MLP's place
         memory = [m for m in sublayers if config.memory_replaces_mlp and getattr(m, "memory", False)]
         self.sublayers = nn.ModuleList(m for m in sublayers if m not in memory)
         self.ffn_memory = memory[0] if memory else None
-        self.mlp_norm = None if memory else RMSNorm(config.n_embd)
+        self.mlp_norm = None if memory else RMSNorm(config.n_embd, config.kernels)
         self.mlp = None if memory else MLP(config)
 
     def forward(self, x, pos, cache=None, window=None):
@@ -341,7 +320,7 @@ class GPT(nn.Module):
         self.config = config
         self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
-        self.norm = RMSNorm(config.n_embd)
+        self.norm = RMSNorm(config.n_embd, config.kernels)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.tok_emb.weight  # tied input and output embeddings
         self.apply(self._init_weights)

@@ -7,7 +7,7 @@ tests/test_rope.py and tests/test_repo.py check the CPU forms.
     rotary.py   RoPE's rotation of q and k by real-valued positions (RoPE, RePo, every scaling), one launch
     position_net.py   RePo's position network f_φ, one launch forward, one and two matrix products backward
     pkm.py      the memories' top-k read of value rows (forward, backward) and FwPKM's value write (no graph)
-    cpu.py      the rotation and f_φ for the CPU, where the study trains: fewer operators, a backward by hand
+    cpu.py      the rotation, f_φ and RMSNorm for the CPU, where the study trains: fewer operators, backward by hand
 
 The switch is GPTConfig.kernels (train.py --kernels, eval_niah.py and bench.py --kernels):
     auto   the Triton fast path when the tensors are on CUDA and triton is installed, and cpu.py's forms for fp32
@@ -25,8 +25,8 @@ MODES = ("auto", "on", "off")
 TRITON = importlib.util.find_spec("triton") is not None  # torch's CUDA builds bring it
 # a student copy (python assignment.py make) leaves the fast paths out, so that the reference code, which students
 # write, is what runs
-FAST_PATHS = all(os.path.exists(os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py"))
-                 for name in ("rotary", "position_net", "pkm", "cpu"))
+FILES = ("rotary.py", "position_net.py", "pkm.py", "cpu.py")  # the fast paths
+FAST_PATHS = all(os.path.exists(os.path.join(os.path.dirname(os.path.abspath(__file__)), name)) for name in FILES)
 
 
 def check_available(mode, device_type):

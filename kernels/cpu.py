@@ -19,6 +19,15 @@ costs about twice as much.
 
 position_network(): RePo's f_φ, as repo.py's PositionNetwork, with W_g and W_c as one matrix product: h is read once
 and its gradient comes back as one tensor (two products and their sum cost ~2x as much at d_p = C/8).
+
+rms_norm(): model.py's RMSNorm, y = x·r·w with r = 1 / sqrt(mean(x²) + eps). The forward writes one new tensor (r
+from a norm, then x·r·w); the backward is LayerNorm's fused backward with its mean set to 0, which is RMSNorm's
+gradient except for one term: with x̂ = x·r and g·w the incoming gradient times w,
+
+    dx_LayerNorm = r·(g·w − mean(g·w) − x̂·mean(g·w·x̂))      dx_RMSNorm = r·(g·w − x̂·mean(g·w·x̂))
+
+so dx_RMSNorm = dx_LayerNorm + r·mean(g·w): one matrix-vector product (g @ w) and one addition; dw is the same in
+both. tests/test_model.py compares it with nn.RMSNorm.
 """
 import torch
 import torch.nn.functional as F
@@ -69,3 +78,25 @@ def position_network(h, gate_weight, content_weight, position_weight):
     """z [B, H, T] from h [B, T, C] fp32: SiLU(h W_g) ⊙ (h W_c) W_z, as repo.py's PositionNetwork."""
     gate, content = F.linear(h, torch.cat((gate_weight, content_weight))).chunk(2, dim=-1)  # [B, T, d_p] each
     return F.linear(F.silu(gate) * content, position_weight).transpose(1, 2)
+
+
+class _RMSNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        eps = torch.finfo(x.dtype).eps if eps is None else eps  # nn.RMSNorm's default
+        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)            # ||x||  [..., 1]: no x² in memory
+        r = norm.square_().div_(x.shape[-1]).add_(eps).rsqrt_()             # r = 1 / sqrt(mean(x²) + eps)
+        ctx.save_for_backward(x, weight, r)
+        return torch.mul(x, r).mul_(weight)                                  # one new [..., C] tensor, as LayerNorm's
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, r = ctx.saved_tensors
+        dx, dweight, _ = torch.ops.aten.native_layer_norm_backward(grad, x, [x.shape[-1]], torch.zeros_like(r), r,
+                                                                     weight, None, [True, True, False])
+        return dx.add_(r * (grad @ weight)[..., None] / x.shape[-1]), dweight, None  # + r·mean(g·w), in place
+
+
+def rms_norm(x, weight, eps=None):
+    """x [..., C] fp32 normalised as nn.RMSNorm(C, eps) with weight w [C] does."""
+    return _RMSNorm.apply(x, weight, eps)

@@ -29,10 +29,9 @@ def solve(directory, part):
     ref, = (r for found in regions.values() for r in found if r.part == part)
     mine, = (r for r in assignment.parse_regions(ref.path, assignment.read_lines(str(directory), ref.path))
              if r.part == part)
-    lines = assignment.read_lines(str(directory), ref.path)
     solution = assignment.read_lines(ROOT, ref.path)[ref.body.start:ref.body.stop]
     with open(os.path.join(directory, ref.path), "w", encoding="utf-8") as f:
-        f.write("".join(lines[:mine.body.start] + solution + lines[mine.body.stop:]))
+        f.write("".join(assignment.with_body(assignment.read_lines(str(directory), ref.path), mine, solution)))
 
 
 def test_student_copy_holds_no_solution_ships_the_handout_and_runs(student):
