@@ -30,8 +30,9 @@ def solve(directory, part):
     mine, = (r for r in assignment.parse_regions(ref.path, assignment.read_lines(str(directory), ref.path))
              if r.part == part)
     solution = assignment.read_lines(ROOT, ref.path)[ref.body.start:ref.body.stop]
+    solved = assignment.with_body(assignment.read_lines(str(directory), ref.path), mine, solution)
     with open(os.path.join(directory, ref.path), "w", encoding="utf-8") as f:
-        f.write("".join(assignment.with_body(assignment.read_lines(str(directory), ref.path), mine, solution)))
+        f.write("".join(solved))
 
 
 def test_student_copy_holds_no_solution_ships_the_handout_and_runs(student):
