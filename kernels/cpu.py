@@ -47,7 +47,7 @@ def turn(x, cos, sin):
 class _Rotation(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, pos, inv_freq, attention_factor):
-        angle = pos.float()[..., None] * inv_freq                           # φ  [T, D/2] or [B, H, T, D/2]
+        angle = pos.float().contiguous()[..., None] * inv_freq              # φ  [T, D/2] or [B, H, T, D/2]
         cos, sin = angle.cos(), angle.sin()
         if attention_factor != 1.0:
             cos, sin = cos * attention_factor, sin * attention_factor
