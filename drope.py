@@ -99,12 +99,16 @@ def set_logit_scale_c(model, c):
 
 
 @torch.no_grad()
-def loss_at(model, x, y, beta, batch_size):
-    """Mean next-token loss of x [N, T] with every logit scaled by beta."""
+def loss_at(model, x, y, beta, batch_size, weights=None, names=None):
+    """Mean next-token loss of x [N, T] with every logit scaled by beta; weights and names [N, T] as train.py's
+    batches of drills have them (the answers' loss weight, the name slots given random identities)."""
     s = x.shape[1] / model.config.block_size
     set_logit_scale_c(model, (beta - 1) / math.log(s))
-    return float(np.mean([model(x[i:i + batch_size], y[i:i + batch_size])[1].item()
-                          for i in range(0, len(x), batch_size)]))
+    rows = [slice(i, i + batch_size) for i in range(0, len(x), batch_size)]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # the same random identities for every beta: the loss differs by beta alone
+        return float(np.mean([model(x[r], y[r], weights=None if weights is None else weights[r],
+                                    anonymous=None if names is None else names[r])[1].item() for r in rows]))
 
 
 BETA_LIMITS = (0.05, 20.0)  # the search never leaves these: beta <= 0 flips attention, beyond 20 it is one-hot

@@ -1,9 +1,13 @@
 """
-DroPE's step 4: fit c of the logit scale beta = 1 + c·ln(s) on held-out text, and store it in the checkpoint.
+DroPE's step 4: fit c of the logit scale beta = 1 + c·ln(s) on held-out rows, and store it in the checkpoint.
 
     python drope_fit.py --ckpt out/drope/ckpt.pt     # the DroPE recipe of drope.py; then eval_niah.py uses "fitted"
 
-For each length s·L (--lengths) the held-out loss is searched over beta (drope.search_beta: a grid, extended past
+The paper fits beta on held-out data of the distribution the model was trained on. --rows_from training (the
+default) does that: a run trained on retrieval drills (config/niah_cpu.py) is fitted on new drills of each length,
+with its training loss (answers weighted by its answer_weight, anonymised names not predicted); a run trained on text
+on windows of the held-out text (the val split), as --rows_from text always does. For each length s·L (--lengths) the
+held-out loss is searched over beta (drope.search_beta: a grid, extended past
 an end while the best sits there, then refined), and c is the least-squares fit through the best betas
 (drope.fit_c). The checkpoint gets model_config["logit_scale_c"] = c and the curves; beta_fit.png is written
 beside it.
@@ -15,9 +19,13 @@ import numpy as np
 import torch
 
 from cli import DEVICE_HELP, ArgumentParser, check_minimum, load_checkpoint, parse_list, resolve_device
+from data.drills import DrillMaker
 from data.format import checkpoint_data_dir, get_batch, load_tokens, write_atomic
 from drope import BETA_LIMITS, fit_c, logit_scale, loss_at, plot_fit, search_beta
 from model import GPT
+from train import train_batch
+
+ROWS_FROM = ("training", "text")
 
 
 def main(argv=None):
@@ -28,6 +36,9 @@ def main(argv=None):
                    "extended past an end while the best is there, then refined around the best")
     p.add_argument("--rows", type=int, default=32, help="held-out sequences per length (the same for every beta)")
     p.add_argument("--batch_size", type=int, default=8, help="sequences per forward pass")
+    p.add_argument("--rows_from", default="training", choices=ROWS_FROM,
+                   help="training: rows like the run's training rows (new drills if it trained on them, else held-out "
+                        "text); text: windows of the held-out text")
     p.add_argument("--data_dir", default=None, help="held-out data; default: the checkpoint's dataset")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--seed", type=int, default=0, help="which held-out windows")
@@ -47,31 +58,49 @@ def main(argv=None):
     ckpt = load_checkpoint(args.ckpt)
     if ckpt["model_config"]["pe"] != "drope":
         raise SystemExit(f"error: {args.ckpt} has pe={ckpt['model_config']['pe']!r}; beta is fitted for pe='drope'")
-    val = load_tokens(checkpoint_data_dir(ckpt, args.data_dir), "val")
+    data_dir = checkpoint_data_dir(ckpt, args.data_dir)
+    val = load_tokens(data_dir, "val")
     model = GPT.from_checkpoint(ckpt, args.device)
     train_len = model.config.block_size
 
-    batches = {m: [t.to(args.device) for t in get_batch(val, args.rows, int(m * train_len),
-                                                         torch.Generator().manual_seed(args.seed))]
-               for m in multiples}  # [rows, length] inputs and targets per length
+    options = ckpt.get("options", {})
+    on_drills = args.rows_from == "training" and options.get("niah_mix", 0) > 0
+    drills = DrillMaker(data_dir, shape={"needles": options.get("drill_needles", 3),
+                                         "shared_wording": options.get("shared_wording", 0.0)}) if on_drills else None
+    batches = {}  # per length: inputs, targets [rows, length], the loss weights and name slots (None on text)
+    for m in multiples:
+        gen = torch.Generator().manual_seed(args.seed)
+        if on_drills:  # train.py's batch with every row a drill of this length, from seeds it never drew
+            batch = train_batch(val, {**options, "batch_size": args.rows, "niah_mix": 1.0}, int(m * train_len),
+                                gen, drills)
+        else:
+            batch = (*get_batch(val, args.rows, int(m * train_len), gen), None, None)
+        batches[m] = [None if t is None else t.to(args.device) for t in batch]
+    print(f"rows: {args.rows} per length, " + ("new retrieval drills, weighted as in training" if on_drills
+                                               else "windows of the held-out text"))
+    def loss(m, beta):
+        x, y, weights, names = batches[m]
+        return loss_at(model, x, y, beta, args.batch_size, weights, names)
+
     curves, best, interior = [], [], []
     for m in multiples:
-        beta, tried, inside = search_beta(lambda b: loss_at(model, *batches[m], b, args.batch_size), betas, step)
+        beta, tried, inside = search_beta(lambda b: loss(m, b), betas, step)
         curves.append(sorted(tried.items()))
         best.append(beta)
         interior.append(inside)
-        unscaled = loss_at(model, *batches[m], 1.0, args.batch_size)
+        unscaled = loss(m, 1.0)
         where = "interior" if inside else f"AT THE EDGE of the search ({BETA_LIMITS[0]}-{BETA_LIMITS[1]})"
         print(f"{m:g}x ({int(m * train_len)} tokens): loss {unscaled:.4f} at beta 1, best {tried[beta]:.4f} at beta "
               f"{beta:.3f} ({where}; {len(tried)} betas tried, {min(tried):g}-{max(tried):g})", flush=True)
     c = fit_c(multiples, best)
-    fitted = [loss_at(model, *batches[m], logit_scale(c, m, 1), args.batch_size) for m in multiples]
+    fitted = [loss(m, logit_scale(c, m, 1)) for m in multiples]
     print(f"fitted c = {c:.4f}: beta = " + ", ".join(f"{logit_scale(c, m, 1):.3f} at {m:g}x (loss {f:.4f})"
                                                     for m, f in zip(multiples, fitted)))
 
     ckpt["model_config"]["logit_scale_c"] = c
     ckpt["logit_scale_fit"] = {"multiples": multiples, "curves": curves, "best_betas": best, "interior": interior,
-                               "c": c, "rows": args.rows, "seed": args.seed}
+                               "c": c, "rows": args.rows, "seed": args.seed,
+                               "rows_from": "drills" if on_drills else "text"}
     write_atomic(args.ckpt, lambda tmp: torch.save(ckpt, tmp))
     figure = os.path.join(os.path.dirname(args.ckpt), "beta_fit.png")
     plot_fit(multiples, curves, c, figure)

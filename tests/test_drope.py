@@ -118,6 +118,24 @@ def test_qk_norm_is_added_at_the_drop(tmp_path, tiny_data, rope_ckpt, capsys):
         run(tmp_path, tiny_data, "--pe", "drope", "--init_from", str(rope_ckpt), "--n_layer", "3", out="other")
 
 
+def test_c_is_fitted_on_the_rows_the_run_trained_on(tmp_path, tiny_data):
+    """A run on retrieval drills is fitted on new drills, weighted as its training loss; --rows_from text (and a run
+    on text) on the held-out text. The two give other losses at beta = 1, so the rows really differ."""
+    run(tmp_path, tiny_data, "--pe", "drope", "--niah_mix", "1", "--block_size", "64", "--answer_weight", "8",
+        "--anonymous_names", "true", "--max_iters", "2")
+    path = str(tmp_path / "run" / "ckpt.pt")
+    losses = {}
+    for rows_from, said in (("training", "new retrieval drills"), ("text", "windows of the held-out text")):
+        done = subprocess.run([sys.executable, "drope_fit.py", "--ckpt", path, "--lengths", "2", "--betas",
+                               "0.8,1.2,0.2", "--rows", "4", "--rows_from", rows_from],
+                              cwd=ROOT, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert said in done.stdout, done.stdout
+        assert load(tmp_path)["logit_scale_fit"]["rows_from"] == ("drills" if rows_from == "training" else "text")
+        losses[rows_from] = float(done.stdout.split("loss ")[1].split()[0])  # "2x (128 tokens): loss L at beta 1"
+    assert abs(losses["training"] - losses["text"]) > 1e-3, losses
+
+
 def test_fitted_c_is_stored_reloaded_and_overridable(tmp_path, tiny_data, rope_ckpt):
     run(tmp_path, tiny_data, "--pe", "drope", "--init_from", str(rope_ckpt), "--max_iters", "2")
     path = str(tmp_path / "run" / "ckpt.pt")
