@@ -23,7 +23,7 @@ hint lines and replaces the statements with one line at the marker's indentation
 so every file still imports, and a test that reaches an unsolved part fails naming it and its hint. `make` refuses
 unbalanced or nested markers, a part without tests in PARTS (or tests without a region), a stub that does not land
 inside a function, and a student copy that still holds a solution: a statement line of a region, or of the fast paths
-(kernels/, which compute the same things another way and stay behind with results/, docs/ and the hidden tests),
+(fast_paths/, which compute the same things another way and stay behind with results/, docs/ and the hidden tests),
 anywhere in it. Part names are unique: one region per part.
 
 Grading, each part alone: for a part, the grader copies this (the instructor's) repository, puts the submission's
@@ -45,7 +45,7 @@ import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import kernels
+import fast_paths
 from cli import ArgumentParser
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -54,7 +54,7 @@ HANDOUT = "docs/assignment/handout.md"  # the one file of docs/ that a student c
 LAB = ("results/", "figures/", "docs/")  # measurements and the lab's docs (they quote the code): no one grades with them
 STAY_BEHIND = (  # what a student copy leaves out: the lab's results and notes, other forms of the solutions, grading
     *LAB,
-    *(f"kernels/{name}" for name in kernels.FILES),      # the fast paths: the parts, computed another way
+    *(f"fast_paths/{name}" for name in fast_paths.FILES),      # the fast paths: the parts, computed another way
     "bench_kernels.py", "bench_gpu.sh", "tests/test_kernels.py", "tests/test_kernels_pkm.py",  # their benches, tests
     "tests/hidden/", "tests/test_assignment.py",         # the hidden tests; the tests of this file (need git)
 )
@@ -234,13 +234,13 @@ SHORTEST_LEAK = 20  # characters of a statement line, below which a line ("retur
 
 def solution_lines(root, regions):
     """{statement line: where it comes from} of every region's statements and of every function in the fast paths
-    that stay behind (kernels/: the same computations another way), those long enough to tell a leak."""
+    that stay behind (fast_paths/: the same computations another way), those long enough to tell a leak."""
     lines = {}
     for path, found in regions.items():
         text = read_lines(root, path)
         for r in found:
             lines.update({code: f"part {r.part!r}" for i in r.body if len(code := code_line(text[i])) >= SHORTEST_LEAK})
-    for path in (p for p in STAY_BEHIND if p.startswith("kernels/") and p.endswith(".py")):
+    for path in (p for p in STAY_BEHIND if p.startswith("fast_paths/") and p.endswith(".py")):
         if os.path.exists(os.path.join(root, path)):
             text = read_lines(root, path)
             for node in ast.walk(ast.parse("".join(text), path)):

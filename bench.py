@@ -35,7 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from cli import DEVICE_HELP, ArgumentParser, check_minimum, resolve_device
 from data.format import dataset_dir, load_meta
-from kernels import MODES as KERNEL_MODES, check_available
+from fast_paths import MODES as KERNEL_MODES, check_available
 from model import GPT, GPTConfig, POSITIONAL
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")  # torch.compile's modes
@@ -101,7 +101,7 @@ class OpCounter(TorchDispatchMode):
     """Counts the aten operators dispatched while active that launch a kernel: views (they relabel memory) and
     allocations (torch.empty: the caching allocator, on the host) are left out. On CUDA each counted one is (at
     least) one kernel launch, and the count is the same on any device, so a step's launch overhead can be measured
-    without a GPU. A Triton kernel (kernels/) counts as one launch: on CUDA it passes no aten operator, and under
+    without a GPU. A Triton kernel (fast_paths/) counts as one launch: on CUDA it passes no aten operator, and under
     TRITON_INTERPRET the interpreter's own tensor operators are not counted."""
 
     NO_LAUNCH = (torch.ops.aten._unsafe_view, torch.ops.aten.empty, torch.ops.aten.empty_strided,
@@ -349,7 +349,7 @@ def main(argv=None):
                         "worker processes (train.py --data_workers), e.g. 0,2,8; then train.py's whole batches of "
                         "--batch_size drills")
     p.add_argument("--kernels", default="auto", choices=KERNEL_MODES,
-                   help="fused Triton fast paths (kernels/) of every arm, unless the arm sets +kernels=...")
+                   help="fused Triton fast paths (fast_paths/) of every arm, unless the arm sets +kernels=...")
     args = p.parse_args(argv)
     if args.drills is not None:
         try:

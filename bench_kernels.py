@@ -1,7 +1,7 @@
 """
-The fast paths of kernels/ against the plain code they replace, side by side in one process on a GPU: the rotary
-(kernels/rotary.py vs rope.py), RePo's position network (kernels/position_net.py vs repo.py), then the memories'
-read and FwPKM's write (kernels/pkm.py vs fwpkm.py).
+The fast paths of fast_paths/ against the plain code they replace, side by side in one process on a GPU: the rotary
+(fast_paths/rotary.py vs rope.py), RePo's position network (fast_paths/position_net.py vs repo.py), then the memories'
+read and FwPKM's write (fast_paths/pkm.py vs fwpkm.py).
 
     python bench_kernels.py                      # B=8, H=12, D=64, T = 1024, 2048, 4096, bf16, an H100 SXM's peak
     python bench_kernels.py --peak_gbps 4800     # an H200's peak bandwidth
@@ -116,7 +116,7 @@ def memory_reads(B, T, K, N, per_sequence):
 
 
 def bench_position_net(args, triton_testing):
-    from kernels.position_net import position_network
+    from fast_paths.position_net import position_network
     from model import GPTConfig
     from repo import PositionNetwork
     B, H, C = args.batch_size, args.n_head, args.n_head * args.head_dim
@@ -144,7 +144,7 @@ def bench_position_net(args, triton_testing):
 
 
 def bench_memories(args, triton_testing):
-    from kernels import pkm
+    from fast_paths import pkm
     B, T, K, N, D, C = (args.batch_size, args.memory_length, args.memory_topk, args.memory_n_sub ** 2,
                         args.memory_value_dim, args.memory_chunk)
     print(f"\nmemories: B={B} T={T} k={K} N={args.memory_n_sub}²={N} d_v={D} C={C} fp32")
@@ -204,7 +204,7 @@ def main(argv=None):
                          "kernels on the CPU")
     # imported only now: triton comes with torch's CUDA builds, and this machine has CUDA
     import triton.testing
-    from kernels.rotary import rotary
+    from fast_paths.rotary import rotary
 
     torch.manual_seed(0)
     B, H, D, dtype = args.batch_size, args.n_head, args.head_dim, getattr(torch, args.dtype)

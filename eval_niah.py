@@ -58,7 +58,7 @@ from data.niah import HAYSTACKS, MULTIKEY_CHANCE, SPLITS, VARIANTS, WORDINGS, ma
 from model import GPT, GPTConfig, format_health
 from plots import plot_accuracy, plt, save_figure
 from fwpkm import needle_trace, read_iteratively
-from kernels import MODES as KERNEL_MODES, check_available
+from fast_paths import MODES as KERNEL_MODES, check_available
 from rope import SCALINGS, RotaryEmbedding
 
 ANSWER_SLACK = 4  # extra greedy tokens for a lead-in before the value (": ", " It is"): a model that answers a
@@ -400,7 +400,7 @@ def main(argv=None):
     p.add_argument("--batch_size", type=int, default=10, help="samples per forward pass")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--kernels", default="auto", choices=KERNEL_MODES,
-                   help="fused Triton fast paths (kernels/): auto (on CUDA when triton is installed), on, off")
+                   help="fused Triton fast paths (fast_paths/): auto (on CUDA when triton is installed), on, off")
     p.add_argument("--seed", type=int, default=0)
     argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv)

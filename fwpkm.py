@@ -73,7 +73,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kernels import use_kernels
+from fast_paths import use_kernels
 
 IDW_EPS = 1e-3  # s = −log(eps + distance²): a slot at distance 0 scores −log(eps) ≈ 6.9, not infinity
 
@@ -166,8 +166,8 @@ class ProductKeyMemory(nn.Module):
         q1, q2 = q.chunk(2, dim=-1)
         scores, slots = product_topk(dot_scores(q1, self.sub_keys[0]), dot_scores(q2, self.sub_keys[1]), self.topk)
         w = F.softmax(scores.float(), dim=-1).type_as(q)                   # [B, T, k]
-        if use_kernels(self.kernels, x):  # the same read without the gathered rows in memory (kernels/pkm.py)
-            from kernels import pkm  # imports triton, which CPU-only installs may lack
+        if use_kernels(self.kernels, x):  # the same read without the gathered rows in memory (fast_paths/pkm.py)
+            from fast_paths import pkm  # imports triton, which CPU-only installs may lack
             read = pkm.read(self.values.weight, slots, w)
         else:
             read = (w[..., None] * self.values(slots)).sum(-2)             # v̂ = Σ w_i V_i   [B, T, d_v]
@@ -242,8 +242,8 @@ class FastWeightProductKeyMemory(nn.Module):
         half_scores = idw_scores(halves(q), state.keys[group])                       # [B, 2, T, n]
         scores, slots = product_topk(*half_scores.unbind(1), self.topk)
         w = F.softmax(scores, dim=-1)                                                 # [B, T, k]
-        if use_kernels(self.kernels, q):  # the same read, memory [G, N, d_v] as rows group·N + slot (kernels/pkm.py)
-            from kernels import pkm
+        if use_kernels(self.kernels, q):  # the same read, memory [G, N, d_v] as rows group·N + slot (fast_paths/pkm.py)
+            from fast_paths import pkm
             v_hat = pkm.read(state.values.flatten(0, 1), group[:, None, None] * state.values.shape[1] + slots, w)
         else:
             rows = state.values[group[:, None, None], slots]                          # [B, T, k, d_v]
@@ -259,10 +259,10 @@ class FastWeightProductKeyMemory(nn.Module):
         needs_graph = torch.is_grad_enabled() and any(
             t.requires_grad for t in (state.values, r["v_hat"], r["v"], r["g"], r["w"]))
         if use_kernels(self.kernels, state.values) and not needs_graph:
-            # the same value step as one fused scatter into state.values, in place (kernels/pkm.py). Only where no
+            # the same value step as one fused scatter into state.values, in place (fast_paths/pkm.py). Only where no
             # graph is needed (evaluation, read_iteratively, generation): training differentiates through the
             # write (the LM loss of later chunks reaches W_v, W_q and the gate), so it takes the plain code below
-            from kernels import pkm
+            from fast_paths import pkm
             pkm.write_values(state.values, r["group"][:, None, None] * N + r["slots"], r["w"], r["g"], r["v_hat"],
                              r["v"], self.topk)
             return

@@ -50,8 +50,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-import kernels
-from kernels import use_cpu_forms
+import fast_paths
+from fast_paths import use_cpu_forms
 from drope import DroppedPositionalEncoding, recalibration_defaults
 from fwpkm import memory_layer
 from repo import repo_layer, rope_nope_layer
@@ -60,7 +60,7 @@ from rope import NoPositionalEncoding, RotaryEmbedding
 
 class RMSNorm(nn.RMSNorm):
     """y = x / sqrt(mean(x²) + eps) · w over the last dimension: nn.RMSNorm, whose CPU backward is a chain of
-    elementwise operators (~6x LayerNorm's fused one); the switch `kernels` ("auto") runs kernels/cpu.py's form on the
+    elementwise operators (~6x LayerNorm's fused one); the switch `kernels` ("auto") runs fast_paths/cpu.py's form on the
     CPU instead (LayerNorm's fused backward plus one term, derived there)."""
 
     def __init__(self, n_embd, kernels_mode):
@@ -69,7 +69,7 @@ class RMSNorm(nn.RMSNorm):
 
     def forward(self, x):
         if use_cpu_forms(self.kernels, x):
-            from kernels.cpu import rms_norm
+            from fast_paths.cpu import rms_norm
             return rms_norm(x, self.weight, self.eps)
         return super().forward(x)
 
@@ -139,7 +139,7 @@ class GPTConfig:
     memory_chunk: int = 32         # FwPKM: tokens per write; also the sliding window of training
     memory_lifetime: str = "sequence"  # FwPKM: "sequence" (fresh per sequence) or "persistent" (fwpkm.py)
     memory_replaces_mlp: bool = False  # memories in place of their layers' MLP (Lample et al., the FwPKM code)
-    kernels: str = "auto"          # Triton fast paths (kernels/): auto (on CUDA), on, off; the same weights either way
+    kernels: str = "auto"          # Triton fast paths (fast_paths/): auto (on CUDA), on, off; the same weights either way
 
     # what changes the weights' meaning; resuming with a different value here is refused
     ARCHITECTURE = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "pe", "rope_base", "qk_norm",
@@ -164,8 +164,8 @@ class GPTConfig:
                              "one: give pkm_layers or fwpkm_layers")
         if self.memory_lifetime not in ("sequence", "persistent"):
             raise ValueError(f"unknown memory_lifetime {self.memory_lifetime!r}; valid choices: sequence, persistent")
-        if self.kernels not in kernels.MODES:
-            raise ValueError(f"unknown kernels {self.kernels!r}; valid choices: {', '.join(kernels.MODES)}")
+        if self.kernels not in fast_paths.MODES:
+            raise ValueError(f"unknown kernels {self.kernels!r}; valid choices: {', '.join(fast_paths.MODES)}")
 
     def to_dict(self):
         return asdict(self)

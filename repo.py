@@ -34,7 +34,7 @@ far below it, in plateaus, monotone runs and jumps (`python repo_positions.py` p
 is near zero (std-0.02 weights make z ~ 0.002), so RePo layers begin as NoPE and learn their positions.
 
 Fast path: on a GPU (GPTConfig.kernels), f_φ runs as one fused Triton kernel and the rotation by z as another
-(kernels/position_net.py, kernels/rotary.py); on the CPU both run in fewer PyTorch operators (kernels/cpu.py). The
+(fast_paths/position_net.py, fast_paths/rotary.py); on the CPU both run in fewer PyTorch operators (fast_paths/cpu.py). The
 code here is the reference they are tested against.
 
 Also here: "rope_nope", the control with the same layer split (RoPE below, NoPE from ⌈L/3⌉ up), to tell learned
@@ -46,7 +46,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kernels import use_cpu_forms, use_kernels
+from fast_paths import use_cpu_forms, use_kernels
 from rope import NoPositionalEncoding, RotaryEmbedding
 
 
@@ -67,11 +67,11 @@ class PositionNetwork(nn.Module):
         self.kernels = config.kernels
 
     def forward(self, h):
-        if use_kernels(self.kernels, h):  # the same f_φ in one fused Triton launch (kernels/position_net.py)
-            from kernels.position_net import position_network  # imports triton, which CPU-only installs may lack
+        if use_kernels(self.kernels, h):  # the same f_φ in one fused Triton launch (fast_paths/position_net.py)
+            from fast_paths.position_net import position_network  # imports triton, which CPU-only installs may lack
             return position_network(h, self.gate.weight, self.content.weight, self.to_position.weight)
-        if use_cpu_forms(self.kernels, h):  # the same with W_g and W_c as one matrix product (kernels/cpu.py)
-            from kernels.cpu import position_network
+        if use_cpu_forms(self.kernels, h):  # the same with W_g and W_c as one matrix product (fast_paths/cpu.py)
+            from fast_paths.cpu import position_network
             return position_network(h, self.gate.weight, self.content.weight, self.to_position.weight)
         # --- solution: repo position network ---
         # | the module docstring's f_φ: a gate and a content projection of h [B, T, C] to d_p = C/8, their

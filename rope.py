@@ -51,7 +51,7 @@ import math
 import torch
 import torch.nn as nn
 
-from kernels import use_cpu_forms, use_kernels
+from fast_paths import use_cpu_forms, use_kernels
 
 SCALINGS = ("pi", "ntk", "dyn_ntk", "yarn")  # the context-extension methods; None = plain RoPE
 YARN_BETA_FAST = 32.0  # pairs turning more than this many times over the training context are left untouched
@@ -173,11 +173,11 @@ class RotaryEmbedding(nn.Module):
             inv_freq, _ = rope_frequencies(self.head_dim, self.base, self.scaling, self.factor, self.train_len,
                                            cur_len=pos[-1] + 1)
         pos = self.positions(h, pos)  # [T], or [B, H, T] with RePo
-        if use_kernels(self.kernels, q):  # the same rotation as below in one fused Triton launch (kernels/rotary.py)
-            from kernels.rotary import rotary  # imports triton, which CPU-only installs may lack
+        if use_kernels(self.kernels, q):  # the same rotation as below in one fused Triton launch (fast_paths/rotary.py)
+            from fast_paths.rotary import rotary  # imports triton, which CPU-only installs may lack
             return rotary(q, k, pos, inv_freq, self.attention_factor)
-        if use_cpu_forms(self.kernels, q):  # the same in fewer operators, with a backward by hand (kernels/cpu.py)
-            from kernels.cpu import rotary
+        if use_cpu_forms(self.kernels, q):  # the same in fewer operators, with a backward by hand (fast_paths/cpu.py)
+            from fast_paths.cpu import rotary
             return rotary(q, k, pos, inv_freq, self.attention_factor)
         # cos and sin are computed once for q and k; the attention factor goes on both, so logits scale by
         # mscale², as YaRN prescribes

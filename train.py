@@ -40,7 +40,7 @@ from cli import DEVICE_HELP, ArgumentParser, check_minimum, check_writable_dir, 
 from data.format import PREPARE_COMMANDS, dataset_dir, get_batch, load_meta, load_tokenizer, load_tokens, write_atomic
 from data.drills import DrillMaker, table_path
 from data.niah import MULTIKEY_CHANCE
-from kernels import check_available
+from fast_paths import check_available
 from eval_niah import probe, probe_samples
 from model import GPT, GPTConfig, POSITIONAL, format_health, stage_defaults
 from plots import plt, save_figure

@@ -41,7 +41,7 @@ def test_student_copy_holds_no_solution_ships_the_handout_and_runs(student):
     assert copied == {p for p in tracked if not assignment.stays_behind(p)} and assignment.HANDOUT in copied
     assert not any(p.startswith(("results/", "tests/hidden/")) for p in copied)
     assert [p for p in copied if p.startswith("docs/")] == [assignment.HANDOUT]
-    assert [p for p in copied if p.startswith("kernels/")] == ["kernels/__init__.py"]  # the fast paths stay behind
+    assert [p for p in copied if p.startswith("fast_paths/")] == ["fast_paths/__init__.py"]  # the fast paths stay behind
     # no statement line of any solution (or of the fast paths) anywhere in the copy: what make checks, checked here
     # again from the regions of the instructor's files
     regions = assignment.find_regions(ROOT, sorted(tracked))
@@ -60,9 +60,9 @@ def test_make_refuses_a_copy_that_holds_a_solution(tmp_path, monkeypatch):
     lines = {assignment.code_line(leak): "part 'rope angles'"}
     assert assignment.find_leaks({"notes.py": "x = 1\n" + leak}, lines) == \
         [("notes.py", 2, "part 'rope angles': 'angle = pos.float()[..., None] * inv_freq'")]
-    # kernels/cpu.py computes the rope angles another way: shipping it fails the build, and nothing is written
-    monkeypatch.setattr(assignment, "STAY_BEHIND", tuple(p for p in assignment.STAY_BEHIND if p != "kernels/cpu.py"))
-    with pytest.raises(SystemExit, match=r"would hold solutions .*kernels/cpu.py:\d+: part 'rope angles'"):
+    # fast_paths/cpu.py computes the rope angles another way: shipping it fails the build, and nothing is written
+    monkeypatch.setattr(assignment, "STAY_BEHIND", tuple(p for p in assignment.STAY_BEHIND if p != "fast_paths/cpu.py"))
+    with pytest.raises(SystemExit, match=r"would hold solutions .*fast_paths/cpu.py:\d+: part 'rope angles'"):
         assignment.make(str(tmp_path / "out"))
     assert os.listdir(tmp_path) == []
 

@@ -30,12 +30,12 @@ def test_op_counter_counts_each_operator_once():
 
 
 def test_a_triton_kernel_counts_as_one_launch():
-    """kernels/rotary.py: two outputs allocated (no launch) and one kernel, whose interpreter (TRITON_INTERPRET=1,
+    """fast_paths/rotary.py: two outputs allocated (no launch) and one kernel, whose interpreter (TRITON_INTERPRET=1,
     conftest.py) runs tensor operators of its own that a GPU would not; the counter restores triton when it leaves."""
     pytest.importorskip("triton", reason="triton is not installed")
-    pytest.importorskip("kernels.rotary", reason="a student copy of assignment.py leaves the fast paths out")
+    pytest.importorskip("fast_paths.rotary", reason="a student copy of assignment.py leaves the fast paths out")
     from triton.runtime.interpreter import InterpretedFunction
-    from kernels.rotary import rotary
+    from fast_paths.rotary import rotary
     run = InterpretedFunction.run
     q, k, pos, inv_freq = torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8), torch.arange(5.0), torch.ones(4)
     with bench.OpCounter() as counter:

@@ -1,4 +1,4 @@
-"""The Triton fast paths of kernels/ against the plain PyTorch code they replace: outputs and every gradient.
+"""The Triton fast paths of fast_paths/ against the plain PyTorch code they replace: outputs and every gradient.
 
 Here (tests/conftest.py sets TRITON_INTERPRET=1) the kernels run under Triton's CPU interpreter, on CPU tensors and,
 where there is a GPU, on CUDA tensors too. On a GPU, `TRITON_INTERPRET=0 python -m pytest tests/test_kernels.py`
@@ -11,9 +11,9 @@ import torch
 
 pytest.importorskip("triton", reason="triton is not installed, so the kernels cannot run")
 
-from kernels import use_kernels
-from kernels.position_net import position_network
-from kernels.rotary import rotary
+from fast_paths import use_kernels
+from fast_paths.position_net import position_network
+from fast_paths.rotary import rotary
 from model import GPT, GPTConfig
 from repo import PositionNetwork
 from rope import rope_frequencies, rotate
@@ -90,7 +90,7 @@ def test_rotary_bf16(device, positions):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("n_embd,n_head,T", [(96, 3, 33), (160, 5, 40), (32, 2, 1)])  # P = 12, 20, 4; C in slices
 def test_position_network_matches_plain(device, dtype, n_embd, n_head, T):
-    """kernels/position_net.py vs repo.py's PositionNetwork: the positions z [B, H, T] and the gradients of h and of
+    """fast_paths/position_net.py vs repo.py's PositionNetwork: the positions z [B, H, T] and the gradients of h and of
     the three weights, for a random upstream gradient; in bf16 under autocast the plain code multiplies in bf16, the
     kernel in fp32 from the same bf16 h, so they agree to bf16's rounding of the largest values."""
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""kernels/pkm.py against fwpkm.py's plain code: the memories' read (output and the gradients of the weights and of
+"""fast_paths/pkm.py against fwpkm.py's plain code: the memories' read (output and the gradients of the weights and of
 the value rows) and FwPKM's value write, then tiny GPTs with a memory layer, kernels on vs off.
 
 As tests/test_kernels.py: under Triton's CPU interpreter on CPU tensors and, where there is a GPU, on CUDA tensors.
@@ -9,7 +9,7 @@ import torch
 pytest.importorskip("triton", reason="triton is not installed, so the kernels cannot run")
 
 import fwpkm
-from kernels import pkm
+from fast_paths import pkm
 from model import GPT, GPTConfig
 from tests.test_kernels import BF16, DEVICES, FP32, assert_trains_the_same, train_steps
 

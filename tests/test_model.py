@@ -209,7 +209,7 @@ def test_random_identities_share_one_vector_per_key_and_row():
 
 
 def test_cpu_rmsnorm_equals_torchs_in_values_and_gradients():
-    """model.RMSNorm's CPU form (kernels/cpu.py: LayerNorm's fused backward plus r·mean(g·w)) against nn.RMSNorm."""
+    """model.RMSNorm's CPU form (fast_paths/cpu.py: LayerNorm's fused backward plus r·mean(g·w)) against nn.RMSNorm."""
     torch.manual_seed(0)
     fast, plain = model_module.RMSNorm(48, "auto"), torch.nn.RMSNorm(48)
     with torch.no_grad():

@@ -53,8 +53,8 @@ def test_position_network_is_a_gated_projection_to_one_position_per_head():
 
 
 def test_cpu_fast_form_of_the_position_network_equals_the_reference():
-    """kernels/cpu.py's f_φ (W_g and W_c as one product), the model's path on the CPU, against repo.py's."""
-    pytest.importorskip("kernels.cpu", reason="a student copy of assignment.py leaves the fast paths out")
+    """fast_paths/cpu.py's f_φ (W_g and W_c as one product), the model's path on the CPU, against repo.py's."""
+    pytest.importorskip("fast_paths.cpu", reason="a student copy of assignment.py leaves the fast paths out")
     torch.manual_seed(0)
     reference = repo.PositionNetwork(GPTConfig(**TINY))
     fast = repo.PositionNetwork(GPTConfig(**{**TINY, "kernels": "auto"}))

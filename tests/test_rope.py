@@ -135,7 +135,7 @@ def test_dynamic_ntk_from_a_position_tensor_equals_the_int_length(cur_len):
         got, _ = rope_frequencies(D, scaling="dyn_ntk", factor=2.0, train_len=256, cur_len=pos[-1] + 1)
         assert torch.equal(got, expected)
         q = torch.randn(1, 1, len(pos), D)
-        # the module takes the CPU fast form (kernels/cpu.py): the reference to rounding
+        # the module takes the CPU fast form (fast_paths/cpu.py): the reference to rounding
         torch.testing.assert_close(module(q, q, None, pos)[0], rotate(q, pos, expected), rtol=1e-5, atol=1e-5)
 
 
@@ -173,9 +173,9 @@ def test_matches_huggingface(scaling, hf_type):
 @pytest.mark.parametrize("attention_factor", [1.0, 1.3])
 @pytest.mark.parametrize("per_head", [False, True])
 def test_cpu_fast_form_equals_the_reference_in_values_and_gradients(attention_factor, per_head):
-    """kernels/cpu.py (RotaryEmbedding's path on the CPU in fp32) against rope.py's rotate(): q and k, and the
+    """fast_paths/cpu.py (RotaryEmbedding's path on the CPU in fp32) against rope.py's rotate(): q and k, and the
     gradient of learned per-head positions (RePo) from the backward written by hand."""
-    rotary = pytest.importorskip("kernels.cpu", reason="a student copy leaves the fast paths out").rotary
+    rotary = pytest.importorskip("fast_paths.cpu", reason="a student copy leaves the fast paths out").rotary
     inv_freq, _ = rope_frequencies(D)
     torch.manual_seed(0)
     qkv = torch.randn(2, 40, 3, 3, D, requires_grad=True)  # q, k as strided views of one projection, as in model.py

@@ -1,7 +1,7 @@
 """
 The product-key memories' sparse read and FwPKM's value write as Triton kernels: the fast paths of fwpkm.py's
 ProductKeyMemory, FastWeightProductKeyMemory.read and FastWeightProductKeyMemory.write, taken when GPTConfig.kernels
-says so (kernels/).
+says so (fast_paths/).
 
 The read. Token r (of the B·T tokens) reads its top-k value rows, weighted by the softmax of their scores:
 
@@ -36,7 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import require_gpu_or_interpreter
+from fast_paths import require_gpu_or_interpreter
 
 require_gpu_or_interpreter()
 

@@ -1,6 +1,6 @@
 """
 RePo's position network f_φ as one Triton kernel forward and one kernel (plus two matrix products) backward: the
-fast path of repo.py's PositionNetwork, taken when GPTConfig.kernels says so (kernels/).
+fast path of repo.py's PositionNetwork, taken when GPTConfig.kernels says so (fast_paths/).
 
 It computes what PositionNetwork computes, for the rows h_n [C] of a layer's normalised hidden state:
 
@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import require_gpu_or_interpreter
+from fast_paths import require_gpu_or_interpreter
 
 require_gpu_or_interpreter()
 

@@ -1,6 +1,6 @@
 """
 RoPE's rotation of q and k by real-valued positions as one Triton kernel pair (forward, backward): the fast path of
-rope.py's RotaryEmbedding, so of RoPE, RePo and every scaling, taken when GPTConfig.kernels says so (kernels/).
+rope.py's RotaryEmbedding, so of RoPE, RePo and every scaling, taken when GPTConfig.kernels says so (fast_paths/).
 
 It computes what rope.py's rotate() computes, for q and k in one launch. Pair i = (x[i], x[i + D/2]) of a head
 vector at position z is turned by the angle φ_i = z·θ_i and multiplied by the attention factor a (YaRN's mscale):
@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import require_gpu_or_interpreter
+from fast_paths import require_gpu_or_interpreter
 
 require_gpu_or_interpreter()
 

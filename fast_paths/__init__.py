@@ -15,6 +15,9 @@ The switch is GPTConfig.kernels (train.py --kernels, eval_niah.py and bench.py -
     on     always; without a GPU this is Triton's CPU interpreter, which TRITON_INTERPRET=1 in the environment
            turns on (slow: for tests)
     off    the plain PyTorch code
+
+The folder is not called kernels/: Hugging Face's `kernels` package (which transformers 5 installs and imports) has
+that name, and a script run from this directory would import this folder in its place.
 """
 import importlib.util
 import os
@@ -34,7 +37,7 @@ def check_available(mode, device_type):
     if mode != "on":
         return
     if not FAST_PATHS:
-        raise SystemExit("error: --kernels on needs the fast paths in kernels/, which this copy leaves out (a student "
+        raise SystemExit("error: --kernels on needs the fast paths in fast_paths/, which this copy leaves out (a student "
                          "copy of assignment.py); use --kernels auto or off")
     if not TRITON:
         raise SystemExit("error: --kernels on needs triton (pip install triton); use --kernels auto or off")

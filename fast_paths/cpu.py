@@ -1,6 +1,6 @@
 """
 The CPU's fast forms, in plain PyTorch: what the Triton kernels do on a GPU (fewer operators, a backward by hand),
-for the CPU, where the study trains (GPTConfig.kernels "auto" on the CPU in fp32; kernels/). tests/test_rope.py and
+for the CPU, where the study trains (GPTConfig.kernels "auto" on the CPU in fp32; fast_paths/). tests/test_rope.py and
 tests/test_repo.py compare values and gradients with the reference code of rope.py and repo.py.
 
 rotary(): RoPE's rotation of q and k by real-valued positions, as rope.py's rotate() (RoPE, RePo, every scaling).
@@ -9,7 +9,7 @@ Pair i = (x1_i, x2_i) = (x[i], x[i + D/2]) at position z is turned by φ_i = z·
     y1 = a·(x1·cos φ − x2·sin φ)        y2 = a·(x1·sin φ + x2·cos φ)
 
 written into the two halves of one output (a product and a fused multiply-add each: no chunked copies, no cat),
-with the backward written by hand, as the Triton kernel's (kernels/rotary.py):
+with the backward written by hand, as the Triton kernel's (fast_paths/rotary.py):
 
     dx1 = a·(dy1·cos φ + dy2·sin φ)     dx2 = a·(dy2·cos φ − dy1·sin φ)      the same turn by −φ
     dL/dz = Σ_i θ_i·(dy2_i·y1_i − dy1_i·y2_i)                                over the pairs of q and of k
