@@ -162,6 +162,9 @@ class GPTConfig:
         if self.memory_replaces_mlp and not (self.pkm_layers or self.fwpkm_layers):
             raise ValueError("memory_replaces_mlp=True puts a memory in place of its layer's MLP, and no layer has "
                              "one: give pkm_layers or fwpkm_layers")
+        if (self.pkm_layers or self.fwpkm_layers) and not 1 <= self.memory_topk <= self.memory_n_sub:
+            raise ValueError(f"memory_topk={self.memory_topk}: a memory reads the top k of each half's "
+                             f"memory_n_sub={self.memory_n_sub} sub-keys; valid: 1..{self.memory_n_sub}")
         if self.memory_lifetime not in ("sequence", "persistent"):
             raise ValueError(f"unknown memory_lifetime {self.memory_lifetime!r}; valid choices: sequence, persistent")
         if self.kernels not in fast_paths.MODES:

@@ -157,6 +157,9 @@ def parse_args(argv=None):
     if opts["prepare_drills"] and not (opts["drills_dir"] and opts["niah_mix"] > 0):
         parser.error("--prepare_drills makes the retrieval drills of a run into --drills_dir: it needs both "
                      "--drills_dir and --niah_mix > 0 (e.g. --config config/niah_gpu.py --drills_dir out/drills)")
+    if opts["drills_dir"] and not opts["niah_mix"] > 0:
+        parser.error(f"--drills_dir {opts['drills_dir']} holds retrieval drills, and --niah_mix is 0: this run reads "
+                     f"none (e.g. --niah_mix 1.0, as config/niah_cpu.py)")
     if opts["prepare_drills"] and (opts["resume"] or opts["init_from"]):
         parser.error("--prepare_drills replays a batch stream from its first step, which --resume and --init_from do "
                      "not change: prepare with the run's other options (a stage's stream is a fresh run's)")
@@ -165,10 +168,15 @@ def parse_args(argv=None):
     return opts, set(explicit)
 
 
-def check_schedule(o, method_defaults):
+def check_schedule(o, explicit, method_defaults):
     """The learning-rate schedule and the kept iterations fit together (after a stage's defaults are applied); a
-    warmup longer than the run is legal and only warned about."""
+    warmup longer than the run is an error when it was asked for, and only warned about when it is a default that a
+    shortened run (a short trial with --max_iters) outlasts."""
     source = lambda name: f" (pe={o['pe']}'s default for a stage)" if name in method_defaults else ""
+    if o["warmup_iters"] > o["max_iters"] and "warmup_iters" in explicit:
+        sys.exit(f"error: --warmup_iters {o['warmup_iters']} is more than --max_iters {o['max_iters']}"
+                 f"{source('max_iters')}: the learning rate would rise for the whole run and never reach --lr "
+                 f"{o['lr']}; give a warmup of at most {o['max_iters']} steps")
     if o["min_lr"] > o["lr"]:
         sys.exit(f"error: --min_lr {o['min_lr']}{source('min_lr')} is above --lr {o['lr']}{source('lr')}: the cosine "
                  f"decays from lr down to min_lr; give a min_lr of at most {o['lr']}")
@@ -514,7 +522,7 @@ def check_inputs(o, explicit, env):
     if init is not None:  # the method's defaults for a stage from a checkpoint (DroPE: its recalibration schedule)
         method_defaults = {k: v for k, v in stage_defaults(o["pe"], init).items() if k not in explicit}
         o.update(method_defaults)
-    check_schedule(o, method_defaults)
+    check_schedule(o, explicit, method_defaults)
     if resumed is not None:
         check_kept_iterations(o, resumed["iter"])
     return resumed, init, method_defaults

@@ -101,10 +101,14 @@ def test_keep_iters_a_run_has_passed_is_refused_with_what_to_do(tmp_path, tiny_d
         run(tmp_path, tiny_data, "--max_iters", "8", "--keep_iters", "2,4", "--resume")
 
 
-def test_a_warmup_longer_than_the_run_is_warned_about_in_one_line(tmp_path, tiny_data, capsys):
-    run(tmp_path, tiny_data, "--max_iters", "3", "--warmup_iters", "5")
+def test_a_warmup_longer_than_the_run_is_an_error_when_asked_for_and_a_warning_when_a_default(tmp_path, tiny_data,
+                                                                                               capsys):
+    with pytest.raises(SystemExit, match=r"--warmup_iters 5 is more than --max_iters 3: .* at most 3 steps"):
+        run(tmp_path, tiny_data, "--max_iters", "3", "--warmup_iters", "5")
+    o = {**train.DEFAULTS, "max_iters": 3, "warmup_iters": 100}  # the default warmup outlasts a short trial run
+    train.check_schedule(o, {"max_iters"}, {})
     err = capsys.readouterr().err
-    assert err.startswith("warning: --warmup_iters 5 is more than --max_iters 3") and len(err.splitlines()) == 1, err
+    assert err.startswith("warning: --warmup_iters 100 is more than --max_iters 3") and len(err.splitlines()) == 1, err
 
 
 def test_the_cooldown_takes_the_learning_rate_linearly_to_zero_over_the_last_steps():
