@@ -38,6 +38,7 @@ asked; a seen and a held-out sample with the same k share the haystack, keys and
 """
 import argparse
 import itertools
+import json
 import math
 import os
 import platform
@@ -367,9 +368,28 @@ def run_info(argv):
             "command": shlex.join(["python", "eval_niah.py", *argv])}
 
 
+def redraw(paths):
+    """The heatmaps and the accuracy figure of each results.json, written beside it, as the evaluation drew them."""
+    for path in paths:
+        try:
+            with open(path) as f:
+                saved = json.load(f)
+            results, lengths = saved["results"], saved["args"]["lengths"]
+        except (OSError, ValueError, KeyError) as e:
+            raise SystemExit(f"error: --figures_from {path}: not a results.json of eval_niah.py ({e})")
+        out_dir = os.path.dirname(path) or "."
+        plot_heatmaps(results, lengths, out_dir)
+        plot_accuracy(results, lengths, os.path.join(out_dir, "accuracy_vs_length.png"))
+        print(f"{path}: drew its figures in {out_dir}/")
+
+
 def main(argv=None):
     p = ArgumentParser(prog="eval_niah.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", action="append", required=True, help="a checkpoint; repeat for several")
+    p.add_argument("--ckpt", action="append", help="a checkpoint; repeat for several")
+    p.add_argument("--figures_from", nargs="+", metavar="RESULTS_JSON",
+                   help="no evaluation: draw the figures of these results.json files again, beside each (the study "
+                        "commits results.json, not the heatmaps: python eval_niah.py --figures_from results/cpu/*/"
+                        "results.json)")
     p.add_argument("--lengths", default="1,2,4,8", help="context lengths as multiples of the training length "
                    "(below 1, e.g. 0.5, evaluates shorter contexts than the model was trained on)")
     p.add_argument("--depths", type=int, default=5, help="needle depths, evenly spread from 0%% to 100%%")
@@ -404,6 +424,11 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv)
+    if bool(args.ckpt) == bool(args.figures_from):
+        raise SystemExit("error: give --ckpt (evaluate checkpoints) or --figures_from (redraw the figures of "
+                         "results.json files), one of the two")
+    if args.figures_from:
+        return redraw(args.figures_from)
     lengths = args.lengths
     args.lengths = parse_list(lengths, float, "lengths")
     if not min(args.lengths) > 0:

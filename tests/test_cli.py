@@ -103,6 +103,8 @@ CASES = [
     case("assoc_recall.py", ["--pairs", "65"], "--pairs 65: at most 64 distinct keys"),
     case("assoc_recall.py", ["--n_embd", "30"], "--n_embd 30 must be a multiple of --n_head 4"),
     *(case("eval_niah.py", ["--ckpt", f"{W}/good/ckpt.pt", "--lengths", value], value) for value in ("abc", "0", "-1")),
+    case("eval_niah.py", [], "give --ckpt (evaluate checkpoints) or --figures_from"),
+    case("eval_niah.py", ["--figures_from", f"{W}/random.pt"], f"--figures_from {W}/random.pt: not a results.json"),
     case("eval_niah.py", ["--ckpt", f"{W}/good/ckpt.pt", "--iters", "x"], "--iters 'x'"),
     case("eval_niah.py", ["--ckpt", f"{W}/good/ckpt.pt", "--answer_writes", "never"],
          "unknown --answer_writes ['never']; valid choices: chunks, end"),

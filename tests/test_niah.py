@@ -356,7 +356,12 @@ def test_eval_reports_seen_and_heldout_wordings(tiny_data, tmp_path, monkeypatch
     assert set(asked) == set(EVERY_WORDING)  # 20 samples per set: at least one of each of its wordings
     table = capsys.readouterr().out
     assert f"{tmp_path.name} [seen]" in table and f"{tmp_path.name} [heldout]" in table
-    assert (tmp_path / "niah" / f"heatmaps_{tmp_path.name}_heldout.png").exists()
+    figures = sorted(p.name for p in (tmp_path / "niah").glob("*.png"))
+    assert f"heatmaps_{tmp_path.name}_heldout.png" in figures
+    for png in (tmp_path / "niah").glob("*.png"):  # the study commits results.json; the figures come back from it
+        png.unlink()
+    eval_niah.main(["--figures_from", str(tmp_path / "niah" / "results.json")])
+    assert sorted(p.name for p in (tmp_path / "niah").glob("*.png")) == figures
     only = eval_niah.main(["--ckpt", str(tmp_path / "ckpt.pt"), "--lengths", "1", "--depths", "1", "--samples", "1",
                            "--wordings", "heldout", "--out_dir", str(tmp_path / "niah")])
     assert [r["wordings"] for r in only] == ["heldout"]
