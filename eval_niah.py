@@ -54,7 +54,7 @@ import torch
 
 from cli import (DEVICE_HELP, ArgumentParser, check_minimum, check_writable_dir, load_checkpoint, parse_list,
                  resolve_device)
-from data.format import checkpoint_data_dir, load_tokenizer, load_tokens, write_json
+from data.format import checkpoint_data_dir, load_tokenizer, load_tokens, write_atomic
 from data.niah import HAYSTACKS, MULTIKEY_CHANCE, SPLITS, VARIANTS, WORDINGS, make_sample
 from model import GPT, GPTConfig, format_health
 from plots import plot_accuracy, plt, save_figure
@@ -284,8 +284,8 @@ def evaluate(ckpt_path, ckpt, args, device):
                        "variant": variant, "haystack": haystack, "wordings": wordings, "split": args.split,
                        "multiple": mult, "length": length, "depth": depth, "exact": float(np.mean(exact)),
                        "token": float(np.mean(token)),
-                       "attention": {layer: np.mean([a[layer] for a in attention], axis=0).tolist()
-                                     for layer in attention[0]},
+                       "attention": {layer: np.mean([a[layer] for a in attention], axis=0).round(4).tolist()
+                                     for layer in attention[0]},  # 4 decimals: results.json stays small
                        "health": mean_health(health), "n": len(samples)}
                 length_health += health
             print(f"{label} at {length} tokens ({mult}x): {time.time() - t0:.1f}s"
@@ -366,6 +366,17 @@ def run_info(argv):
     return {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "torch": torch.__version__,
             "machine": gpu or f"{os.cpu_count()}-core {platform.machine()} CPU",
             "command": shlex.join(["python", "eval_niah.py", *argv])}
+
+
+def write_results(path, run, args, results):
+    """results.json: {"run", "args", "results"}, one result per line (a study commits hundreds of them)."""
+    rows = ",\n".join(json.dumps(r, separators=(",", ":")) for r in results)
+    text = f'{{"run": {json.dumps(run)},\n"args": {json.dumps(args)},\n"results": [\n{rows}\n]}}\n'
+
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+    write_atomic(path, write)
 
 
 def redraw(paths):
@@ -457,8 +468,7 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     results = [r for path, ckpt in ckpts.items() for r in evaluate(path, ckpt, args, args.device)]
     print_tables(results, args.lengths)
-    write_json(os.path.join(args.out_dir, "results.json"),
-               {"run": run_info(argv), "args": vars(args), "results": results})
+    write_results(os.path.join(args.out_dir, "results.json"), run_info(argv), vars(args), results)
     plot_heatmaps(results, args.lengths, args.out_dir)
     plot_accuracy(results, args.lengths, os.path.join(args.out_dir, "accuracy_vs_length.png"))
     print(f"\nwrote {args.out_dir}/results.json and figures")
