@@ -16,7 +16,7 @@ The recipe:
    logits stay q·k/sqrt(D), nothing positional is added; the causal mask is the only order signal left. Here that
    is `--pe drope --init_from <RoPE checkpoint>`: RoPE has no parameters, so every weight loads.
 3. Recalibrate at the ORIGINAL training length with the ordinary next-token loss: all parameters, a fresh AdamW
-   (0.9, 0.95, wd 0.1), a short warmup, cosine decay, gradient clipping at 1.0, for the rest of the budget (the
+   (β 0.9, 0.999, no weight decay: the official trainer's), a short warmup, cosine decay, gradient clipping at 1.0, for the rest of the budget (the
    paper: 2K steps at LR 1e-3 with 70 warmup steps), so DroPE and the RoPE baseline train the same number of
    steps. `recalibration_defaults` makes that schedule train.py's default for this stage.
    Optional QK-norm (`--qk_norm true`, RMSNorm over the whole q and k projections, weights starting at 1) is
@@ -26,9 +26,9 @@ The recipe:
 
        beta = 1 + c·ln(s),   s = T / L   (T: the current context length; beta = 1 for T <= L)
 
-   and fit c on held-out text by minimising perplexity over beta at several lengths (search_beta and fit_c
-   below, which `python drope_fit.py` runs on a checkpoint: a grid, extended past an end while the best sits
-   there, then refined; it says whether each optimum is interior). Without position, the logits of a query spread over more keys as T grows, so attention
+   and fit c on held-out rows of the training distribution by minimising the loss over beta at several lengths
+   (`python drope_fit.py` on a checkpoint: a grid search per length, then a least-squares line through the best
+   betas). Without position, the logits of a query spread over more keys as T grows, so attention
    gets flatter (its entropy grows ~ln T); beta > 1 sharpens it back, like YaRN's mscale or the log-length scaling
    of "scalable softmax".
 
@@ -42,11 +42,8 @@ distribution except the number of keys.
 """
 import math
 
-import numpy as np
 import torch
 import torch.nn as nn
-
-from plots import plt, save_figure
 
 
 def logit_scale(c, length, train_len):
@@ -86,79 +83,3 @@ def recalibration_defaults(init_ckpt):
     steps = max(1, round(init_ckpt["iter"] / 7))
     return {"max_iters": steps, "warmup_iters": max(1, round(0.035 * steps)), "lr": 1e-3, "min_lr": 1e-4,
             "weight_decay": 0.0, "beta2": 0.999}
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Fitting c: held-out loss over a grid of beta at several lengths, then beta - 1 = c·ln(s) by least squares.
-
-def set_logit_scale_c(model, c):
-    model.config.logit_scale_c = c
-    for module in model.modules():
-        if isinstance(module, DroppedPositionalEncoding):
-            module.c = c
-
-
-@torch.no_grad()
-def loss_at(model, x, y, beta, batch_size, weights=None, names=None):
-    """Mean next-token loss of x [N, T] with every logit scaled by beta; weights and names [N, T] as train.py's
-    batches of drills have them (the answers' loss weight, the name slots given random identities)."""
-    s = x.shape[1] / model.config.block_size
-    set_logit_scale_c(model, (beta - 1) / math.log(s))
-    rows = [slice(i, i + batch_size) for i in range(0, len(x), batch_size)]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)  # the same random identities for every beta: the loss differs by beta alone
-        return float(np.mean([model(x[r], y[r], weights=None if weights is None else weights[r],
-                                    anonymous=None if names is None else names[r])[1].item() for r in rows]))
-
-
-BETA_LIMITS = (0.05, 20.0)  # the search never leaves these: beta <= 0 flips attention, beyond 20 it is one-hot
-
-
-def search_beta(loss_of, betas, step, refinements=2):
-    """The beta of least loss_of(beta), from the grid `betas` (spaced `step`): while the best is at an end of the
-    points tried, 5 more steps past that end (within BETA_LIMITS); then, twice, 9 points around the best at a fifth
-    of the last spacing. Returns (best beta, {beta: loss} of every point tried, whether the best before refining was
-    interior: False means the optimum lies at or past BETA_LIMITS)."""
-    tried = {}
-
-    def try_all(points):
-        for b in (round(b, 6) for b in points):
-            if b not in tried and BETA_LIMITS[0] <= b <= BETA_LIMITS[1]:
-                tried[b] = loss_of(b)
-
-    try_all(betas)
-    while True:
-        best, low, high = min(tried, key=tried.get), min(tried), max(tried)
-        if best == high and high + step <= BETA_LIMITS[1]:
-            try_all(high + step * k for k in range(1, 6))
-        elif best == low and low - step >= BETA_LIMITS[0]:
-            try_all(low - step * k for k in range(1, 6))
-        else:
-            break
-    interior = low < best < high
-    for _ in range(refinements):
-        step /= 5
-        try_all(best + step * k for k in range(-4, 5))
-        best = min(tried, key=tried.get)
-    return best, tried, interior
-
-
-def fit_c(multiples, best_betas):
-    """Least squares through the origin of beta - 1 = c·ln(s)."""
-    ln_s = np.log(multiples)
-    return float(np.sum(ln_s * (np.array(best_betas) - 1)) / np.sum(ln_s ** 2))
-
-
-def plot_fit(multiples, curves, c, path):
-    """curves: per length, the [beta, loss] points search_beta tried."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for m, curve in zip(multiples, curves):
-        line, = ax.plot(*zip(*sorted(curve)), marker=".", ms=3, label=f"{m:g}x")
-        ax.axvline(logit_scale(c, m, 1), color=line.get_color(), ls=":", lw=1)
-    ax.set_xlabel("beta (attention logits x beta)")
-    ax.set_ylabel("held-out loss (nats/token)")
-    ax.set_title(f"DroPE logit scale: fitted beta = 1 + {c:.3f}·ln(s) (dotted)")
-    ax.legend(title="context length")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    save_figure(fig, path)

@@ -13,6 +13,7 @@ an end while the best sits there, then refined), and c is the least-squares fit 
 beside it.
 """
 import argparse
+import math
 import os
 
 import numpy as np
@@ -21,11 +22,86 @@ import torch
 from cli import DEVICE_HELP, ArgumentParser, check_minimum, load_checkpoint, parse_list, resolve_device
 from data.drills import DrillMaker
 from data.format import checkpoint_data_dir, get_batch, load_tokens, write_atomic
-from drope import BETA_LIMITS, fit_c, logit_scale, loss_at, plot_fit, search_beta
+from drope import DroppedPositionalEncoding, logit_scale
 from model import GPT
+from plots import plt, save_figure
 from train import train_batch
 
 ROWS_FROM = ("training", "text")
+
+
+
+def set_logit_scale_c(model, c):
+    model.config.logit_scale_c = c
+    for module in model.modules():
+        if isinstance(module, DroppedPositionalEncoding):
+            module.c = c
+
+
+@torch.no_grad()
+def loss_at(model, x, y, beta, batch_size, weights=None, names=None):
+    """Mean next-token loss of x [N, T] with every logit scaled by beta; weights and names [N, T] as train.py's
+    batches of drills have them (the answers' loss weight, the name slots given random identities)."""
+    s = x.shape[1] / model.config.block_size
+    set_logit_scale_c(model, (beta - 1) / math.log(s))
+    rows = [slice(i, i + batch_size) for i in range(0, len(x), batch_size)]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # the same random identities for every beta: the loss differs by beta alone
+        return float(np.mean([model(x[r], y[r], weights=None if weights is None else weights[r],
+                                    anonymous=None if names is None else names[r])[1].item() for r in rows]))
+
+
+BETA_LIMITS = (0.05, 20.0)  # the search never leaves these: beta <= 0 flips attention, beyond 20 it is one-hot
+
+
+def search_beta(loss_of, betas, step, refinements=2):
+    """The beta of least loss_of(beta), from the grid `betas` (spaced `step`): while the best is at an end of the
+    points tried, 5 more steps past that end (within BETA_LIMITS); then, twice, 9 points around the best at a fifth
+    of the last spacing. Returns (best beta, {beta: loss} of every point tried, whether the best before refining was
+    interior: False means the optimum lies at or past BETA_LIMITS)."""
+    tried = {}
+
+    def try_all(points):
+        for b in (round(b, 6) for b in points):
+            if b not in tried and BETA_LIMITS[0] <= b <= BETA_LIMITS[1]:
+                tried[b] = loss_of(b)
+
+    try_all(betas)
+    while True:
+        best, low, high = min(tried, key=tried.get), min(tried), max(tried)
+        if best == high and high + step <= BETA_LIMITS[1]:
+            try_all(high + step * k for k in range(1, 6))
+        elif best == low and low - step >= BETA_LIMITS[0]:
+            try_all(low - step * k for k in range(1, 6))
+        else:
+            break
+    interior = low < best < high
+    for _ in range(refinements):
+        step /= 5
+        try_all(best + step * k for k in range(-4, 5))
+        best = min(tried, key=tried.get)
+    return best, tried, interior
+
+
+def fit_c(multiples, best_betas):
+    """Least squares through the origin of beta - 1 = c·ln(s)."""
+    ln_s = np.log(multiples)
+    return float(np.sum(ln_s * (np.array(best_betas) - 1)) / np.sum(ln_s ** 2))
+
+
+def plot_fit(multiples, curves, c, path):
+    """curves: per length, the [beta, loss] points search_beta tried."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m, curve in zip(multiples, curves):
+        line, = ax.plot(*zip(*sorted(curve)), marker=".", ms=3, label=f"{m:g}x")
+        ax.axvline(logit_scale(c, m, 1), color=line.get_color(), ls=":", lw=1)
+    ax.set_xlabel("beta (attention logits x beta)")
+    ax.set_ylabel("held-out loss (nats/token)")
+    ax.set_title(f"DroPE logit scale: fitted beta = 1 + {c:.3f}·ln(s) (dotted)")
+    ax.legend(title="context length")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    save_figure(fig, path)
 
 
 def main(argv=None):

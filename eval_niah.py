@@ -51,6 +51,7 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from cli import (DEVICE_HELP, ArgumentParser, check_minimum, check_writable_dir, load_checkpoint, parse_list,
                  resolve_device)
@@ -58,7 +59,7 @@ from data.format import checkpoint_data_dir, load_tokenizer, load_tokens, write_
 from data.niah import HAYSTACKS, MULTIKEY_CHANCE, SPLITS, VARIANTS, WORDINGS, make_sample
 from model import GPT, GPTConfig, format_health
 from plots import plot_accuracy, plt, save_figure
-from fwpkm import needle_trace, read_iteratively
+from fwpkm import FastWeightProductKeyMemory, read_iteratively
 from fast_paths import MODES as KERNEL_MODES, check_available
 from rope import SCALINGS, RotaryEmbedding
 
@@ -173,6 +174,47 @@ def teacher_forced(model, tokens, cache=None, window=None):
     return logits, qk
 
 
+# -- FwPKM's diagnostics: where the needle's value was written and what the answer read back ------------------
+
+def value_positions(s):
+    """[(written, writer, reader)] for each value token j of the answer of s, a NIAH sample (data/niah.py): written,
+    the position of value token j in the needle; writer = written − 1, the token that stores it under its query (the
+    lookahead); reader, the token before answer token j, which reads it back. [] when the answer does not occur in
+    the needle (multivalue)."""
+    answer, needle = s["tokens"][s["prompt_len"]:], s["tokens"][s["needle_at"]:s["needle_at"] + s["needle_len"]]
+    found = [o for o in range(len(needle) - len(answer) + 1) if needle[o:o + len(answer)] == answer]
+    if not found:
+        return []
+    return [(s["needle_at"] + found[0] + j, s["needle_at"] + found[0] + j - 1, s["prompt_len"] + j - 1)
+            for j, is_value in enumerate(s["value_mask"]) if is_value]
+
+
+def needle_trace(model, samples):
+    """Where each FwPKM layer wrote a NIAH sample's value and what the answer read back, from the last evaluation
+    forward of model (FastWeightProductKeyMemory.record keeps its reads) over the samples' tokens (teacher-forced, so the answer's tokens are in it too).
+
+    With the lookahead, value token j of the needle (at position n_j) is stored by the token before it (n_j − 1)
+    under that token's query, and read back at the answer by the token before answer token j (prompt_len + j − 1),
+    which is the same token with the same local context ("... of Mia is" -> " ", "4" -> "8"). Per value token:
+      overlap     the answer's read weight on the slots the needle's token read (and so wrote) in this pass
+      gate_write  g at the needle's token (how strongly it wrote)    gate_read  g at the answer's token
+      recall      cos(v̂ read at the answer, v_{n_j} written at the needle): 1 = the value came back
+    Returns {layer name: {metric: mean}} over the samples whose answer occurs in their needle (not multivalue)."""
+    report = {}
+    for name, m in model.named_modules():
+        if not isinstance(m, FastWeightProductKeyMemory) or not hasattr(m, "last_reads"):
+            continue
+        r, rows = m.last_reads, []
+        for b, s in enumerate(samples):
+            for written, w_at, r_at in value_positions(s):
+                hit = torch.isin(r["slots"][b, r_at], r["slots"][b, w_at])
+                rows.append([(r["w"][b, r_at] * hit).sum().item(), r["g"][b, w_at].item(), r["g"][b, r_at].item(),
+                             F.cosine_similarity(r["v_hat"][b, r_at], r["v"][b, written], dim=0).item()])
+        if rows:
+            report[name] = dict(zip(("overlap", "gate_write", "gate_read", "recall"), torch.tensor(rows).mean(0).tolist()))
+    return report
+
+
 @torch.no_grad()
 def score_batch(model, samples, enc, device, iters=1, window=None, writes="chunks"):
     """Greedy exact match and teacher-forced value-token accuracy for samples of equal length and answer length,
@@ -184,7 +226,7 @@ def score_batch(model, samples, enc, device, iters=1, window=None, writes="chunk
     logits, qk = teacher_forced(model, tokens, cache, window)
     attention = attention_stats(qk, samples, window)
     health = model.health_reports() if isinstance(model, GPT) else {}  # of this teacher-forced pass
-    for name, trace in needle_trace(model, samples).items():           # the needle's write and read (fwpkm.py)
+    for name, trace in needle_trace(model, samples).items():           # the needle's write and read
         health[name] = {**health[name], **trace}
     predicted = logits[:, prompt_len - 1:].argmax(-1)                  # [B, answer_len]
     mask = torch.tensor([s["value_mask"] for s in samples], device=device)

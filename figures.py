@@ -28,7 +28,7 @@ It writes to --out_dir:
   single needle, held-out wordings where the method has them.
 - fwpkm_slots.png: for an FwPKM checkpoint, on one prompt at 1x, after 1, 2 and 3 reading passes (eval_niah.py
   --iters): the memory slots the needle's value tokens were written to (their writers' top-k read weights, mean
-  over the value tokens) against the slots the answer read, with fwpkm.needle_trace's overlap and recall. Attention
+  over the value tokens) against the slots the answer read, with eval_niah.needle_trace's overlap and recall. Attention
   uses the checkpoint's training window when every training step had one (the FwPKM testbed), else --fwpkm_window.
 
 Every input is optional: a figure whose inputs are missing is skipped with a note. An input not given defaults to
@@ -46,9 +46,9 @@ from matplotlib.colors import LogNorm
 
 from cli import DEVICE_HELP, ArgumentParser, check_writable_dir, load_checkpoint, resolve_device
 from data.format import checkpoint_data_dir, load_tokenizer, load_tokens
-from eval_niah import (attention_stats, attention_weights, cell_samples, exact_match, load_model, settings,
-                       start_cache, teacher_forced)
-from fwpkm import FastWeightProductKeyMemory, needle_trace, value_positions
+from eval_niah import (attention_stats, attention_weights, cell_samples, exact_match, load_model, needle_trace,
+                       settings, start_cache, teacher_forced, value_positions)
+from fwpkm import FastWeightProductKeyMemory
 from model import GPTConfig
 from plots import line_style, plt, save_figure
 from summarize import load_results
@@ -281,8 +281,8 @@ def fwpkm_window(ckpt, given):
 def fwpkm_slots(ckpt, args, path):
     """fwpkm_slots.png. Returns {(memory name, passes): {"written" [N], "read" [N], "trace"}}: the mean over the
     value tokens of the top-k read weights of the token that wrote each (the writer) and of the answer token that
-    reads it back (fwpkm.value_positions), in eval_niah.py's teacher-forced pass after passes − 1 extra reads, and
-    fwpkm.needle_trace of that pass."""
+    reads it back (eval_niah.value_positions), in eval_niah.py's teacher-forced pass after passes − 1 extra reads, and
+    eval_niah.needle_trace of that pass."""
     config, window = ckpt["model_config"], fwpkm_window(ckpt, args.fwpkm_window)
     s = niah_prompt(ckpt, config["block_size"], args)
     positions = value_positions(s)
@@ -324,7 +324,7 @@ def fwpkm_slots(ckpt, args, path):
     axes[0][0].legend(fontsize=7)
     fig.suptitle(f"FwPKM: the slots the needle's value tokens were written to and the answer read, on one prompt "
                  f"({config['block_size']} tokens, single needle, seed {args.seed}, depth {args.depth:g}, attention "
-                 f"window {window or 'none'}); overlap and recall: fwpkm.needle_trace", fontsize=10)
+                 f"window {window or 'none'}); overlap and recall: eval_niah.needle_trace", fontsize=10)
     save_figure(fig, path)
     return panels
 

@@ -64,8 +64,6 @@ The memory's lifetime (`--memory_lifetime`):
 
 Iterative reading (`eval_niah.py --iters n`, read_iteratively below): before answering, the haystack is read n−1
 extra times with the write chunk = the whole haystack; only the fast weights carry over between passes.
-The memory's health is reported in `self.health`: gate mean, slot coverage (% of slots read), collision rate
-(% of a chunk's tokens whose top-1 slot another token of the chunk also has).
 """
 import math
 
@@ -294,14 +292,12 @@ class FastWeightProductKeyMemory(nn.Module):
         # split, not sliced chunk by chunk: the backward of a split is one concatenation per tensor, that of each
         # slice a zero-padded copy and a sum
         pieces = {k: t.split(state.chunk, dim=1) for k, t in projected.items()}
-        v_hats, stats, reads = [], [], []
+        v_hats, reads = [], []
         for i, start in enumerate(range(0, h.shape[1], state.chunk)):
             end = min(start + state.chunk, h.shape[1])
             r = self.read({k: t[i] for k, t in pieces.items()}, state)
             v_hats.append(r["v_hat"])
-            if not self.training:  # health costs host syncs, so it is measured in evaluation only
-                stats.append((r["g"].mean().item(), *slot_health(r["slots"], state.values.shape[1])))
-                reads.append({k: r[k] for k in ("slots", "w", "g", "v", "v_hat")})
+            reads.append(r)
             if end - start == state.chunk:  # the chunk is complete
                 self.write(r, state)
         state.pending = h[:, start:] if end - start < state.chunk else None
@@ -311,52 +307,22 @@ class FastWeightProductKeyMemory(nn.Module):
         if cache is None and self.lifetime == "persistent" and self.training:
             self.initial_values.copy_(state.values.detach()[0])
             self.initial_keys.copy_(state.keys.detach()[0])
-        if stats:
-            gate, coverage, collisions = (sum(s[i] for s in stats) / len(stats) for i in range(3))
-            self.health = {"gate": gate, "coverage": coverage, "collisions": collisions}
-            self.last_reads = {k: torch.cat([r[k] for r in reads], dim=1)[:, done:] for k in reads[0]}  # needle_trace
+        if not self.training:  # health costs host syncs, so it is measured in evaluation only
+            self.record(reads, state, done)
         g, v_hat = projected["g"], torch.cat(v_hats, dim=1)
         out = (g * v_hat + (1 - g) * projected["v"])[:, done:].type_as(x)             # gated read [B, T, d_v]
         return self.out_proj(self.out_norm(out))
 
-
-def value_positions(s):
-    """[(written, writer, reader)] for each value token j of the answer of s, a NIAH sample (data/niah.py): written,
-    the position of value token j in the needle; writer = written − 1, the token that stores it under its query (the
-    lookahead); reader, the token before answer token j, which reads it back. [] when the answer does not occur in
-    the needle (multivalue)."""
-    answer, needle = s["tokens"][s["prompt_len"]:], s["tokens"][s["needle_at"]:s["needle_at"] + s["needle_len"]]
-    found = [o for o in range(len(needle) - len(answer) + 1) if needle[o:o + len(answer)] == answer]
-    if not found:
-        return []
-    return [(s["needle_at"] + found[0] + j, s["needle_at"] + found[0] + j - 1, s["prompt_len"] + j - 1)
-            for j, is_value in enumerate(s["value_mask"]) if is_value]
-
-
-def needle_trace(model, samples):
-    """Where each FwPKM layer wrote a NIAH sample's value and what the answer read back, from the last evaluation
-    forward of model over the samples' tokens (teacher-forced, so the answer's tokens are in it too).
-
-    With the lookahead, value token j of the needle (at position n_j) is stored by the token before it (n_j − 1)
-    under that token's query, and read back at the answer by the token before answer token j (prompt_len + j − 1),
-    which is the same token with the same local context ("... of Mia is" -> " ", "4" -> "8"). Per value token:
-      overlap     the answer's read weight on the slots the needle's token read (and so wrote) in this pass
-      gate_write  g at the needle's token (how strongly it wrote)    gate_read  g at the answer's token
-      recall      cos(v̂ read at the answer, v_{n_j} written at the needle): 1 = the value came back
-    Returns {layer name: {metric: mean}} over the samples whose answer occurs in their needle (not multivalue)."""
-    report = {}
-    for name, m in model.named_modules():
-        if not isinstance(m, FastWeightProductKeyMemory) or not hasattr(m, "last_reads"):
-            continue
-        r, rows = m.last_reads, []
-        for b, s in enumerate(samples):
-            for written, w_at, r_at in value_positions(s):
-                hit = torch.isin(r["slots"][b, r_at], r["slots"][b, w_at])
-                rows.append([(r["w"][b, r_at] * hit).sum().item(), r["g"][b, w_at].item(), r["g"][b, r_at].item(),
-                             F.cosine_similarity(r["v_hat"][b, r_at], r["v"][b, written], dim=0).item()])
-        if rows:
-            report[name] = dict(zip(("overlap", "gate_write", "gate_read", "recall"), torch.tensor(rows).mean(0).tolist()))
-    return report
+    # -- diagnostics, not part of the method ----------------------------------------------------------------------
+    def record(self, reads, state, done):
+        """self.health: gate mean, slot coverage (% of slots read) and collisions (% of a chunk's tokens whose top-1
+        slot another token of it has), averaged over the chunks; self.last_reads: this call's reads, for
+        eval_niah.needle_trace."""
+        stats = [(r["g"].mean().item(), *slot_health(r["slots"], state.values.shape[1])) for r in reads]
+        gate, coverage, collisions = (sum(s[i] for s in stats) / len(stats) for i in range(3))
+        self.health = {"gate": gate, "coverage": coverage, "collisions": collisions}
+        self.last_reads = {k: torch.cat([r[k] for r in reads], dim=1)[:, done:]
+                           for k in ("slots", "w", "g", "v", "v_hat")}
 
 
 def memory_layer(config, layer_idx):

@@ -77,16 +77,16 @@ def test_beta_one_reproduces_the_unscaled_model():
 
 @pytest.mark.parametrize("optimum", [1.37, 0.62, 4.1, 30.0])  # inside the first grid, below it, above it, past the limit
 def test_beta_search_finds_the_optimum_or_says_it_is_at_the_edge(optimum):
-    best, tried, interior = drope.search_beta(lambda b: (b - optimum) ** 2, [0.8, 1.2, 1.6, 2.0], 0.4)
-    if optimum <= drope.BETA_LIMITS[1]:
+    best, tried, interior = drope_fit.search_beta(lambda b: (b - optimum) ** 2, [0.8, 1.2, 1.6, 2.0], 0.4)
+    if optimum <= drope_fit.BETA_LIMITS[1]:
         assert interior and abs(best - optimum) <= 0.4 / 25 / 2 + 1e-9, (best, optimum)
     else:
-        assert not interior and best == drope.BETA_LIMITS[1] and max(tried) == drope.BETA_LIMITS[1]
+        assert not interior and best == drope_fit.BETA_LIMITS[1] and max(tried) == drope_fit.BETA_LIMITS[1]
 
 
 def test_fit_c_recovers_a_known_c():
     multiples = [2, 4, 8]
-    assert drope.fit_c(multiples, [1 + 0.41 * math.log(m) for m in multiples]) == pytest.approx(0.41)
+    assert drope_fit.fit_c(multiples, [1 + 0.41 * math.log(m) for m in multiples]) == pytest.approx(0.41)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """figures.py: the three teaching figures from tiny checkpoints and hand-made results. The head and layer it picks
 and the attention rows it plots are recomputed here by hand from the q and k of the models' positional modules
 (YaRN and DroPE's beta included) and checked against eval_niah.py's numbers; the FwPKM slots against
-fwpkm.needle_trace; bad inputs are refused in one line naming them, before anything is written."""
+eval_niah.needle_trace; bad inputs are refused in one line naming them, before anything is written."""
 import argparse
 import json
 import math
@@ -12,7 +12,8 @@ import torch
 import eval_niah
 import figures
 from data.format import load_tokenizer
-from fwpkm import FastWeightProductKeyMemory, value_positions
+from eval_niah import value_positions
+from fwpkm import FastWeightProductKeyMemory
 from model import GPT, GPTConfig
 
 L = 64  # training length of the tiny checkpoints

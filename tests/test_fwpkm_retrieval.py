@@ -85,7 +85,7 @@ def test_needle_trace_sees_the_write_and_the_read_back():
     """needle_trace (eval_niah.py's memory diagnostics) on the hand-built layer: the question reads exactly the
     slots the needle's key wrote, at gate 1, and gets the needle's value back; a question with another key reads
     none of them and gets nothing back."""
-    from fwpkm import needle_trace
+    from eval_niah import needle_trace
     memory, _ = hand_built_memory()
     for same_key, expected in ((True, 1.0), (False, 0.0)):
         tokens, value = needle_sequence(random.Random(2), 4)
