@@ -7,6 +7,11 @@ The teaching figures: where attention looks on a needle-in-a-haystack prompt, an
         --results results/cpu/*/results.json --out_dir results/figures
 
 It writes to --out_dir:
+- rope_wavelengths.png: the wavelength 2π/θ_i of every rotation pair i of one head (in tokens, log scale) against the
+  training length L and 8L, for RoPE and for PI, NTK-aware and YaRN set for 8L (rope.rope_frequencies). Pairs whose
+  wavelength exceeds L have not turned a full circle in training: beyond L they reach angles never seen. PI
+  stretches every pair by s, NTK-aware mostly the slow ones, YaRN only those slower than L/β_slow turns. The head
+  shape and L are the RoPE checkpoint's, else the study's (GPTConfig's head, L = 128 of config/niah_cpu.py).
 - attention_maps.png: one prompt per length (eval_niah.py's first sample of a cell: single needle, val haystack,
   seen wording 0, --depth, --seed), the same for every model, read at 1x and 4x the training length L by RoPE
   (plain and with YaRN, factor s = length / L as eval_niah.py sets it), NoPE and DroPE (with the c of beta that
@@ -38,6 +43,7 @@ the study's (out/study_cpu/{rope,nope,drope_late,fwpkm}/ckpt.pt, results/cpu/*/r
 import argparse
 import functools
 import glob
+import math
 import os
 
 import numpy as np
@@ -51,6 +57,7 @@ from eval_niah import (attention_stats, attention_weights, cell_samples, exact_m
 from fwpkm import FastWeightProductKeyMemory
 from model import GPTConfig
 from plots import line_style, plt, save_figure
+from rope import rope_frequencies
 from summarize import load_results
 
 STUDY = {"rope": "out/study_cpu/rope/ckpt.pt", "nope": "out/study_cpu/nope/ckpt.pt",
@@ -109,6 +116,30 @@ def attention_of(ckpt, changes, s, device):
 def needle_mass(w, s):
     """Mass on the needle's tokens of the last query row of w [..., Q, T] -> [...]."""
     return w[..., -1, s["needle_at"]:s["needle_at"] + s["needle_len"]].sum(-1)
+
+
+def rope_wavelengths(head_dim, base, train_len, path, factor=8):
+    """rope_wavelengths.png (module docstring)."""
+    fig, ax = plt.subplots(figsize=(7, 4.2), layout="constrained")
+    pairs = np.arange(head_dim // 2)
+    for i, (scaling, name) in enumerate(((None, "RoPE"), ("pi", f"PI (s = {factor})"),
+                                         ("ntk", f"NTK-aware (s = {factor})"), ("yarn", f"YaRN (s = {factor})"))):
+        inv_freq, _ = rope_frequencies(head_dim, base, scaling, factor if scaling else 1.0, train_len)
+        colour, marker = line_style(2 * i)
+        ax.plot(pairs, 2 * math.pi / inv_freq.numpy(), marker=marker, ms=4, color=colour, label=name,
+                lw=2.5 if scaling is None else 1.2, ls="-" if scaling is None else "--")
+    for length, text in ((train_len, f"L = {train_len} (training length)"),
+                         (factor * train_len, f"{factor}L = {factor * train_len}")):
+        ax.axhline(length, color="grey", ls=":", lw=1)
+        ax.text(0, length * 1.15, text, color="grey", fontsize=8)
+    ax.set_yscale("log")
+    ax.set_xlabel(f"rotation pair i (0 = fastest; head dimension D = {head_dim}, base {base:g})")
+    ax.set_ylabel("wavelength 2π/θ_i (tokens)")
+    ax.set_title("RoPE's pairs against the training length: the slow pairs never turn a full circle within L",
+                 fontsize=10)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(alpha=0.3)
+    save_figure(fig, path)
 
 
 def attention_maps(models, args, path):
@@ -353,9 +384,12 @@ def main(argv=None):
     results_paths = sorted(glob.glob(STUDY["results"])) if args.results is None else args.results
     results = load_results(results_paths)[1] if results_paths and results_paths != ["none"] else None
     attention = [(flag, *models[flag]) for flag in ("rope", "nope", "drope") if models[flag]]
-    if attention or results or models["fwpkm"]:
-        check_writable_dir(args.out_dir, "--out_dir")
+    check_writable_dir(args.out_dir, "--out_dir")
     written = {}
+    shape = models["rope"][1]["model_config"] if models["rope"] else {**GPTConfig().to_dict(), "block_size": 128}
+    out = os.path.join(args.out_dir, "rope_wavelengths.png")
+    rope_wavelengths(shape["n_embd"] // shape["n_head"], shape["rope_base"], shape["block_size"], out)
+    written["rope_wavelengths"] = (out,)
     if attention:
         out = os.path.join(args.out_dir, "attention_maps.png")
         written["attention_maps"] = (out, *attention_maps(attention, args, out))

@@ -166,7 +166,8 @@ def test_missing_inputs_skip_their_figures(tmp_path, ckpts, monkeypatch, capsys)
     monkeypatch.chdir(tmp_path)  # no study here: the defaults find nothing
     (tmp_path / "r.json").write_text(json.dumps({"results": [result("a", "seen", 1, 0.0, {"0": [0.1, 0.2, 1.0]})]}))
     written = figures.main(["--results", "r.json", "--fwpkm", "none"])
-    assert list(written) == ["needle_attention_by_length"]
+    assert list(written) == ["rope_wavelengths", "needle_attention_by_length"]  # RoPE's needs no checkpoint
+    assert (tmp_path / "results" / "figures" / "rope_wavelengths.png").stat().st_size > 10_000
     assert (tmp_path / "results" / "figures" / "needle_attention_by_length.png").exists()
     out = capsys.readouterr().out
     assert "attention_maps.png skipped" in out and "fwpkm_slots.png skipped" in out and "key_lookup.png skipped" in out
