@@ -24,6 +24,9 @@ It writes to --out_dir:
     python summarize.py results/cpu/{rope,repo_cont}/results.json results/cpu/seed*/{rope,repo_cont}/results.json \
         --out_dir results/cpu/seeds --command "bash reproduce.sh cpu; SEED=2 ...; SEED=3 ..."
 - accuracy_vs_length.png: every row as a line (eval_niah.plot_accuracy), with the same caption.
+- headline.md and headline.png, where the results hold the study's arms: README's table and figure, each method at
+  its paper's setting (HEADLINE), single and multi-key needle, held-out wordings, mean over seeds with the lowest
+  and highest seed (a band in the figure), and the multi-key needle's chance level.
 """
 import argparse
 import json
@@ -157,6 +160,89 @@ def markdown_tables(results, losses, learned):
     return lines
 
 
+# README's headline: each method at its paper's setting, (the study's label, the name a reader knows)
+HEADLINE = (
+    ("rope", "RoPE"),
+    ("rope+yarn", "RoPE + YaRN"),
+    ("nope", "NoPE"),
+    ("drope_late+fitted beta", "DroPE (dropped at 87.5%, fitted β)"),
+    ("repo_cont+yarn", "RePo + YaRN (continued from RoPE)"),
+    ("pkm_ffn", "static PKM (in place of an MLP)"),
+    ("fwpkm_paper+yarn+3reads+writes_at_end", "FwPKM + YaRN (its paper's query and reading, 3 passes)"),
+)
+HEADLINE_WORDINGS = "heldout"  # wordings no drill used: the lookup, not a memorised phrase
+
+
+def per_seed_exact(results, label, variant, lengths):
+    """[seeds, lengths] exact match % of one label on one variant (held-out wordings, first haystack)."""
+    rows = [r for r in results if r["label"] == label and r["variant"] == variant
+            and r["wordings"] == HEADLINE_WORDINGS and r["haystack"] == results[0]["haystack"]]
+    seeds = list(dict.fromkeys(r["source"] for r in rows))
+    return np.array([[100 * np.mean([r["exact"] for r in rows if r["source"] == s and r["multiple"] == m])
+                      for m in lengths] for s in seeds]).reshape(len(seeds), len(lengths))
+
+
+def headline(results, out_dir):
+    """headline.md (README's table) and headline.png: the methods of HEADLINE found in results, on the single and
+    the multi-key needle, held-out wordings: per length the mean over seeds, the lowest and highest seed, and how
+    many seeds answer ≥ ANSWERS% at the shortest length. Returns the paths written ([] if no HEADLINE label is in
+    results)."""
+    found = [(label, name) for label, name in HEADLINE if any(r["label"] == label for r in results)]
+    if not found:
+        return []
+    lengths = sorted({r["multiple"] for r in results})
+    variants = [v for v in ("single", "multikey") if any(r["variant"] == v for r in results)]
+    chance = 100 * MULTIKEY_CHANCE
+    cols = [f"{v} {m}x" for v in variants for m in lengths]  # "single 1x", ..., "multikey 8x"
+    lines = [f"Exact match %, held-out wordings: the mean over seeds [the lowest and highest seed]; seeds: how many, "
+             f"and in brackets how many answer ≥ {ANSWERS}% of single needles at {lengths[0]}x. The multi-key "
+             f"needle's chance level is {chance:.0f}% (the value of any one of its needles).", "",
+             "| method | seeds (≥ 50% at 1x) | " + " | ".join(c.replace("multikey", "multi-key") for c in cols) + " |",
+             "| --- " * (2 + len(cols)) + "|"]
+    fig, axes = plt.subplots(1, len(variants), figsize=(6 * len(variants) + 3, 4.2), squeeze=False, sharey=True,
+                             layout="constrained")
+    for i, (label, name) in enumerate(found):
+        cells, count = [], ""
+        colour, marker = line_style(2 * i)
+        for ax, variant in zip(axes[0], variants):
+            exact = per_seed_exact(results, label, variant, lengths)  # [seeds, lengths]
+            if not len(exact):
+                cells += [""] * len(lengths)
+                continue
+            if variant == "single":
+                count = f"{len(exact)} ({sum(exact[:, 0] >= ANSWERS)})"
+            for j in range(len(lengths)):
+                spread = f" [{exact[:, j].min():.0f}-{exact[:, j].max():.0f}]" if len(exact) > 1 else ""
+                cells.append(f"{exact[:, j].mean():.0f}{spread}")
+            ax.plot(lengths, exact.mean(0), marker + "-", color=colour, label=f"{name} ({len(exact)} seeds)")
+            if len(exact) > 1:
+                ax.fill_between(lengths, exact.min(0), exact.max(0), color=colour, alpha=0.15, lw=0)
+        lines.append(f"| {name} | {count} | " + " | ".join(cells) + " |")
+    for ax, variant in zip(axes[0], variants):
+        if variant == "multikey":
+            ax.axhline(chance, color="black", lw=1, ls=":", label=f"chance ({chance:.0f}%: any needle's value)")
+        ax.set_xscale("log", base=2)
+        tokens = sorted({r["length"] for r in results if r["multiple"] == lengths[0]})
+        ax.set_xticks(lengths, [f"{m}x" for m in lengths])
+        ax.set_xlabel(f"context length, in training lengths (1x = {tokens[0]} tokens)")
+        ax.set_ylim(-3, 103)
+        ax.set_title({"single": "one needle: find it",
+                      "multikey": "four needles, one wording: find the asked key's"}[variant], fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("exact match % (held-out wordings)")
+    handles = {h.get_label(): h for ax in axes[0] for h in ax.get_lines()}
+    fig.legend(handles.values(), handles.keys(), loc="outside right upper", fontsize=8,
+               title="mean over seeds; band: lowest to highest seed", title_fontsize=8)
+    png, md = os.path.join(out_dir, "headline.png"), os.path.join(out_dir, "headline.md")
+    save_figure(fig, png)
+
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write("\n".join(lines) + "\n")
+    write_atomic(md, write)
+    return [md, png]
+
+
 def main(argv=None):
     p = ArgumentParser(prog="summarize.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", nargs="+", help="eval_niah.py's results.json files, in the order of the table's rows")
@@ -196,6 +282,7 @@ def main(argv=None):
     if learned:
         probed = {ckpt: histories[ckpt] for ckpt in learned}
         written.append(plot_probes(probed, results, os.path.join(args.out_dir, "probe.png"), caption))
+    written += headline(results, args.out_dir)
     print("\n".join(markdown_tables(results, losses, learned)))
     print(f"wrote {', '.join(written)}")
 

@@ -121,3 +121,24 @@ def test_runs_with_the_niah_probe_say_when_they_learned_the_lookup(tmp_path):
     assert f"| method | val loss | probe ≥ {summarize.LEARNED}% at step | 1x (128) |" in md
     assert "| s1 | 1.500 | 750 | 50 (50.0) |" in md and "| s2 | 1.500 | no (best 17%) | 50 (50.0) |" in md
     assert (tmp_path / "out" / "probe.png").stat().st_size > 10_000 and "![the NIAH probe" in md
+
+
+def test_headline_is_each_method_at_its_papers_setting_with_its_seed_range(tmp_path):
+    """headline.md (README's table) and headline.png: only HEADLINE's labels, under their readers' names, held-out
+    wordings only, the mean over seeds with the lowest and highest, and how many seeds answer the single needle."""
+    paths = []
+    for seed, exact in ((1337, 1.0), (2, 0.4)):
+        rows = [result(label, "none.pt", wordings, m, 0, exact / m if wordings == "heldout" else 1.0, 0.9)
+                | {"variant": variant}
+                for label in ("rope", "rope+yarn", "rope+pi") for wordings in ("seen", "heldout")
+                for variant in ("single", "multikey") for m in (1, 2)]
+        paths.append(tmp_path / f"{seed}.json")
+        paths[-1].write_text(json.dumps({"results": rows}))
+    summarize.main([*map(str, paths), "--out_dir", str(tmp_path / "out")])
+    md = (tmp_path / "out" / "headline.md").read_text()
+    assert "| method | seeds (≥ 50% at 1x) | single 1x | single 2x | multi-key 1x | multi-key 2x |" in md
+    # held-out: 100 and 40 at 1x, 50 and 20 at 2x; one seed of two answers >= 50% at 1x
+    assert "| RoPE | 2 (1) | 70 [40-100] | 35 [20-50] | 70 [40-100] | 35 [20-50] |" in md
+    assert "| RoPE + YaRN | 2 (1) |" in md and "rope+pi" not in md and "PI" not in md
+    assert "chance level is 25%" in md
+    assert (tmp_path / "out" / "headline.png").stat().st_size > 10_000
