@@ -53,7 +53,7 @@ def load_results(paths):
                              f"({getattr(e, 'strerror', None) or e})") from None
         if not isinstance(data, dict) or not data.get("results"):
             raise SystemExit(f"error: {path} is not eval_niah.py's results.json (no results in it)")
-        runs.append({"file": path, **data.get("run", {})})  # a results.json without a "run" record adds only its name
+        runs.append({"file": os.path.relpath(path), **data.get("run", {})})  # without a "run" record: only its name
         for r in data["results"]:
             r = {**r, "source": path}  # the file tells one seed from another
             if fitted_beta(r, data.get("args", {})):  # one row for every seed's fitted c, which differ
