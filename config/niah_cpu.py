@@ -1,6 +1,6 @@
-# The CPU retrieval setup of the NIAH comparison (README, "Needle in a haystack"): every row of training is a
+# The CPU retrieval setup of the NIAH comparison (README, "The retrieval task"): every row of training is a
 # retrieval drill (1-3 needles in seen wordings inside training text or noise, each asked at the end;
-# data/niah.py make_drill), at a 128-token context so that 8x is 1,024 tokens. 3,000 steps: ~12 minutes with one
+# data/niah.py make_drill), at a 128-token context so that 8x is 1,024 tokens. 3,000 steps: ~14 minutes with one
 # thread on 2 cores, two runs side by side (OMP_NUM_THREADS=1 each). results/niah.md has the search behind it.
 #   python train.py --config config/niah_cpu.py --pe rope --out_dir out/niah_rope
 #   python train.py --config config/niah_cpu.py --pe nope --out_dir out/niah_nope
