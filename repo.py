@@ -23,7 +23,7 @@ relevant token close and a near, irrelevant one far. Nothing constrains z: no cu
 index (fed the index, the paper's model collapses to linear positions), no clamp, no monotonicity; positions may be
 negative or repeat. The causal mask still follows token order: tokens are re-positioned, never re-ordered.
 
-Where: RePo in the layers from ⌈L/3⌉ (1-based) up; the lower layers keep integer RoPE (with RePo in only the lowest
+Where: RePo in the layers from ⌈n_layer/3⌉ (1-based) up; the lower layers keep integer RoPE (with RePo in only the lowest
 third the paper's model was unstable; with RePo in only a few layers it behaves like RoPE). The paper continues
 pretraining an OLMo-2 1B RoPE checkpoint for 50B tokens with fresh f_φ weights: `--init_from` a RoPE checkpoint
 here. Beyond the training length it uses RePo + YaRN: a RoPE scaling changes θ_k and the attention factor, so it
@@ -37,7 +37,7 @@ Fast path: on a GPU (GPTConfig.kernels), f_φ runs as one fused Triton kernel an
 (fast_paths/position_net.py, fast_paths/rotary.py); on the CPU both run in fewer PyTorch operators (fast_paths/cpu.py). The
 code here is the reference they are tested against.
 
-Also here: "rope_nope", the control with the same layer split (RoPE below, NoPE from ⌈L/3⌉ up), to tell learned
+Also here: "rope_nope", the control with the same layer split (RoPE below, NoPE from ⌈n_layer/3⌉ up), to tell learned
 positions apart from merely dropping RoPE in the upper layers.
 """
 import math
@@ -51,7 +51,7 @@ from rope import NoPositionalEncoding, RotaryEmbedding
 
 
 def first_repo_layer(n_layer):
-    """0-based index of the lowest RePo layer: layer ⌈L/3⌉ counted from 1."""
+    """0-based index of the lowest RePo layer: layer ⌈n_layer/3⌉ counted from 1."""
     return math.ceil(n_layer / 3) - 1
 
 
