@@ -31,6 +31,9 @@ It writes to --out_dir:
   of the answer's first query on the needle (solid) and on as many tokens right before it (dashed), mean over
   heads, depths and samples, against the context length, in the method's layer with the most needle mass at 1x;
   single needle, held-out wordings where the method has them.
+- recalibration_sweep.png, where the results hold the study's DroPE sweep (drope_x1_7, drope_x1_2, drope_x1):
+  DroPE's single-needle exact match at 1x, 2x and 4x against its recalibration steps (1/7 of the RoPE run's, the
+  paper's ratio, 1/2 and 1x), beside the RoPE run it starts from and RoPE kept in layer 0 (rope_nope_cont).
 - fwpkm_slots.png: for an FwPKM checkpoint, on one prompt at 1x, after 1, 2 and 3 reading passes (eval_niah.py
   --iters): the memory slots the needle's value tokens were written to (their writers' top-k read weights, mean
   over the value tokens) against the slots the answer read, with eval_niah.needle_trace's overlap and recall. Attention
@@ -262,6 +265,42 @@ def key_lookup(path_ckpt, args, path):
     return {"layer": layer, "head": head}, panels
 
 
+# the study's recalibration sweep: its arms and their recalibration steps as a share of the RoPE run's
+SWEEP = (("drope_x1_7", 1 / 7), ("drope_x1_2", 1 / 2), ("drope_x1", 1.0))
+
+
+def recalibration_sweep(results, path):
+    """recalibration_sweep.png from the study's results: DroPE's single-needle exact match (held-out wordings, with
+    its fitted β) at 1x, 2x and 4x against the length of its recalibration, beside the RoPE run it starts from and
+    rope_nope_cont (RoPE kept in layer 0, recalibrated as DroPE). Returns {length multiple: [% per sweep arm]}."""
+    def exact(label, m):
+        rows = [r for r in results if r["label"] == label and r["variant"] == "single" and r["wordings"] == "heldout"
+                and r["multiple"] == m]
+        return 100 * float(np.mean([r["exact"] for r in rows])) if rows else None
+    arms = [(f"{arm}+fitted beta" if any(r["label"] == f"{arm}+fitted beta" for r in results) else arm, share)
+            for arm, share in SWEEP if any(r["label"].startswith(arm) for r in results)]
+    fig, ax = plt.subplots(figsize=(9.5, 4.2), layout="constrained")
+    lines = {}
+    for i, m in enumerate((1, 2, 4)):
+        colour, _ = line_style(2 * i)
+        lines[m] = [exact(label, m) for label, _ in arms]
+        ax.plot([share for _, share in arms], lines[m], "o-", color=colour, label=f"DroPE at {m}x")
+        if (rope := exact("rope", m)) is not None:
+            ax.axhline(rope, color=colour, ls=":", lw=1, label=f"RoPE before the drop, {m}x")
+        if (kept := exact("rope_nope_cont", m)) is not None:
+            ax.plot([1 / 8], [kept], "x", ms=9, mew=2, color=colour, label=f"RoPE kept in layer 0, {m}x (1/8)")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks([1 / 7, 1 / 2, 1], ["1/7", "1/2", "1"])  # rope_nope_cont's 375 steps are 1/8
+    ax.set_xlabel("recalibration steps, as a share of the RoPE run's (1/7: the paper's)")
+    ax.set_ylabel("exact match %, single needle, held-out")
+    ax.set_ylim(-3, 103)
+    ax.set_title("DroPE's recalibration sweep: what the drop costs, and what recalibrating wins back", fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.legend(fontsize=7, loc="outside right upper")
+    save_figure(fig, path)
+    return lines
+
+
 def needle_attention_by_length(results, path):
     """needle_attention_by_length.png from eval_niah.py's results. Returns {label: (layer, wordings, multiples,
     needle mass per multiple, nearby mass per multiple)}, as plotted."""
@@ -406,6 +445,9 @@ def main(argv=None):
     if results:
         out = os.path.join(args.out_dir, "needle_attention_by_length.png")
         written["needle_attention_by_length"] = (out, needle_attention_by_length(results, out))
+        if any(r["label"].startswith(SWEEP[0][0]) for r in results):
+            out = os.path.join(args.out_dir, "recalibration_sweep.png")
+            written["recalibration_sweep"] = (out, recalibration_sweep(results, out))
     else:
         where = "" if args.results else f" (none at {STUDY['results']})"
         print(f"note: no --results{where}: needle_attention_by_length.png skipped")

@@ -185,3 +185,22 @@ def test_bad_input_is_one_line_naming_it(tmp_path, ckpts, monkeypatch, flag, val
     with pytest.raises(SystemExit, match=message.format(value).replace("(", r"\(").replace(")", r"\)")):
         figures.main([flag, value, "--out_dir", str(tmp_path / "figs")])
     assert not (tmp_path / "figs").exists()  # nothing written
+
+
+def test_recalibration_sweep_plots_each_arm_at_its_share_of_the_rope_run(tmp_path, monkeypatch):
+    """The sweep's arms with their fitted β where they have one, held-out wordings only, beside RoPE's level."""
+    monkeypatch.chdir(tmp_path)
+    rows = []
+    for label, exact in (("rope", 0.9), ("drope_x1_7+beta-0.1", 0.2), ("drope_x1_7", 0.1), ("drope_x1_2", 0.5),
+                         ("drope_x1", 0.8)):
+        for wordings in ("seen", "heldout"):
+            for m in (1, 2, 4):
+                rows.append({**result(label, wordings, m, 0.0, {"0": [0.1, 0.2, 1.0]}),
+                             "exact": exact / m if wordings == "heldout" else 1.0, "pe": "drope", "logit_scale_c":
+                             -0.1 if "beta" in label else 0.0})
+    (tmp_path / "r.json").write_text(json.dumps({"args": {"logit_scale_c": ["fitted", 0.0]}, "results": rows}))
+    written = figures.main(["--results", "r.json", "--rope", "none", "--nope", "none", "--drope", "none",
+                            "--fwpkm", "none"])
+    lines = written["recalibration_sweep"][1]
+    assert lines[1] == pytest.approx([20, 50, 80]) and lines[4] == pytest.approx([5, 12.5, 20])  # fitted β at 1/7
+    assert (tmp_path / "results" / "figures" / "recalibration_sweep.png").stat().st_size > 10_000
