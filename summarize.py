@@ -214,7 +214,8 @@ def headline(results, out_dir):
             for j in range(len(lengths)):
                 spread = f" [{exact[:, j].min():.0f}-{exact[:, j].max():.0f}]" if len(exact) > 1 else ""
                 cells.append(f"{exact[:, j].mean():.0f}{spread}")
-            ax.plot(lengths, exact.mean(0), marker + "-", color=colour, label=f"{name} ({len(exact)} seeds)")
+            seeds = f"{len(exact)} seed" + ("s" if len(exact) > 1 else "")
+            ax.plot(lengths, exact.mean(0), marker + "-", color=colour, label=f"{name} ({seeds})")
             if len(exact) > 1:
                 ax.fill_between(lengths, exact.min(0), exact.max(0), color=colour, alpha=0.15, lw=0)
         lines.append(f"| {name} | {count} | " + " | ".join(cells) + " |")
