@@ -51,7 +51,7 @@ from cli import ArgumentParser
 ROOT = os.path.dirname(os.path.abspath(__file__))
 SELF = "assignment.py"      # its docstring shows the marker format, so it is not scanned
 HANDOUT = "docs/assignment/handout.md"  # the one file of docs/ that a student copy holds
-LAB = ("results/", "figures/", "docs/")  # measurements and the lab's docs (they quote the code): no one grades with them
+LAB = ("results/", "figures/", "docs/")  # measurements and the lab's docs (they quote the code): not graded with
 STAY_BEHIND = (  # what a student copy leaves out: the lab's results and notes, other forms of the solutions, grading
     *LAB,
     *(f"fast_paths/{name}" for name in fast_paths.FILES),      # the fast paths: the parts, computed another way

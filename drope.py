@@ -19,7 +19,8 @@ The recipe:
    (β 0.9, 0.999, no weight decay: the official code's trainer, which recalibrates pretrained SmolLM and Llama
    models; the paper's from-scratch setting names β2 0.95 and weight decay 0.1), a short warmup, cosine decay,
    gradient clipping at 1.0, for the rest of the budget (the paper: 2K steps at LR 1e-3 with 70 warmup steps), so
-   DroPE and the RoPE baseline train the same number of steps. `recalibration_defaults` makes that schedule train.py's default for this stage.
+   DroPE and the RoPE baseline train the same number of steps. `recalibration_defaults` makes that schedule
+   train.py's default for this stage.
    Optional QK-norm (`--qk_norm true`, RMSNorm over the whole q and k projections, weights starting at 1) is
    added at the drop; the paper uses it for long recalibrations at a high learning rate, where it prevents
    divergence.

@@ -7,10 +7,9 @@ The paper fits beta on held-out data of the distribution the model was trained o
 default) does that: a run trained on retrieval drills (config/niah_cpu.py) is fitted on new drills of each length,
 with its training loss (answers weighted by its answer_weight, anonymised names not predicted); a run trained on text
 on windows of the held-out text (the val split), as --rows_from text always does. For each length s·L (--lengths) the
-held-out loss is searched over beta (drope.search_beta: a grid, extended past
-an end while the best sits there, then refined), and c is the least-squares fit through the best betas
-(drope.fit_c). The checkpoint gets model_config["logit_scale_c"] = c and the curves; beta_fit.png is written
-beside it.
+held-out loss is searched over beta (search_beta below: a grid, extended past an end while the best sits there,
+then refined), and c is the least-squares fit through the best betas (fit_c). The checkpoint gets
+model_config["logit_scale_c"] = c and the curves; beta_fit.png is written beside it.
 """
 import argparse
 import math
@@ -30,6 +29,7 @@ from train import train_batch
 ROWS_FROM = ("training", "text")
 
 
+# Fitting c: held-out loss over a grid of beta at several lengths, then beta - 1 = c·ln(s) by least squares.
 
 def set_logit_scale_c(model, c):
     model.config.logit_scale_c = c

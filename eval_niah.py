@@ -191,7 +191,8 @@ def value_positions(s):
 
 def needle_trace(model, samples):
     """Where each FwPKM layer wrote a NIAH sample's value and what the answer read back, from the last evaluation
-    forward of model (FastWeightProductKeyMemory.record keeps its reads) over the samples' tokens (teacher-forced, so the answer's tokens are in it too).
+    forward of model over the samples' tokens (teacher-forced, so the answer's tokens are in it too), whose reads
+    FastWeightProductKeyMemory.record keeps.
 
     With the lookahead, value token j of the needle (at position n_j) is stored by the token before it (n_j − 1)
     under that token's query, and read back at the answer by the token before answer token j (prompt_len + j − 1),
@@ -211,7 +212,8 @@ def needle_trace(model, samples):
                 rows.append([(r["w"][b, r_at] * hit).sum().item(), r["g"][b, w_at].item(), r["g"][b, r_at].item(),
                              F.cosine_similarity(r["v_hat"][b, r_at], r["v"][b, written], dim=0).item()])
         if rows:
-            report[name] = dict(zip(("overlap", "gate_write", "gate_read", "recall"), torch.tensor(rows).mean(0).tolist()))
+            report[name] = dict(zip(("overlap", "gate_write", "gate_read", "recall"),
+                                    torch.tensor(rows).mean(0).tolist()))
     return report
 
 

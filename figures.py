@@ -269,6 +269,12 @@ def key_lookup(path_ckpt, args, path):
 SWEEP = (("drope_x1_7", 1 / 7), ("drope_x1_2", 1 / 2), ("drope_x1", 1.0))
 
 
+def of_arm(arm, labels):
+    """Whether any of eval_niah.py's labels is the arm's: its name, or its name and a setting ("drope_x1+beta0.4");
+    drope_x1 is not drope_x1_7."""
+    return any(label == arm or label.startswith(arm + "+") for label in labels)
+
+
 def recalibration_sweep(results, path):
     """recalibration_sweep.png from the study's results: DroPE's single-needle exact match (held-out wordings, with
     its fitted β) at 1x, 2x and 4x against the length of its recalibration, beside the RoPE run it starts from and
@@ -277,8 +283,9 @@ def recalibration_sweep(results, path):
         rows = [r for r in results if r["label"] == label and r["variant"] == "single" and r["wordings"] == "heldout"
                 and r["multiple"] == m]
         return 100 * float(np.mean([r["exact"] for r in rows])) if rows else None
-    arms = [(f"{arm}+fitted beta" if any(r["label"] == f"{arm}+fitted beta" for r in results) else arm, share)
-            for arm, share in SWEEP if any(r["label"].startswith(arm) for r in results)]
+    labels = {r["label"] for r in results}
+    arms = [(f"{arm}+fitted beta" if f"{arm}+fitted beta" in labels else arm, share)
+            for arm, share in SWEEP if of_arm(arm, labels)]
     fig, ax = plt.subplots(figsize=(9.5, 4.2), layout="constrained")
     lines = {}
     for i, m in enumerate((1, 2, 4)):
@@ -445,7 +452,7 @@ def main(argv=None):
     if results:
         out = os.path.join(args.out_dir, "needle_attention_by_length.png")
         written["needle_attention_by_length"] = (out, needle_attention_by_length(results, out))
-        if any(r["label"].startswith(SWEEP[0][0]) for r in results):
+        if any(of_arm(arm, {r["label"] for r in results}) for arm, _ in SWEEP):
             out = os.path.join(args.out_dir, "recalibration_sweep.png")
             written["recalibration_sweep"] = (out, recalibration_sweep(results, out))
     else:

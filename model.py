@@ -60,8 +60,8 @@ from rope import NoPositionalEncoding, RotaryEmbedding
 
 class RMSNorm(nn.RMSNorm):
     """y = x / sqrt(mean(x²) + eps) · w over the last dimension: nn.RMSNorm, whose CPU backward is a chain of
-    elementwise operators (~6x LayerNorm's fused one); the switch `kernels` ("auto") runs fast_paths/cpu.py's form on the
-    CPU instead (LayerNorm's fused backward plus one term, derived there)."""
+    elementwise operators (~6x LayerNorm's fused one); the switch `kernels` ("auto") runs fast_paths/cpu.py's form
+    on the CPU instead (LayerNorm's fused backward plus one term, derived there)."""
 
     def __init__(self, n_embd, kernels_mode):
         super().__init__(n_embd)
@@ -139,7 +139,7 @@ class GPTConfig:
     memory_chunk: int = 32         # FwPKM: tokens per write; also the sliding window of training
     memory_lifetime: str = "sequence"  # FwPKM: "sequence" (fresh per sequence) or "persistent" (fwpkm.py)
     memory_replaces_mlp: bool = False  # memories in place of their layers' MLP (Lample et al., the FwPKM code)
-    kernels: str = "auto"          # Triton fast paths (fast_paths/): auto (on CUDA), on, off; the same weights either way
+    kernels: str = "auto"          # fast paths (fast_paths/): auto, on, off; the same weights either way
 
     # what changes the weights' meaning; resuming with a different value here is refused
     ARCHITECTURE = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "pe", "rope_base", "qk_norm",

@@ -23,19 +23,19 @@ relevant token close and a near, irrelevant one far. Nothing constrains z: no cu
 index (fed the index, the paper's model collapses to linear positions), no clamp, no monotonicity; positions may be
 negative or repeat. The causal mask still follows token order: tokens are re-positioned, never re-ordered.
 
-Where: RePo in the layers from ⌈n_layer/3⌉ (1-based) up; the lower layers keep integer RoPE (with RePo in only the lowest
-third the paper's model was unstable; with RePo in only a few layers it behaves like RoPE). The paper continues
-pretraining an OLMo-2 1B RoPE checkpoint for 50B tokens with fresh f_φ weights: `--init_from` a RoPE checkpoint
-here. Beyond the training length it uses RePo + YaRN: a RoPE scaling changes θ_k and the attention factor, so it
-applies to learned positions unchanged (eval_niah.py --scaling).
+Where: RePo in the layers from ⌈n_layer/3⌉ (1-based) up; the lower layers keep integer RoPE (with RePo in only the
+lowest third the paper's model was unstable; with RePo in only a few layers it behaves like RoPE). The paper continues
+pretraining an OLMo-2 1B RoPE checkpoint for 50B tokens with fresh f_φ weights: `--init_from` a RoPE checkpoint here.
+Beyond the training length it uses RePo + YaRN: a RoPE scaling changes θ_k and the attention factor, so it applies to
+learned positions unchanged (eval_niah.py --scaling).
 
 The paper describes the learned positions as "dense": a head's spread (max z − min z) grows with length but stays
 far below it, in plateaus, monotone runs and jumps (`python repo_positions.py` plots ours). At initialisation f_φ
 is near zero (std-0.02 weights make z ~ 0.002), so RePo layers begin as NoPE and learn their positions.
 
 Fast path: on a GPU (GPTConfig.kernels), f_φ runs as one fused Triton kernel and the rotation by z as another
-(fast_paths/position_net.py, fast_paths/rotary.py); on the CPU both run in fewer PyTorch operators (fast_paths/cpu.py). The
-code here is the reference they are tested against.
+(fast_paths/position_net.py, fast_paths/rotary.py); on the CPU both run in fewer PyTorch operators
+(fast_paths/cpu.py). The code here is the reference they are tested against.
 
 Also here: "rope_nope", the control with the same layer split (RoPE below, NoPE from ⌈n_layer/3⌉ up), to tell learned
 positions apart from merely dropping RoPE in the upper layers.

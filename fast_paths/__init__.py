@@ -37,8 +37,8 @@ def check_available(mode, device_type):
     if mode != "on":
         return
     if not FAST_PATHS:
-        raise SystemExit("error: --kernels on needs the fast paths in fast_paths/, which this copy leaves out (a student "
-                         "copy of assignment.py); use --kernels auto or off")
+        raise SystemExit("error: --kernels on needs the fast paths in fast_paths/, which this copy leaves out (a "
+                         "student copy of assignment.py); use --kernels auto or off")
     if not TRITON:
         raise SystemExit("error: --kernels on needs triton (pip install triton); use --kernels auto or off")
     if device_type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":

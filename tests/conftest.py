@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import pytest
 import torch
 
-# Without a GPU, fast_paths/ run under Triton's CPU interpreter, which is chosen when triton is imported (importing torch
+# Without a GPU, fast_paths/ run under Triton's CPU interpreter, chosen when triton is imported (importing torch
 # does not import it). With a GPU they are compiled: the interpreter would run them on CUDA tensors, slowly.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -41,7 +41,7 @@ def test_student_copy_holds_no_solution_ships_the_handout_and_runs(student):
     assert copied == {p for p in tracked if not assignment.stays_behind(p)} and assignment.HANDOUT in copied
     assert not any(p.startswith(("results/", "tests/hidden/")) for p in copied)
     assert [p for p in copied if p.startswith("docs/")] == [assignment.HANDOUT]
-    assert [p for p in copied if p.startswith("fast_paths/")] == ["fast_paths/__init__.py"]  # the fast paths stay behind
+    assert [p for p in copied if p.startswith("fast_paths/")] == ["fast_paths/__init__.py"]  # fast paths stay behind
     # no statement line of any solution (or of the fast paths) anywhere in the copy: what make checks, checked here
     # again from the regions of the instructor's files
     regions = assignment.find_regions(ROOT, sorted(tracked))

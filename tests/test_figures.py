@@ -204,3 +204,5 @@ def test_recalibration_sweep_plots_each_arm_at_its_share_of_the_rope_run(tmp_pat
     lines = written["recalibration_sweep"][1]
     assert lines[1] == pytest.approx([20, 50, 80]) and lines[4] == pytest.approx([5, 12.5, 20])  # fitted β at 1/7
     assert (tmp_path / "results" / "figures" / "recalibration_sweep.png").stat().st_size > 10_000
+    # an arm is its own labels, not every label it begins: drope_x1 is not drope_x1_7
+    assert figures.of_arm("drope_x1", {"drope_x1+beta-0.1"}) and not figures.of_arm("drope_x1", {"drope_x1_7"})
