@@ -89,10 +89,12 @@ if [[ $SMOKE == 1 ]]; then  # the same commands with tiny budgets, away from the
     SMOKE_EVAL=(--lengths 1,2 --depths 2 --samples 2)
     SEC_PER_EVAL=10  # its evaluations are mostly start-up
 fi
+WHOLE_STUDY=$COMMAND  # every arm, the main seed
 if [[ -n $SELECTED ]]; then  # the command that made the results, and that continues them, names the same arms
     COMMAND="ARMS=$SELECTED $COMMAND"
 fi
 SEED_TRAIN=()
+ALL_SEEDS=$RES  # where every seed's results sit: the main run's, and seed<N>/ beside its arms (summed up in seeds/)
 if [[ $SEED != 1337 ]]; then  # another seed: its own checkpoints and results, beside the main run's
     OUT=${OUT}_seed$SEED
     RES=$RES/seed$SEED
@@ -178,6 +180,7 @@ arm fwpkm          $N             "--pe rope --fwpkm_layers 0"                 \
 arm fwpkm_paper    $N             "--pe rope --fwpkm_layers 2 --memory_query_span 1 --swa_prob 0.9" \
     "--scaling none,yarn --iters 1,2,3 --answer_writes end,chunks"
 
+EVERY_ARM=("${ARMS[@]}")  # the whole table, for the summary over seeds
 if [[ -n $SELECTED ]]; then  # keep the chosen arms and the arms they start from, in the table's order
     for a in ${SELECTED//,/ }; do
         if [[ -z ${STEPS[$a]+set} ]]; then
@@ -333,6 +336,23 @@ done_results=()
 for a in "${ARMS[@]}"; do [[ -f $RES/$a/results.json ]] && done_results+=("$RES/$a/results.json"); done
 if (( ${#done_results[@]} )); then
     python summarize.py "${done_results[@]}" --out_dir "$RES" --command "$COMMAND"
+fi
+# The table over seeds, once another seed than the main run's has results: every arm of every seed evaluated so
+# far (summarize.py takes a label found in several files as one arm's seeds), in $ALL_SEEDS/seeds/
+seed_dirs=()
+for d in "$ALL_SEEDS"/seed*/; do [[ -d $d && $(basename "$d") =~ ^seed[0-9]+$ ]] && seed_dirs+=("${d%/}"); done
+if (( ${#seed_dirs[@]} )); then
+    # the commands of the seeds (the row names say how many seeds each arm has, where ARMS= chose some)
+    seed_commands=("$WHOLE_STUDY")
+    for d in "${seed_dirs[@]}"; do seed_commands+=("SEED=${d##*/seed} $WHOLE_STUDY"); done
+    every_seed=()
+    for a in "${EVERY_ARM[@]}"; do
+        for d in "$ALL_SEEDS" "${seed_dirs[@]}"; do
+            [[ -f $d/$a/results.json ]] && every_seed+=("$d/$a/results.json")
+        done
+    done
+    joined=$(printf "; %s" "${seed_commands[@]}")
+    python summarize.py "${every_seed[@]}" --out_dir "$ALL_SEEDS/seeds" --command "${joined:2}"
 fi
 # The teaching figures from this study's models (an input whose arm was not run: none, and figures.py skips what
 # needs it)
