@@ -33,7 +33,8 @@ It writes to --out_dir:
   single needle, held-out wordings where the method has them.
 - recalibration_sweep.png, where the results hold the study's DroPE sweep (drope_x1_7, drope_x1_2, drope_x1):
   DroPE's single-needle exact match at 1x, 2x and 4x against its recalibration steps (1/7 of the RoPE run's, the
-  paper's ratio, 1/2 and 1x), beside the RoPE run it starts from and RoPE kept in layer 0 (rope_nope_cont).
+  paper's ratio, 1/2 and 1x), beside the RoPE run it starts from and RoPE kept in layer 0 (rope_nope_cont); over
+  several seeds' results, the mean with bars from the lowest to the highest seed.
 - fwpkm_slots.png: for an FwPKM checkpoint, on one prompt at 1x, after 1, 2 and 3 reading passes (eval_niah.py
   --iters): the memory slots the needle's value tokens were written to (their writers' top-k read weights, mean
   over the value tokens) against the slots the answer read, with eval_niah.needle_trace's overlap and recall. Attention
@@ -278,24 +279,33 @@ def of_arm(arm, labels):
 def recalibration_sweep(results, path):
     """recalibration_sweep.png from the study's results: DroPE's single-needle exact match (held-out wordings, with
     its fitted β) at 1x, 2x and 4x against the length of its recalibration, beside the RoPE run it starts from and
-    rope_nope_cont (RoPE kept in layer 0, recalibrated as DroPE). Returns {length multiple: [% per sweep arm]}."""
-    def exact(label, m):
+    rope_nope_cont (RoPE kept in layer 0, recalibrated as DroPE). Results of several seeds (files): each point is
+    the mean over the seeds, its bar the lowest to the highest seed. Returns {length multiple: [% per sweep arm]}."""
+    def per_seed(label, m):  # exact match % of each seed (results file) that has the label
         rows = [r for r in results if r["label"] == label and r["variant"] == "single" and r["wordings"] == "heldout"
                 and r["multiple"] == m]
-        return 100 * float(np.mean([r["exact"] for r in rows])) if rows else None
+        seeds = dict.fromkeys(r["source"] for r in rows)
+        return [100 * float(np.mean([r["exact"] for r in rows if r["source"] == s])) for s in seeds]
+    def exact(label, m):
+        return float(np.mean(seeds)) if (seeds := per_seed(label, m)) else None
+    def span(labels, m):  # error bars from the mean to the lowest and highest seed
+        return np.array([[np.mean(v) - min(v), max(v) - np.mean(v)] for v in (per_seed(l, m) for l in labels)]).T
     labels = {r["label"] for r in results}
     arms = [(f"{arm}+fitted beta" if f"{arm}+fitted beta" in labels else arm, share)
             for arm, share in SWEEP if of_arm(arm, labels)]
+    n_seeds = max(len(per_seed(label, 1)) for label, _ in arms)
     fig, ax = plt.subplots(figsize=(9.5, 4.2), layout="constrained")
     lines = {}
     for i, m in enumerate((1, 2, 4)):
         colour, _ = line_style(2 * i)
         lines[m] = [exact(label, m) for label, _ in arms]
-        ax.plot([share for _, share in arms], lines[m], "o-", color=colour, label=f"DroPE at {m}x")
+        ax.errorbar([share for _, share in arms], lines[m], yerr=span([label for label, _ in arms], m), fmt="o-",
+                    color=colour, capsize=3, label=f"DroPE at {m}x")
         if (rope := exact("rope", m)) is not None:
             ax.axhline(rope, color=colour, ls=":", lw=1, label=f"RoPE before the drop, {m}x")
         if (kept := exact("rope_nope_cont", m)) is not None:
-            ax.plot([1 / 8], [kept], "x", ms=9, mew=2, color=colour, label=f"RoPE kept in layer 0, {m}x (1/8)")
+            ax.errorbar([1 / 8], [kept], yerr=span(["rope_nope_cont"], m), fmt="x", ms=9, mew=2, color=colour,
+                        capsize=3, label=f"RoPE kept in layer 0, {m}x (1/8)")
     ax.set_xscale("log", base=2)
     ax.set_xticks([1 / 7, 1 / 2, 1], ["1/7", "1/2", "1"])  # rope_nope_cont's 375 steps are 1/8
     ax.set_xlabel("recalibration steps, as a share of the RoPE run's (1/7: the paper's)")
@@ -303,7 +313,8 @@ def recalibration_sweep(results, path):
     ax.set_ylim(-3, 103)
     ax.set_title("DroPE's recalibration sweep: what the drop costs, and what recalibrating wins back", fontsize=10)
     ax.grid(alpha=0.3)
-    fig.legend(fontsize=7, loc="outside right upper")
+    fig.legend(fontsize=7, loc="outside right upper", title_fontsize=7,
+               title=f"mean over {n_seeds} seeds;\nbars: lowest to highest seed" if n_seeds > 1 else "1 seed")
     save_figure(fig, path)
     return lines
 

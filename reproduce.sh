@@ -338,7 +338,7 @@ if (( ${#done_results[@]} )); then
     python summarize.py "${done_results[@]}" --out_dir "$RES" --command "$COMMAND"
 fi
 # The table over seeds, once another seed than the main run's has results: every arm of every seed evaluated so
-# far (summarize.py takes a label found in several files as one arm's seeds), in $ALL_SEEDS/seeds/
+# far (summarize.py takes a label found in several files as one arm's seeds), in $ALL_SEEDS/seeds/ with its figures
 seed_dirs=()
 for d in "$ALL_SEEDS"/seed*/; do [[ -d $d && $(basename "$d") =~ ^seed[0-9]+$ ]] && seed_dirs+=("${d%/}"); done
 if (( ${#seed_dirs[@]} )); then
@@ -353,6 +353,9 @@ if (( ${#seed_dirs[@]} )); then
     done
     joined=$(printf "; %s" "${seed_commands[@]}")
     python summarize.py "${every_seed[@]}" --out_dir "$ALL_SEEDS/seeds" --command "${joined:2}"
+    # the figures drawn from results alone (the recalibration sweep with each seed's range), not from checkpoints
+    python figures.py --rope none --nope none --drope none --fwpkm none --results "${every_seed[@]}" \
+        --out_dir "$ALL_SEEDS/seeds/figures"
 fi
 # The teaching figures from this study's models (an input whose arm was not run: none, and figures.py skips what
 # needs it)

@@ -204,5 +204,11 @@ def test_recalibration_sweep_plots_each_arm_at_its_share_of_the_rope_run(tmp_pat
     lines = written["recalibration_sweep"][1]
     assert lines[1] == pytest.approx([20, 50, 80]) and lines[4] == pytest.approx([5, 12.5, 20])  # fitted β at 1/7
     assert (tmp_path / "results" / "figures" / "recalibration_sweep.png").stat().st_size > 10_000
+    # a second seed (another results file): each point is the mean over the seeds
+    (tmp_path / "s2.json").write_text(json.dumps({"args": {"logit_scale_c": ["fitted", 0.0]}, "results": [
+        {**r, "exact": 0.0} for r in rows]}))
+    written = figures.main(["--results", "r.json", "s2.json", "--rope", "none", "--nope", "none", "--drope", "none",
+                            "--fwpkm", "none"])
+    assert written["recalibration_sweep"][1][1] == pytest.approx([10, 25, 40])
     # an arm is its own labels, not every label it begins: drope_x1 is not drope_x1_7
     assert figures.of_arm("drope_x1", {"drope_x1+beta-0.1"}) and not figures.of_arm("drope_x1", {"drope_x1_7"})
