@@ -412,10 +412,17 @@ def run_info(argv):
             "command": shlex.join(["python", "eval_niah.py", *argv])}
 
 
-def write_results(path, run, args, results):
-    """results.json: {"run", "args", "results"}, one result per line (a study commits hundreds of them)."""
+# the part of each checkpoint's training history that summarize.py reads (val loss, the probe), kept in results.json
+# so that a study's summary is whole on a machine without its checkpoints (they are not committed)
+TRAINING_RECORD = ("eval_iter", "val_loss", "probe_iter", "probe_exact", "probe_multikey")
+
+
+def write_results(path, run, args, results, training):
+    """results.json: {"run", "args", "training", "results"}, one result per line (a study commits hundreds of them);
+    training: {checkpoint path: its TRAINING_RECORD}."""
     rows = ",\n".join(json.dumps(r, separators=(",", ":")) for r in results)
-    text = f'{{"run": {json.dumps(run)},\n"args": {json.dumps(args)},\n"results": [\n{rows}\n]}}\n'
+    text = (f'{{"run": {json.dumps(run)},\n"args": {json.dumps(args)},\n"training": {json.dumps(training)},\n'
+            f'"results": [\n{rows}\n]}}\n')
 
     def write(tmp):
         with open(tmp, "w") as f:
@@ -512,7 +519,9 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     results = [r for path, ckpt in ckpts.items() for r in evaluate(path, ckpt, args, args.device)]
     print_tables(results, args.lengths)
-    write_results(os.path.join(args.out_dir, "results.json"), run_info(argv), vars(args), results)
+    training = {path: {key: ckpt.get("history", {})[key] for key in TRAINING_RECORD if key in ckpt.get("history", {})}
+                for path, ckpt in ckpts.items()}
+    write_results(os.path.join(args.out_dir, "results.json"), run_info(argv), vars(args), results, training)
     plot_heatmaps(results, args.lengths, args.out_dir)
     plot_accuracy(results, args.lengths, os.path.join(args.out_dir, "accuracy_vs_length.png"))
     print(f"\nwrote {args.out_dir}/results.json and figures")

@@ -42,7 +42,8 @@ from plots import line_style, plot_accuracy, plt, save_figure
 
 
 def load_results(paths):
-    """([run info of each file], [every result of every file]) from eval_niah.py's results.json files."""
+    """([run info of each file], [every result of every file]) from eval_niah.py's results.json files; each run info
+    holds the file's training record of its checkpoints ("training": {checkpoint: val loss and probe history})."""
     runs, results = [], []
     for path in paths:
         try:
@@ -53,7 +54,8 @@ def load_results(paths):
                              f"({getattr(e, 'strerror', None) or e})") from None
         if not isinstance(data, dict) or not data.get("results"):
             raise SystemExit(f"error: {path} is not eval_niah.py's results.json (no results in it)")
-        runs.append({"file": os.path.relpath(path), **data.get("run", {})})  # without a "run" record: only its name
+        runs.append({"file": os.path.relpath(path), **data.get("run", {}),  # without a "run" record: only its name
+                     "training": data.get("training", {})})  # older files: none
         for r in data["results"]:
             r = {**r, "source": path}  # the file tells one seed from another
             if fitted_beta(r, data.get("args", {})):  # one row for every seed's fitted c, which differ
@@ -74,10 +76,11 @@ ANSWERS = 50  # % exact at the shortest length that counts a seed as answering (
 LEARNED = 75  # % exact of train.py's NIAH probe (9 of its 12 held-out samples) that counts as the lookup learned
 
 
-def checkpoint_history(ckpt_path):
-    """The loss history train.py stored in the checkpoint ({} when the checkpoint is not here)."""
+def checkpoint_history(ckpt_path, recorded):
+    """The loss history train.py stored in the checkpoint; where the checkpoint is not on this machine, the part of
+    it that eval_niah.py recorded in results.json (recorded: {checkpoint: history}), else {}."""
     if not os.path.isfile(ckpt_path):
-        return {}
+        return recorded.get(ckpt_path, {})
     return torch.load(ckpt_path, map_location="cpu", weights_only=True).get("history", {})
 
 
@@ -252,7 +255,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     runs, results = load_results(args.results)
     check_writable_dir(args.out_dir, "--out_dir")
-    histories = {path: checkpoint_history(path) for path in dict.fromkeys(r["ckpt"] for r in results)}
+    recorded = {ckpt: history for run in runs for ckpt, history in run["training"].items()}
+    histories = {path: checkpoint_history(path, recorded) for path in dict.fromkeys(r["ckpt"] for r in results)}
     losses = {ckpt: h["val_loss"][-1] for ckpt, h in histories.items() if h.get("val_loss")}
     learned = {ckpt: step for ckpt, h in histories.items() if (step := learned_at(h)) is not None}
 

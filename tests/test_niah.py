@@ -230,7 +230,8 @@ def test_long_prompt_is_not_cropped(tiny_data, tmp_path, monkeypatch):
     model = GPT(GPTConfig(vocab_size=load_tokenizer(tiny_data).n_vocab, block_size=64, n_layer=1, n_head=2,
                           n_embd=16))
     torch.save({"model_config": model.config.to_dict(), "model": model.state_dict(),
-                "options": {"data_dir": tiny_data}}, tmp_path / "ckpt.pt")
+                "options": {"data_dir": tiny_data},
+                "history": {"eval_iter": [0], "val_loss": [2.5], "train_loss": [3.0]}}, tmp_path / "ckpt.pt")
     seen = []
     real_forward = GPT.forward
 
@@ -244,8 +245,11 @@ def test_long_prompt_is_not_cropped(tiny_data, tmp_path, monkeypatch):
     assert {r["label"] for r in results} == {tmp_path.name, f"{tmp_path.name}+yarn"}
     assert all(list(r["attention"]) == [0] and len(r["attention"][0]) == 3 for r in results)  # one layer
     assert (tmp_path / "niah" / "accuracy_vs_length.png").exists()
-    run = json.loads((tmp_path / "niah" / "results.json").read_text())["run"]  # where and how, for summarize.py
+    written = json.loads((tmp_path / "niah" / "results.json").read_text())  # where and how, for summarize.py
+    run = written["run"]
     assert run["command"].startswith("python eval_niah.py --ckpt ") and run["torch"] == torch.__version__
+    # the checkpoint's val loss, for a summary without the checkpoint (its train loss per step is left out)
+    assert written["training"] == {str(tmp_path / "ckpt.pt"): {"eval_iter": [0], "val_loss": [2.5]}}
 
 
 def test_drills_ask_in_composed_wordings_only(enc_and_val, monkeypatch):

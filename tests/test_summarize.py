@@ -123,6 +123,18 @@ def test_runs_with_the_niah_probe_say_when_they_learned_the_lookup(tmp_path):
     assert (tmp_path / "out" / "probe.png").stat().st_size > 10_000 and "![the NIAH probe" in md
 
 
+def test_without_its_checkpoint_a_run_takes_val_loss_and_probe_from_the_record_in_results_json(tmp_path):
+    """Checkpoints are not committed: eval_niah.py records the val loss and the probe in results.json, so the
+    summary of a study on another machine is whole; where the checkpoint is here, it is read as before."""
+    gone = str(tmp_path / "gone" / "ckpt.pt")
+    training = {gone: {"eval_iter": [0, 500], "val_loss": [6.7, 1.25], "probe_iter": [0, 500],
+                       "probe_exact": [0, 83]}}
+    (tmp_path / "a.json").write_text(json.dumps({"training": training,
+                                                 "results": [result("rope", gone, "heldout", 1, 0, 0.5, 0.5)]}))
+    summarize.main([str(tmp_path / "a.json"), "--out_dir", str(tmp_path / "out")])
+    assert "| rope | 1.250 | 500 | 50 (50.0) |" in (tmp_path / "out" / "results.md").read_text()
+
+
 def test_headline_is_each_method_at_its_papers_setting_with_its_seed_range(tmp_path):
     """headline.md (README's table) and headline.png: only HEADLINE's labels, under their readers' names, held-out
     wordings only, the mean over seeds with the lowest and highest, and how many seeds answer the single needle."""
