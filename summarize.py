@@ -15,9 +15,10 @@ It writes to --out_dir:
   seeds answer ≥ 50% at the shortest length (a mean over seeds that learned the lookup and seeds that did not is
   not a result), and, where the multi-key needle was evaluated too, how many answer it: only the key tells its
   asked needle from the others, so a seed that finds a needle but not the asked key's scores its chance level
-  (25%, said beside its table). The val loss comes
-  from the checkpoints, so where some seeds' checkpoints are missing it says over how many seeds it is the mean, and
-  the probe's step (also from the checkpoint) is "?" for those seeds.
+  (25%, said beside its table). The val loss and the probe's step come
+  from the checkpoints, or where a checkpoint is not on the machine from the record eval_niah.py keeps of it in
+  results.json; where neither is there (results.json files older than that record), the val loss says over how many
+  seeds it is the mean, and the probe's step is "?" for those seeds.
   DroPE evaluated with its fitted c (eval_niah.py --logit_scale_c fitted) is one row, "<arm>+fitted beta", with the
   c of each seed.
 
@@ -154,9 +155,9 @@ def markdown_tables(results, losses, learned):
                                                 for s in seeds))
             name = f"{label} ({'; '.join(notes)})" if notes else label
             loss = f"{np.mean(known):.3f}" if known else ""
-            if known and len(known) < len(seeds):  # some seeds' checkpoints are not on this machine
+            if known and len(known) < len(seeds):  # some seeds have neither checkpoint nor record here
                 loss += f" ({len(known)} of {len(seeds)} seeds)"
-            # the probe's step per seed; "?" where the checkpoint is not on this machine
+            # the probe's step per seed; "?" where neither its checkpoint nor its record is here
             steps = ", ".join(learned.get(ckpt, "?") for ckpt in dict.fromkeys(r["ckpt"] for r in mine))
             lines.append(f"| {name} | {loss} | " + (f"{steps} | " if learned else "") + " | ".join(cells) + " |")
         lines.append("")
