@@ -519,7 +519,7 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     results = [r for path, ckpt in ckpts.items() for r in evaluate(path, ckpt, args, args.device)]
     print_tables(results, args.lengths)
-    training = {path: {key: ckpt.get("history", {})[key] for key in TRAINING_RECORD if key in ckpt.get("history", {})}
+    training = {path: {key: value for key, value in ckpt.get("history", {}).items() if key in TRAINING_RECORD}
                 for path, ckpt in ckpts.items()}
     write_results(os.path.join(args.out_dir, "results.json"), run_info(argv), vars(args), results, training)
     plot_heatmaps(results, args.lengths, args.out_dir)

@@ -15,10 +15,10 @@ It writes to --out_dir:
   seeds answer ≥ 50% at the shortest length (a mean over seeds that learned the lookup and seeds that did not is
   not a result), and, where the multi-key needle was evaluated too, how many answer it: only the key tells its
   asked needle from the others, so a seed that finds a needle but not the asked key's scores its chance level
-  (25%, said beside its table). The val loss and the probe's step come
-  from the checkpoints, or where a checkpoint is not on the machine from the record eval_niah.py keeps of it in
-  results.json; where neither is there (results.json files older than that record), the val loss says over how many
-  seeds it is the mean, and the probe's step is "?" for those seeds.
+  (25%, said beside its table). The val loss and the probe's step come from the checkpoints, or where a checkpoint
+  is not on the machine from the record eval_niah.py keeps of it in results.json; where neither is there
+  (results.json files older than that record), the val loss says over how many seeds it is the mean, and the
+  probe's step is "?" for those seeds.
   DroPE evaluated with its fitted c (eval_niah.py --logit_scale_c fitted) is one row, "<arm>+fitted beta", with the
   c of each seed.
 
