@@ -331,11 +331,17 @@ for a in "${ARMS[@]}"; do
 done
 echo "[$(date +%H:%M:%S)] all arms ended after $(hms $(( SECONDS - started )))"
 
-# The table and the figure of every arm evaluated so far (the order of ARMS).
-done_results=()
-for a in "${ARMS[@]}"; do [[ -f $RES/$a/results.json ]] && done_results+=("$RES/$a/results.json"); done
+# The table and the figure of every arm of this seed evaluated so far, by this run or by earlier ones with other
+# ARMS= (the order of the table). Its command is this run's, or, where earlier runs added arms, the seed's whole
+# study: the one command that makes the whole table again (it keeps every arm already trained and evaluated).
+done_results=() table_command=$COMMAND
+for a in "${EVERY_ARM[@]}"; do
+    [[ -f $RES/$a/results.json ]] || continue
+    done_results+=("$RES/$a/results.json")
+    [[ " ${ARMS[*]} " == *" $a "* ]] || table_command=${COMMAND/"ARMS=$SELECTED "/}
+done
 if (( ${#done_results[@]} )); then
-    python summarize.py "${done_results[@]}" --out_dir "$RES" --command "$COMMAND"
+    python summarize.py "${done_results[@]}" --out_dir "$RES" --command "$table_command"
 fi
 # The table over seeds, once another seed than the main run's has results: every arm of every seed evaluated so
 # far (summarize.py takes a label found in several files as one arm's seeds), in $ALL_SEEDS/seeds/ with its figures
