@@ -90,6 +90,7 @@ if [[ $SMOKE == 1 ]]; then  # the same commands with tiny budgets, away from the
     SEC_PER_EVAL=10  # its evaluations are mostly start-up
 fi
 WHOLE_STUDY=$COMMAND  # every arm, the main seed
+SEED_STUDY=$COMMAND   # every arm, this seed: the command that makes this seed's whole table again
 if [[ -n $SELECTED ]]; then  # the command that made the results, and that continues them, names the same arms
     COMMAND="ARMS=$SELECTED $COMMAND"
 fi
@@ -99,6 +100,7 @@ if [[ $SEED != 1337 ]]; then  # another seed: its own checkpoints and results, b
     OUT=${OUT}_seed$SEED
     RES=$RES/seed$SEED
     COMMAND="SEED=$SEED $COMMAND"
+    SEED_STUDY="SEED=$SEED $SEED_STUDY"
     SEED_TRAIN=(--seed "$SEED")
 fi
 LATE=$(( N * 7 / 8 ))  # DroPE's drop point in the paper (14K of 16K steps), and RePo's start here
@@ -338,7 +340,7 @@ done_results=() table_command=$COMMAND
 for a in "${EVERY_ARM[@]}"; do
     [[ -f $RES/$a/results.json ]] || continue
     done_results+=("$RES/$a/results.json")
-    [[ " ${ARMS[*]} " == *" $a "* ]] || table_command=${COMMAND/"ARMS=$SELECTED "/}
+    [[ " ${ARMS[*]} " == *" $a "* ]] || table_command=$SEED_STUDY
 done
 if (( ${#done_results[@]} )); then
     python summarize.py "${done_results[@]}" --out_dir "$RES" --command "$table_command"
