@@ -278,9 +278,10 @@ def of_arm(arm, labels):
 
 def recalibration_sweep(results, path):
     """recalibration_sweep.png from the study's results: DroPE's single-needle exact match (held-out wordings, with
-    its fitted β) at 1x, 2x and 4x against the length of its recalibration, beside the RoPE run it starts from and
-    rope_nope_cont (RoPE kept in layer 0, recalibrated as DroPE). Results of several seeds (files): each point is
-    the mean over the seeds, its bar the lowest to the highest seed. Returns {length multiple: [% per sweep arm]}."""
+    its fitted β) at 1x, 2x and 4x (those of them every sweep arm was evaluated at) against the length of its
+    recalibration, beside the RoPE run it starts from and rope_nope_cont (RoPE kept in layer 0, recalibrated as
+    DroPE). Results of several seeds (files): each point is the mean over the seeds, its bar the lowest to the
+    highest seed. Returns {length multiple: [% per sweep arm]}."""
     def per_seed(label, m):  # exact match % of each seed (results file) that has the label
         rows = [r for r in results if r["label"] == label and r["variant"] == "single" and r["wordings"] == "heldout"
                 and r["multiple"] == m]
@@ -294,9 +295,10 @@ def recalibration_sweep(results, path):
     arms = [(f"{arm}+fitted beta" if f"{arm}+fitted beta" in labels else arm, share)
             for arm, share in SWEEP if of_arm(arm, labels)]
     n_seeds = max(len(per_seed(label, 1)) for label, _ in arms)
+    multiples = [m for m in (1, 2, 4) if all(per_seed(label, m) for label, _ in arms)]  # the lengths evaluated
     fig, ax = plt.subplots(figsize=(9.5, 4.2), layout="constrained")
     lines = {}
-    for i, m in enumerate((1, 2, 4)):
+    for i, m in enumerate(multiples):
         colour, _ = line_style(2 * i)
         lines[m] = [exact(label, m) for label, _ in arms]
         ax.errorbar([share for _, share in arms], lines[m], yerr=span([label for label, _ in arms], m), fmt="o-",

@@ -210,5 +210,11 @@ def test_recalibration_sweep_plots_each_arm_at_its_share_of_the_rope_run(tmp_pat
     written = figures.main(["--results", "r.json", "s2.json", "--rope", "none", "--nope", "none", "--drope", "none",
                             "--fwpkm", "none"])
     assert written["recalibration_sweep"][1][1] == pytest.approx([10, 25, 40])
+    # results evaluated at 1x and 2x only (SMOKE=1's lengths): the lengths it has, not a crash on 4x
+    (tmp_path / "short.json").write_text(json.dumps({"args": {"logit_scale_c": ["fitted", 0.0]}, "results": [
+        r for r in rows if r["multiple"] < 4]}))
+    written = figures.main(["--results", "short.json", "--rope", "none", "--nope", "none", "--drope", "none",
+                            "--fwpkm", "none"])
+    assert sorted(written["recalibration_sweep"][1]) == [1, 2]
     # an arm is its own labels, not every label it begins: drope_x1 is not drope_x1_7
     assert figures.of_arm("drope_x1", {"drope_x1+beta-0.1"}) and not figures.of_arm("drope_x1", {"drope_x1_7"})
